@@ -1,0 +1,76 @@
+//! Every way a batch request can fail, and the one place each maps to an
+//! HTTP answer. The body is always JSON: `{"status", "reason", "message"}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use candor_log::LogError;
+use candor_schemas::{RejectReason, Rejection};
+
+/// Seconds an agent should wait before retrying after a 503.
+const RETRY_AFTER_S: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("content type {0:?} is not application/vnd.candor.batch")]
+    UnsupportedMediaType(String),
+    #[error("body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("request body could not be read: {0}")]
+    BadBody(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl IngestError {
+    /// The machine-readable reason code (WIRE.md, "Answers").
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Rejected(r) => r.reason.code(),
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::BodyTooLarge(_) => RejectReason::BodyTooLarge.code(),
+            Self::BadBody(_) => "bad_body",
+            Self::Log(e) if e.is_transient() => "log_unavailable",
+            Self::Log(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Rejected(r) => StatusCode::from_u16(r.reason.http_status())
+                .expect("reason statuses are valid HTTP codes"),
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::Log(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Log(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            Self::Rejected(r) => r.detail.clone(),
+            Self::Log(_) => "the log could not confirm the batch is durable; retry later".into(),
+            other => other.to_string(),
+        };
+        if matches!(self, Self::Log(_)) {
+            tracing::warn!(error = %self, "batch not accepted");
+        }
+        let body = serde_json::json!({
+            "status": "rejected",
+            "reason": self.reason(),
+            "message": message,
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+        }
+        response
+    }
+}

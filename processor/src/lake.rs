@@ -1,0 +1,101 @@
+//! The lake: Parquet objects on an object store (a local directory here, S3
+//! or any store `object_store` speaks at scale).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("lake directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+    /// Set for a local-directory lake, whose writes must be fsynced by us:
+    /// the object store API has no durability flag.
+    local_root: Option<PathBuf>,
+}
+
+impl Lake {
+    /// A lake in a local directory, created if missing.
+    pub fn local(root: impl AsRef<Path>) -> Result<Self, LakeError> {
+        let root = root.as_ref();
+        let io = |source| LakeError::Io {
+            path: root.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(root).map_err(io)?;
+        let root = root.canonicalize().map_err(io)?;
+        Ok(Self {
+            store: Arc::new(LocalFileSystem::new_with_prefix(&root)?),
+            local_root: Some(root),
+        })
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// Writes `batch` as one Parquet object and returns once it is durable.
+    pub async fn write_parquet(&self, path: &ObjectPath, batch: &RecordBatch) -> Result<(), LakeError> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .build();
+        let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 4096);
+        let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+        writer.write(batch)?;
+        writer.close()?;
+        self.store.put(path, buf.into()).await?;
+        if let Some(root) = &self.local_root {
+            sync_local(root, path).await?;
+        }
+        Ok(())
+    }
+}
+
+/// fsyncs a file written under `root` and every directory from it up to
+/// `root`, so the object and its name survive a power loss.
+async fn sync_local(root: &Path, path: &ObjectPath) -> Result<(), LakeError> {
+    let file = root.join(path.as_ref());
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let sync = |p: &Path| {
+            std::fs::File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| LakeError::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })
+        };
+        sync(&file)?;
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            sync(d)?;
+            if d == root {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    })
+    .await
+    .expect("fsync task does not panic")
+}

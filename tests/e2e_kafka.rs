@@ -1,0 +1,238 @@
+//! The walking skeleton, end to end through a real Kafka-API broker:
+//! sealed batches over real HTTP to ingest, Kafka, the processor, Parquet in
+//! a local-directory lake, and a KPI answered by DataFusion.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use candor_log::kafka::{KafkaConfig, KafkaConsumer, end_offsets};
+use candor_processor::{Lake, Processor, ProcessorConfig};
+use candor_query::{ActivityDay, TenantLake};
+use candor_schemas::batch::{ActivitySample, AppUsage, AttendanceEvent, AttendanceKind, Batch, GpsPoint};
+use candor_schemas::envelope::{self, EnvelopeHeader};
+use candor_schemas::keys::MasterSecret;
+use candor_schemas::{DeviceId, EmployeeId, Limits, TenantId};
+use chrono::{Days, NaiveDate, Utc};
+use common::{fresh_topic, random_master, start_ingest};
+
+/// Hang guard: a broken broker fails the test instead of stalling CI.
+const GUARD: Duration = Duration::from_secs(180);
+
+fn header(tenant: &str, employee: &str, device: &str) -> EnvelopeHeader {
+    EnvelopeHeader {
+        key_version: 1,
+        batch_id: rand::random(),
+        tenant: TenantId::new(tenant).unwrap(),
+        employee: EmployeeId::new(employee).unwrap(),
+        device: DeviceId::new(device).unwrap(),
+    }
+}
+
+fn seal(master: &MasterSecret, h: &EnvelopeHeader, json: &[u8]) -> Vec<u8> {
+    let key = master.device_key(&h.tenant, &h.employee, &h.device, h.key_version);
+    envelope::seal_json(h, &key, &rand::random(), json)
+}
+
+fn seal_batch(master: &MasterSecret, h: &EnvelopeHeader, batch: &Batch) -> Vec<u8> {
+    seal(master, h, &serde_json::to_vec(batch).unwrap())
+}
+
+async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/batches"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("ingest answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+async fn total_records(kafka: &KafkaConfig) -> i64 {
+    end_offsets(kafka).await.unwrap().iter().map(|(_, high)| high).sum()
+}
+
+fn ms(day: NaiveDate, h: u32, m: u32) -> i64 {
+    day.and_hms_opt(h, m, 0).unwrap().and_utc().timestamp_millis()
+}
+
+fn samples(start_ms: i64, count: i64, active_s: u32, idle_s: u32) -> Vec<ActivitySample> {
+    (0..count)
+        .map(|i| ActivitySample { start_ms: start_ms + i * 60_000, active_s, idle_s })
+        .collect()
+}
+
+fn activity_batch(activity: Vec<ActivitySample>) -> Batch {
+    Batch { v: 1, sent_at_ms: 0, activity, app_usage: vec![], gps: vec![], attendance: vec![] }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_reason_and_never_reaches_the_log() {
+    tokio::time::timeout(GUARD, async {
+        let kafka = fresh_topic("e2e-bad", 3).await;
+        let master = random_master();
+        let limits = Limits { max_body_bytes: 64 * 1024, max_decompressed_bytes: 256 * 1024, ..Limits::default() };
+        let url = start_ingest(master.clone(), &kafka, limits).await;
+        let now = Utc::now().timestamp_millis();
+        let h = header("acme", "employee-0001", "laptop-0001");
+        let good = seal_batch(&master, &h, &activity_batch(samples(now - 600_000, 3, 50, 10)));
+
+        let mut bad_tag = good.clone();
+        *bad_tag.last_mut().unwrap() ^= 1;
+        let wrong_key = seal_batch(&random_master(), &h, &activity_batch(samples(now - 600_000, 3, 50, 10)));
+        let mut other_employee = header("acme", "employee-0002", "laptop-0001");
+        other_employee.batch_id = h.batch_id;
+        // Sealed with employee-0001's key, but claiming to be employee-0002.
+        let key_1 = master.device_key(&h.tenant, &h.employee, &h.device, 1);
+        let impersonation = envelope::seal_json(&other_employee, &key_1, &rand::random(), br#"{"v":1,"sent_at_ms":0}"#);
+        let garbage = b"GET / HTTP/1.1 pretending to be a batch".to_vec();
+        let oversize = vec![7u8; 100 * 1024];
+        // Authentic, tiny on the wire, inflates to 1 MiB of spaces.
+        let bomb = {
+            let mut json = br#"{"v":1,"sent_at_ms":0,"activity":[]}"#.to_vec();
+            json.resize(1024 * 1024, b' ');
+            seal(&master, &h, &json)
+        };
+        assert!(bomb.len() < 4096);
+        let keystrokes = seal(&master, &h, format!(r#"{{"v":1,"sent_at_ms":0,"keystrokes":"hunter2","activity":[{{"start_ms":{now},"active_s":1,"idle_s":0}}]}}"#).as_bytes());
+        let future = seal_batch(&master, &h, &activity_batch(samples(now + 3_600_000, 1, 60, 0)));
+
+        let ct = "application/vnd.candor.batch";
+        let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+            ("flipped tag bit", ct, bad_tag, 401, "bad_tag"),
+            ("wrong master secret", ct, wrong_key, 401, "bad_tag"),
+            ("another employee's header", ct, impersonation, 401, "bad_tag"),
+            ("garbage", ct, garbage, 400, "malformed_envelope"),
+            ("oversize body", ct, oversize, 413, "body_too_large"),
+            ("decompression bomb", ct, bomb, 413, "decompressed_too_large"),
+            ("keystroke field", ct, keystrokes, 400, "unknown_field"),
+            ("future timestamp", ct, future, 400, "timestamp_in_future"),
+            ("wrong content type", "application/json", good.clone(), 415, "unsupported_media_type"),
+        ];
+        for (what, content_type, body, status, reason) in cases {
+            let (got, answer) = post(&url, content_type, body).await;
+            assert_eq!(got, status, "{what}: {answer}");
+            assert_eq!(answer["reason"], reason, "{what}: {answer}");
+        }
+        assert_eq!(total_records(&kafka).await, 0, "refused input reached the topic");
+
+        // The same check sees an accepted batch, so the zero above is meaningful.
+        let (got, answer) = post(&url, ct, good).await;
+        assert_eq!(got, 202, "{answer}");
+        assert_eq!(total_records(&kafka).await, 1);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_batches_become_a_kpi_through_the_real_broker() {
+    tokio::time::timeout(GUARD, async {
+        let kafka = fresh_topic("e2e-kpi", 3).await;
+        let master = random_master();
+        let url = start_ingest(master.clone(), &kafka, Limits::default()).await;
+        let day = Utc::now().date_naive() - Days::new(3);
+        let alice = header("acme", "employee-alice-0001", "laptop-alice-01");
+        let bob = header("acme", "employee-bob-0002", "phone-bob-02");
+        let mallory = header("globex", "employee-mallory-0003", "laptop-mallory-03");
+
+        // Known input. Asia/Kolkata is UTC+05:30, so 20:00 UTC is 01:30 the
+        // next local day: the KPI must count it there.
+        let mut morning = activity_batch(samples(ms(day, 4, 0), 10, 45, 15));
+        morning.app_usage.push(AppUsage { start_ms: ms(day, 4, 0), duration_s: 600, app: "Excel".into(), host: None });
+        morning.gps = vec![
+            GpsPoint { at_ms: ms(day, 4, 1), lat: 12.971_598_7, lon: 77.594_562_7, accuracy_m: 8.0 },
+            GpsPoint { at_ms: ms(day, 4, 6), lat: 12.981_598_7, lon: 77.594_562_7, accuracy_m: 8.0 },
+        ];
+        morning.attendance.push(AttendanceEvent { at_ms: ms(day, 4, 0), kind: AttendanceKind::ClockIn });
+        let late_night = activity_batch(samples(ms(day, 20, 0), 4, 30, 30));
+        let bobs = activity_batch(samples(ms(day, 5, 0), 5, 60, 0));
+        let mallorys = activity_batch(samples(ms(day, 5, 0), 5, 0, 60));
+        for (h, b) in [(&alice, &morning), (&alice, &late_night), (&bob, &bobs), (&mallory, &mallorys)] {
+            let (status, answer) = post(&url, "application/vnd.candor.batch", seal_batch(&master, h, b)).await;
+            assert_eq!(status, 202, "{answer}");
+        }
+        // One record per batch and dataset: 4 for the morning, 1 for each other batch.
+        assert_eq!(total_records(&kafka).await, 7);
+
+        let lake_dir = tempfile::tempdir().unwrap();
+        let consumer = KafkaConsumer::new(&kafka, "e2e-processor").unwrap();
+        let mut processor = Processor::new(consumer, master.clone(), Lake::local(lake_dir.path()).unwrap(), ProcessorConfig::default());
+        processor.drain().await.unwrap();
+        assert_eq!(processor.stats().records, 7);
+        assert_eq!(processor.stats().records_undecodable, 0);
+
+        let acme = TenantId::new("acme").unwrap();
+        let subject = |h: &EnvelopeHeader| master.pseudonym_key(&acme, 1).subject(&h.employee);
+        let row = |h: &EnvelopeHeader, d: NaiveDate, tracked: i64, active: i64| ActivityDay {
+            subject: subject(h),
+            day: d.to_string(),
+            tracked_s: tracked,
+            active_s: active,
+            idle_s: tracked - active,
+            activity_pct: 100.0 * active as f64 / tracked as f64,
+        };
+        let lake = TenantLake::open_local(lake_dir.path(), &acme).await.unwrap();
+        let next = day + Days::new(1);
+        let mut expected = vec![
+            row(&alice, day, 600, 450),
+            row(&alice, next, 240, 120),
+            row(&bob, day, 300, 300),
+        ];
+        expected.sort_by(|a, b| (&a.subject, &a.day).cmp(&(&b.subject, &b.day)));
+        let got = lake.activity_by_subject_day("Asia/Kolkata", day - Days::new(1), next).await.unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(got.iter().find(|r| r.subject == subject(&alice) && r.day == day.to_string()).unwrap().activity_pct, 75.0);
+
+        // In UTC both of Alice's stretches fall on the same day.
+        let utc = lake.activity_by_subject_day("UTC", day, day).await.unwrap();
+        let alice_utc = utc.iter().find(|r| r.subject == subject(&alice)).unwrap();
+        assert_eq!((alice_utc.tracked_s, alice_utc.active_s), (840, 570));
+
+        // Hive layout, and nothing of globex in acme's view.
+        let date_dir = lake_dir.path().join(format!("activity/tenant=acme/date={day}"));
+        let files: Vec<_> = std::fs::read_dir(&date_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(!files.is_empty() && files.iter().all(|f| f.to_string_lossy().ends_with(".parquet")), "{files:?}");
+        for dataset in ["app_usage", "gps", "attendance"] {
+            assert!(lake_dir.path().join(format!("{dataset}/tenant=acme/date={day}")).is_dir(), "{dataset}");
+        }
+        assert!(lake_dir.path().join(format!("activity/tenant=globex/date={day}")).is_dir());
+        assert_eq!(got.len(), 3, "acme's view holds only acme's subjects");
+
+        // No raw employee or device id and no precise coordinate anywhere in the lake.
+        let mut forbidden: Vec<Vec<u8>> = [&alice, &bob, &mallory]
+            .iter()
+            .flat_map(|h| [h.employee.as_str().as_bytes().to_vec(), h.device.as_str().as_bytes().to_vec()])
+            .collect();
+        forbidden.push(12.971_598_7_f64.to_le_bytes().to_vec());
+        forbidden.push(77.594_562_7_f64.to_le_bytes().to_vec());
+        forbidden.push(b"12.9715987".to_vec());
+        let mut scanned = 0;
+        for file in walk(lake_dir.path()) {
+            let bytes = std::fs::read(&file).unwrap();
+            scanned += 1;
+            for f in &forbidden {
+                assert!(!bytes.windows(f.len()).any(|w| w == &f[..]), "{} holds {:?}", file.display(), String::from_utf8_lossy(f));
+            }
+        }
+        assert!(scanned >= 5, "scanned {scanned} files");
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
