@@ -224,6 +224,32 @@ impl LogConsumer for KafkaConsumer {
             })
             .collect())
     }
+
+    async fn committed(&self) -> Result<Vec<Resume>, LogError> {
+        let partitions = end_offsets(&self.config).await?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, _) in &partitions {
+            tpl.add_partition(&self.topic, *p);
+        }
+        let consumer = self.consumer.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            consumer.committed_offsets(tpl, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| LogError::Fatal(e.to_string()))?
+        .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| Resume {
+                partition: e.partition(),
+                next_offset: match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                },
+            })
+            .collect())
+    }
 }
 
 /// Creates the topic if it does not exist yet.

@@ -84,4 +84,8 @@ pub trait LogConsumer: Send + 'static {
 
     /// The offset after the last record of every partition, right now.
     async fn end_offsets(&self) -> Result<Vec<Resume>, LogError>;
+
+    /// The positions this consumer's group has committed, for every
+    /// partition (0 where it has committed nothing yet).
+    async fn committed(&self) -> Result<Vec<Resume>, LogError>;
 }

@@ -9,6 +9,7 @@ mod lake;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::FutureExt;
 use candor_log::{Delivered, LogConsumer, LogError, Resume};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::record::open_record;
@@ -61,7 +62,6 @@ pub struct Processor<C> {
     lake: Lake,
     config: ProcessorConfig,
     stats: ProcessorStats,
-    committed: BTreeMap<i32, i64>,
 }
 
 impl<C: LogConsumer> Processor<C> {
@@ -72,7 +72,6 @@ impl<C: LogConsumer> Processor<C> {
             lake,
             config,
             stats: ProcessorStats::default(),
-            committed: BTreeMap::new(),
         }
     }
 
@@ -104,9 +103,6 @@ impl<C: LogConsumer> Processor<C> {
         }
         // Only now, with every object durable, may the log forget the records.
         self.consumer.commit(&positions).await?;
-        for p in positions {
-            self.committed.insert(p.partition, p.next_offset);
-        }
         Ok(count)
     }
 
@@ -151,14 +147,23 @@ impl<C: LogConsumer> Processor<C> {
     }
 
     /// Processes until every record that existed when it was called is
-    /// committed, then returns. For batch runs, the demo and tests.
+    /// committed by this consumer group, then returns. For batch runs, the
+    /// demo and tests. Progress is read from the group's commits, so a
+    /// restarted processor, or another member's work, counts too.
     pub async fn drain(&mut self) -> Result<(), ProcessorError> {
         let targets = self.consumer.end_offsets().await?;
         loop {
-            let behind = targets.iter().any(|t| {
-                t.next_offset > 0 && self.committed.get(&t.partition).copied().unwrap_or(0) < t.next_offset
+            let committed: BTreeMap<i32, i64> = self
+                .consumer
+                .committed()
+                .await?
+                .into_iter()
+                .map(|r| (r.partition, r.next_offset))
+                .collect();
+            let caught_up = targets.iter().all(|t| {
+                committed.get(&t.partition).copied().unwrap_or(0) >= t.next_offset
             });
-            if !behind {
+            if caught_up {
                 return Ok(());
             }
             self.step().await?;
@@ -166,23 +171,28 @@ impl<C: LogConsumer> Processor<C> {
     }
 
     /// Processes until `shutdown` resolves; the round in progress finishes first.
-    pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ProcessorError> {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(()),
-                step = self.step() => {
-                    if let Err(e) = step {
-                        if !matches!(&e, ProcessorError::Log(l) if l.is_transient()) {
-                            return Err(e);
-                        }
-                        // Nothing was committed; the same records come back.
-                        tracing::warn!(error = %e, "processing round failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+    ///
+    /// A transient log error is retried: a failed poll loses nothing, and a
+    /// failed commit is covered by the next one. Any other error ends the
+    /// run: records already read could not be written, and only a restart
+    /// (which resumes from the last commit) brings them back.
+    pub async fn run(
+        &mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ProcessorError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        // Checked between rounds, never during one: a round is not cut off
+        // between writing its objects and committing their positions.
+        while (&mut shutdown).now_or_never().is_none() {
+            match self.step().await {
+                Ok(_) => {}
+                Err(ProcessorError::Log(e)) if e.is_transient() => {
+                    tracing::warn!(error = %e, "log unavailable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
+                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
 }
