@@ -81,7 +81,11 @@ struct ProcessorArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
     /// Consumer group shared by all processors of a deployment.
-    #[arg(long, env = "CANDOR_PROCESSOR_GROUP", default_value = "candor-processor")]
+    #[arg(
+        long,
+        env = "CANDOR_PROCESSOR_GROUP",
+        default_value = "candor-processor"
+    )]
     group: String,
     /// Directory of the Parquet lake.
     #[arg(long, env = "CANDOR_LAKE_DIR", default_value = "lake")]
@@ -129,8 +133,12 @@ struct DeviceKeyArgs {
 
 fn master_secret() -> Result<MasterSecret> {
     if let Some(path) = std::env::var_os("CANDOR_MASTER_SECRET_FILE") {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading master secret file {}", PathBuf::from(&path).display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading master secret file {}",
+                PathBuf::from(&path).display()
+            )
+        })?;
         return Ok(MasterSecret::from_hex(&text)?);
     }
     match std::env::var("CANDOR_MASTER_SECRET") {
@@ -163,13 +171,17 @@ async fn main() -> Result<()> {
         Command::Processor(args) => run_processor(args).await,
         Command::Kpi(KpiCommand::Activity(args)) => print_activity(args).await,
         Command::DeviceKey(args) => {
-            let key = master_secret()?.device_key(&args.tenant, &args.employee, &args.device, args.key_version);
+            let key = master_secret()?.device_key(
+                &args.tenant,
+                &args.employee,
+                &args.device,
+                args.key_version,
+            );
             println!("{}", hex::encode(key.as_bytes()));
             Ok(())
         }
     }
 }
-
 
 async fn run_ingest(args: IngestArgs) -> Result<()> {
     let master = master_secret()?;
@@ -227,7 +239,9 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
 
 async fn print_activity(args: ActivityArgs) -> Result<()> {
     let lake = TenantLake::open_local(&args.lake, &args.tenant).await?;
-    let rows = lake.activity_by_subject_day(&args.tz, args.from, args.to).await?;
+    let rows = lake
+        .activity_by_subject_day(&args.tz, args.from, args.to)
+        .await?;
     println!(
         "{:<18} {:<10} {:>9} {:>9} {:>10}",
         "subject", "day", "tracked h", "active h", "activity %"
@@ -243,7 +257,10 @@ async fn print_activity(args: ActivityArgs) -> Result<()> {
         );
     }
     if rows.is_empty() {
-        println!("(no activity in {}..={} for tenant {})", args.from, args.to, args.tenant);
+        println!(
+            "(no activity in {}..={} for tenant {})",
+            args.from, args.to, args.tenant
+        );
     }
     Ok(())
 }

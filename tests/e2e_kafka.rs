@@ -10,7 +10,9 @@ use std::time::Duration;
 use candor_log::kafka::{KafkaConfig, KafkaConsumer, end_offsets};
 use candor_processor::{Lake, Processor, ProcessorConfig};
 use candor_query::{ActivityDay, TenantLake};
-use candor_schemas::batch::{ActivitySample, AppUsage, AttendanceEvent, AttendanceKind, Batch, GpsPoint};
+use candor_schemas::batch::{
+    ActivitySample, AppUsage, AttendanceEvent, AttendanceKind, Batch, GpsPoint,
+};
 use candor_schemas::envelope::{self, EnvelopeHeader};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{DeviceId, EmployeeId, Limits, TenantId};
@@ -52,21 +54,40 @@ async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json:
 }
 
 async fn total_records(kafka: &KafkaConfig) -> i64 {
-    end_offsets(kafka).await.unwrap().iter().map(|(_, high)| high).sum()
+    end_offsets(kafka)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, high)| high)
+        .sum()
 }
 
 fn ms(day: NaiveDate, h: u32, m: u32) -> i64 {
-    day.and_hms_opt(h, m, 0).unwrap().and_utc().timestamp_millis()
+    day.and_hms_opt(h, m, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
 }
 
 fn samples(start_ms: i64, count: i64, active_s: u32, idle_s: u32) -> Vec<ActivitySample> {
     (0..count)
-        .map(|i| ActivitySample { start_ms: start_ms + i * 60_000, active_s, idle_s })
+        .map(|i| ActivitySample {
+            start_ms: start_ms + i * 60_000,
+            active_s,
+            idle_s,
+        })
         .collect()
 }
 
 fn activity_batch(activity: Vec<ActivitySample>) -> Batch {
-    Batch { v: 1, sent_at_ms: 0, activity, app_usage: vec![], gps: vec![], attendance: vec![] }
+    Batch {
+        v: 1,
+        sent_at_ms: 0,
+        activity,
+        app_usage: vec![],
+        gps: vec![],
+        attendance: vec![],
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,17 +163,45 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         // Known input. Asia/Kolkata is UTC+05:30, so 20:00 UTC is 01:30 the
         // next local day: the KPI must count it there.
         let mut morning = activity_batch(samples(ms(day, 4, 0), 10, 45, 15));
-        morning.app_usage.push(AppUsage { start_ms: ms(day, 4, 0), duration_s: 600, app: "Excel".into(), host: None });
+        morning.app_usage.push(AppUsage {
+            start_ms: ms(day, 4, 0),
+            duration_s: 600,
+            app: "Excel".into(),
+            host: None,
+        });
         morning.gps = vec![
-            GpsPoint { at_ms: ms(day, 4, 1), lat: 12.971_598_7, lon: 77.594_562_7, accuracy_m: 8.0 },
-            GpsPoint { at_ms: ms(day, 4, 6), lat: 12.981_598_7, lon: 77.594_562_7, accuracy_m: 8.0 },
+            GpsPoint {
+                at_ms: ms(day, 4, 1),
+                lat: 12.971_598_7,
+                lon: 77.594_562_7,
+                accuracy_m: 8.0,
+            },
+            GpsPoint {
+                at_ms: ms(day, 4, 6),
+                lat: 12.981_598_7,
+                lon: 77.594_562_7,
+                accuracy_m: 8.0,
+            },
         ];
-        morning.attendance.push(AttendanceEvent { at_ms: ms(day, 4, 0), kind: AttendanceKind::ClockIn });
+        morning.attendance.push(AttendanceEvent {
+            at_ms: ms(day, 4, 0),
+            kind: AttendanceKind::ClockIn,
+        });
         let late_night = activity_batch(samples(ms(day, 20, 0), 4, 30, 30));
         let bobs = activity_batch(samples(ms(day, 5, 0), 5, 60, 0));
         let mallorys = activity_batch(samples(ms(day, 5, 0), 5, 0, 60));
-        for (h, b) in [(&alice, &morning), (&alice, &late_night), (&bob, &bobs), (&mallory, &mallorys)] {
-            let (status, answer) = post(&url, "application/vnd.candor.batch", seal_batch(&master, h, b)).await;
+        for (h, b) in [
+            (&alice, &morning),
+            (&alice, &late_night),
+            (&bob, &bobs),
+            (&mallory, &mallorys),
+        ] {
+            let (status, answer) = post(
+                &url,
+                "application/vnd.candor.batch",
+                seal_batch(&master, h, b),
+            )
+            .await;
             assert_eq!(status, 202, "{answer}");
         }
         // One record per batch and dataset: 4 for the morning, 1 for each other batch.
@@ -160,7 +209,12 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
 
         let lake_dir = tempfile::tempdir().unwrap();
         let consumer = KafkaConsumer::new(&kafka, "e2e-processor").unwrap();
-        let mut processor = Processor::new(consumer, master.clone(), Lake::local(lake_dir.path()).unwrap(), ProcessorConfig::default());
+        let mut processor = Processor::new(
+            consumer,
+            master.clone(),
+            Lake::local(lake_dir.path()).unwrap(),
+            ProcessorConfig::default(),
+        );
         processor.drain().await.unwrap();
         assert_eq!(processor.stats().records, 7);
         assert_eq!(processor.stats().records_undecodable, 0);
@@ -175,7 +229,9 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
             idle_s: tracked - active,
             activity_pct: 100.0 * active as f64 / tracked as f64,
         };
-        let lake = TenantLake::open_local(lake_dir.path(), &acme).await.unwrap();
+        let lake = TenantLake::open_local(lake_dir.path(), &acme)
+            .await
+            .unwrap();
         let next = day + Days::new(1);
         let mut expected = vec![
             row(&alice, day, 600, 450),
@@ -183,9 +239,18 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
             row(&bob, day, 300, 300),
         ];
         expected.sort_by(|a, b| (&a.subject, &a.day).cmp(&(&b.subject, &b.day)));
-        let got = lake.activity_by_subject_day("Asia/Kolkata", day - Days::new(1), next).await.unwrap();
+        let got = lake
+            .activity_by_subject_day("Asia/Kolkata", day - Days::new(1), next)
+            .await
+            .unwrap();
         assert_eq!(got, expected);
-        assert_eq!(got.iter().find(|r| r.subject == subject(&alice) && r.day == day.to_string()).unwrap().activity_pct, 75.0);
+        assert_eq!(
+            got.iter()
+                .find(|r| r.subject == subject(&alice) && r.day == day.to_string())
+                .unwrap()
+                .activity_pct,
+            75.0
+        );
 
         // In UTC both of Alice's stretches fall on the same day.
         let utc = lake.activity_by_subject_day("UTC", day, day).await.unwrap();
@@ -193,19 +258,46 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         assert_eq!((alice_utc.tracked_s, alice_utc.active_s), (840, 570));
 
         // Hive layout, and nothing of globex in acme's view.
-        let date_dir = lake_dir.path().join(format!("activity/tenant=acme/date={day}"));
-        let files: Vec<_> = std::fs::read_dir(&date_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(!files.is_empty() && files.iter().all(|f| f.to_string_lossy().ends_with(".parquet")), "{files:?}");
+        let date_dir = lake_dir
+            .path()
+            .join(format!("activity/tenant=acme/date={day}"));
+        let files: Vec<_> = std::fs::read_dir(&date_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            !files.is_empty()
+                && files
+                    .iter()
+                    .all(|f| f.to_string_lossy().ends_with(".parquet")),
+            "{files:?}"
+        );
         for dataset in ["app_usage", "gps", "attendance"] {
-            assert!(lake_dir.path().join(format!("{dataset}/tenant=acme/date={day}")).is_dir(), "{dataset}");
+            assert!(
+                lake_dir
+                    .path()
+                    .join(format!("{dataset}/tenant=acme/date={day}"))
+                    .is_dir(),
+                "{dataset}"
+            );
         }
-        assert!(lake_dir.path().join(format!("activity/tenant=globex/date={day}")).is_dir());
+        assert!(
+            lake_dir
+                .path()
+                .join(format!("activity/tenant=globex/date={day}"))
+                .is_dir()
+        );
         assert_eq!(got.len(), 3, "acme's view holds only acme's subjects");
 
         // No raw employee or device id and no precise coordinate anywhere in the lake.
         let mut forbidden: Vec<Vec<u8>> = [&alice, &bob, &mallory]
             .iter()
-            .flat_map(|h| [h.employee.as_str().as_bytes().to_vec(), h.device.as_str().as_bytes().to_vec()])
+            .flat_map(|h| {
+                [
+                    h.employee.as_str().as_bytes().to_vec(),
+                    h.device.as_str().as_bytes().to_vec(),
+                ]
+            })
             .collect();
         forbidden.push(12.971_598_7_f64.to_le_bytes().to_vec());
         forbidden.push(77.594_562_7_f64.to_le_bytes().to_vec());
@@ -215,7 +307,12 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
             let bytes = std::fs::read(&file).unwrap();
             scanned += 1;
             for f in &forbidden {
-                assert!(!bytes.windows(f.len()).any(|w| w == &f[..]), "{} holds {:?}", file.display(), String::from_utf8_lossy(f));
+                assert!(
+                    !bytes.windows(f.len()).any(|w| w == &f[..]),
+                    "{} holds {:?}",
+                    file.display(),
+                    String::from_utf8_lossy(f)
+                );
             }
         }
         assert!(scanned >= 5, "scanned {scanned} files");

@@ -75,7 +75,10 @@ impl SimulatedAgent {
                 attendance: Vec::new(),
             };
             if minute == 0 {
-                batch.attendance.push(AttendanceEvent { at_ms: batch_start, kind: AttendanceKind::ClockIn });
+                batch.attendance.push(AttendanceEvent {
+                    at_ms: batch_start,
+                    kind: AttendanceKind::ClockIn,
+                });
             }
             for m in 0..BATCH_MINUTES.min(minutes - minute) {
                 let at = batch_start + m * 60_000;
@@ -84,7 +87,11 @@ impl SimulatedAgent {
                 } else {
                     rng.random_range(0..20)
                 };
-                batch.activity.push(ActivitySample { start_ms: at, active_s: active, idle_s: SAMPLE_S - active });
+                batch.activity.push(ActivitySample {
+                    start_ms: at,
+                    active_s: active,
+                    idle_s: SAMPLE_S - active,
+                });
                 let (app, host) = APPS[rng.random_range(0..APPS.len())];
                 batch.app_usage.push(AppUsage {
                     start_ms: at,
@@ -96,7 +103,10 @@ impl SimulatedAgent {
             minute += BATCH_MINUTES;
             if minute >= minutes {
                 let end = midnight_ms + (start_min + minutes) * 60_000;
-                batch.attendance.push(AttendanceEvent { at_ms: end, kind: AttendanceKind::ClockOut });
+                batch.attendance.push(AttendanceEvent {
+                    at_ms: end,
+                    kind: AttendanceKind::ClockOut,
+                });
             }
             batches.push(batch);
         }
@@ -170,10 +180,20 @@ mod tests {
         let day = NaiveDate::from_ymd_opt(2026, 11, 18).unwrap(); // a Wednesday
         let batches = agent.workday(day, 1);
         assert!(batches.len() > 80);
-        let end_of_day = day.succ_opt().unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_millis();
+        let end_of_day = day
+            .succ_opt()
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
         for b in &batches {
             b.validate(&Limits::default(), end_of_day).unwrap();
         }
-        assert!(agent.workday(NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(), 1).is_empty());
+        assert!(
+            agent
+                .workday(NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(), 1)
+                .is_empty()
+        );
     }
 }

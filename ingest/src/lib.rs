@@ -80,7 +80,9 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
     let received_at_ms = now_ms();
     let opened = open_batch(&body, &state.master, &state.limits, received_at_ms)?;
     let h = &opened.header;
-    let key = state.master.at_rest_key(&h.tenant, state.at_rest_key_version);
+    let key = state
+        .master
+        .at_rest_key(&h.tenant, state.at_rest_key_version);
     let meta = RecordMeta {
         employee: h.employee.clone(),
         device: h.device.clone(),
@@ -118,8 +120,7 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
 async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, IngestError> {
     axum::body::to_bytes(body, max).await.map_err(|e| {
         // `to_bytes` wraps its length-limit error; anything else is a broken read.
-        if std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
             IngestError::BodyTooLarge(max)
         } else {

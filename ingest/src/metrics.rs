@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 use crate::IngestError;
 
@@ -18,7 +20,10 @@ impl IngestMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("candor_ingest_requests_total", "Batch requests by status and reason"),
+            Opts::new(
+                "candor_ingest_requests_total",
+                "Batch requests by status and reason",
+            ),
             &["status", "reason"],
         )
         .expect("valid metric");

@@ -81,7 +81,10 @@ impl KafkaProducer {
             .set("enable.idempotence", "true")
             .set("linger.ms", config.linger_ms.to_string())
             .set("message.timeout.ms", config.message_timeout_ms.to_string())
-            .set("queue.buffering.max.messages", config.queue_max_messages.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                config.queue_max_messages.to_string(),
+            )
             // Values are sealed (ciphertext does not compress): spend no CPU on it.
             .set("compression.type", "none");
         let producer = config.with_extra(c).create().map_err(fatal)?;
@@ -254,8 +257,10 @@ impl LogConsumer for KafkaConsumer {
 
 /// Creates the topic if it does not exist yet.
 pub async fn ensure_topic(config: &KafkaConfig, partitions: i32) -> Result<(), LogError> {
-    let admin: AdminClient<DefaultClientContext> =
-        config.with_extra(config.client_config()).create().map_err(fatal)?;
+    let admin: AdminClient<DefaultClientContext> = config
+        .with_extra(config.client_config())
+        .create()
+        .map_err(fatal)?;
     let topic = NewTopic::new(&config.topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
@@ -275,13 +280,17 @@ pub async fn ensure_topic(config: &KafkaConfig, partitions: i32) -> Result<(), L
 
 /// The high watermark (offset after the last record) of every partition.
 pub async fn end_offsets(config: &KafkaConfig) -> Result<Vec<(i32, i64)>, LogError> {
-    let consumer: rdkafka::consumer::BaseConsumer =
-        config.with_extra(config.client_config()).create().map_err(fatal)?;
+    let consumer: rdkafka::consumer::BaseConsumer = config
+        .with_extra(config.client_config())
+        .create()
+        .map_err(fatal)?;
     let topic = config.topic.clone();
     tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
         let unavailable = |e: KafkaError| LogError::Unavailable(e.to_string());
-        let metadata = consumer.fetch_metadata(Some(&topic), timeout).map_err(unavailable)?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(unavailable)?;
         let partitions = metadata
             .topics()
             .iter()
@@ -291,7 +300,9 @@ pub async fn end_offsets(config: &KafkaConfig) -> Result<Vec<(i32, i64)>, LogErr
         partitions
             .into_iter()
             .map(|p| {
-                let (_, high) = consumer.fetch_watermarks(&topic, p, timeout).map_err(unavailable)?;
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, p, timeout)
+                    .map_err(unavailable)?;
                 Ok((p, high))
             })
             .collect()

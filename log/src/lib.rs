@@ -76,8 +76,11 @@ pub trait LogProducer: Send + Sync + 'static {
 pub trait LogConsumer: Send + 'static {
     /// Returns up to `max_records`, waiting at most `wait` for the first one.
     /// An empty result means nothing arrived in time.
-    async fn poll(&mut self, max_records: usize, wait: Duration)
-    -> Result<Vec<Delivered>, LogError>;
+    async fn poll(
+        &mut self,
+        max_records: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivered>, LogError>;
 
     /// Records that everything before each `next_offset` is processed.
     async fn commit(&mut self, positions: &[Resume]) -> Result<(), LogError>;

@@ -115,7 +115,10 @@ impl Aggregator {
             }
             Dataset::AppUsage => {
                 let (start, duration) = (ts(0), u32s(1));
-                let (app, host) = (e.column(2).as_string::<i32>(), e.column(3).as_string::<i32>());
+                let (app, host) = (
+                    e.column(2).as_string::<i32>(),
+                    e.column(3).as_string::<i32>(),
+                );
                 for i in 0..e.num_rows() {
                     let slot = slot_start(start.value(i));
                     let host = host.is_valid(i).then(|| host.value(i).to_string());
@@ -236,8 +239,12 @@ impl Rows {
                 let m = &self.gps;
                 let mut c = common!(m);
                 c.push(ints(m.values().map(|r| r.points)));
-                c.push(Arc::new(m.values().map(|r| r.distance_m).collect::<Float64Array>()));
-                c.push(Arc::new(m.values().map(|r| Some(r.cell())).collect::<StringArray>()));
+                c.push(Arc::new(
+                    m.values().map(|r| r.distance_m).collect::<Float64Array>(),
+                ));
+                c.push(Arc::new(
+                    m.values().map(|r| Some(r.cell())).collect::<StringArray>(),
+                ));
                 c
             }
             Dataset::Attendance => {

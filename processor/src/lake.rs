@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -54,7 +54,11 @@ impl Lake {
     }
 
     /// Writes `batch` as one Parquet object and returns once it is durable.
-    pub async fn write_parquet(&self, path: &ObjectPath, batch: &RecordBatch) -> Result<(), LakeError> {
+    pub async fn write_parquet(
+        &self,
+        path: &ObjectPath,
+        batch: &RecordBatch,
+    ) -> Result<(), LakeError> {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .set_statistics_enabled(EnabledStatistics::Page)

@@ -9,10 +9,10 @@ mod lake;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::FutureExt;
 use candor_log::{Delivered, LogConsumer, LogError, Resume};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::record::open_record;
+use futures::FutureExt;
 
 pub use aggregate::{Aggregator, PartitionKey};
 pub use lake::{Lake, LakeError};
@@ -140,7 +140,9 @@ impl<C: LogConsumer> Processor<C> {
         let file_name = format!("part-{partition:05}-{first:020}-{last:020}.parquet");
         for (key, batch) in agg.finish() {
             self.stats.rows_written += batch.num_rows() as u64;
-            self.lake.write_parquet(&key.object_path(&file_name), &batch).await?;
+            self.lake
+                .write_parquet(&key.object_path(&file_name), &batch)
+                .await?;
             self.stats.files_written += 1;
         }
         Ok(last)
@@ -160,9 +162,9 @@ impl<C: LogConsumer> Processor<C> {
                 .into_iter()
                 .map(|r| (r.partition, r.next_offset))
                 .collect();
-            let caught_up = targets.iter().all(|t| {
-                committed.get(&t.partition).copied().unwrap_or(0) >= t.next_offset
-            });
+            let caught_up = targets
+                .iter()
+                .all(|t| committed.get(&t.partition).copied().unwrap_or(0) >= t.next_offset);
             if caught_up {
                 return Ok(());
             }

@@ -9,14 +9,16 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::array::timezone::Tz;
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
-use chrono::{Days, NaiveDate};
 use candor_schemas::datasets::Dataset;
 use candor_schemas::ids::TenantId;
+use chrono::{Days, NaiveDate};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 

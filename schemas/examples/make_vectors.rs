@@ -9,7 +9,9 @@
 //! against the checked-in file.
 
 use candor_schemas::envelope::{self, EnvelopeHeader};
-use candor_schemas::keys::{AT_REST_KEY_LABEL, DEVICE_KEY_LABEL, HKDF_SALT, MasterSecret, PSEUDONYM_KEY_LABEL};
+use candor_schemas::keys::{
+    AT_REST_KEY_LABEL, DEVICE_KEY_LABEL, HKDF_SALT, MasterSecret, PSEUDONYM_KEY_LABEL,
+};
 use candor_schemas::{DeviceId, EmployeeId, TenantId};
 use serde_json::{Value, json};
 
@@ -56,33 +58,178 @@ fn main() {
     let t = RECEIVED_AT_MS - 1_000;
     let none: fn(&mut Vec<u8>) = |_| {};
     let cases = vec![
-        Case { name: "valid-all-event-kinds", note: "a batch with every event kind; accepted", employee_in_header: "e-1042", sealed_by: "e-1042", json: valid_json(t), compress: true, tamper: none, expect: "accept" },
-        Case { name: "flipped-tag-bit", note: "the valid batch with the lowest bit of the last tag byte flipped", employee_in_header: "e-1042", sealed_by: "e-1042", json: valid_json(t), compress: true, tamper: |b| { let n = b.len(); b[n - 1] ^= 1 }, expect: "bad_tag" },
-        Case { name: "flipped-ciphertext-bit", note: "one bit of the first ciphertext byte flipped", employee_in_header: "e-1042", sealed_by: "e-1042", json: valid_json(t), compress: true, tamper: |b| { let n = b.len(); b[n - 40] ^= 0x80 }, expect: "bad_tag" },
-        Case { name: "wrong-employee-in-header", note: "sealed with e-1042's device key, header claims e-2000: the key derived from the header differs, so the tag fails", employee_in_header: "e-2000", sealed_by: "e-1042", json: valid_json(t), compress: true, tamper: none, expect: "bad_tag" },
-        Case { name: "truncated-body", note: "the valid envelope cut 20 bytes short: the tag no longer verifies", employee_in_header: "e-1042", sealed_by: "e-1042", json: valid_json(t), compress: true, tamper: |b| { let n = b.len(); b.truncate(n - 20) }, expect: "bad_tag" },
-        Case { name: "truncated-header", note: "the valid envelope cut inside its header", employee_in_header: "e-1042", sealed_by: "e-1042", json: valid_json(t), compress: true, tamper: |b| b.truncate(30), expect: "malformed_envelope" },
-        Case { name: "bad-magic", note: "first byte changed", employee_in_header: "e-1042", sealed_by: "e-1042", json: valid_json(t), compress: true, tamper: |b| b[0] = b'X', expect: "malformed_envelope" },
-        Case { name: "not-zstd", note: "authentic, but the sealed payload is raw JSON, not a zstd frame", employee_in_header: "e-1042", sealed_by: "e-1042", json: valid_json(t), compress: false, tamper: none, expect: "bad_compression" },
-        Case { name: "unknown-field-keystrokes", note: "authentic, but carries a field the model does not have", employee_in_header: "e-1042", sealed_by: "e-1042",
-            json: format!(r#"{{"v":1,"sent_at_ms":{t},"keystrokes":"hunter2","activity":[{{"start_ms":{t},"active_s":60,"idle_s":0}}]}}"#), compress: true, tamper: none, expect: "unknown_field" },
-        Case { name: "window-title", note: "app usage may carry app and host only; a title is an unknown field", employee_in_header: "e-1042", sealed_by: "e-1042",
-            json: format!(r#"{{"v":1,"sent_at_ms":{t},"app_usage":[{{"start_ms":{t},"duration_s":10,"app":"Outlook","title":"Re: salary"}}]}}"#), compress: true, tamper: none, expect: "unknown_field" },
-        Case { name: "future-timestamp", note: "an event 10 minutes after received_at_ms (more than 5 minutes of skew)", employee_in_header: "e-1042", sealed_by: "e-1042",
-            json: format!(r#"{{"v":1,"sent_at_ms":{t},"activity":[{{"start_ms":{},"active_s":60,"idle_s":0}}]}}"#, RECEIVED_AT_MS + 600_000), compress: true, tamper: none, expect: "timestamp_in_future" },
-        Case { name: "gps-out-of-range", note: "latitude 91", employee_in_header: "e-1042", sealed_by: "e-1042",
-            json: format!(r#"{{"v":1,"sent_at_ms":{t},"gps":[{{"at_ms":{t},"lat":91.0,"lon":0.0,"accuracy_m":5.0}}]}}"#), compress: true, tamper: none, expect: "invalid_event" },
-        Case { name: "url-as-host", note: "a full URL where a host is expected", employee_in_header: "e-1042", sealed_by: "e-1042",
-            json: format!(r#"{{"v":1,"sent_at_ms":{t},"app_usage":[{{"start_ms":{t},"duration_s":10,"app":"Chrome","host":"https://mail.example.com/inbox"}}]}}"#), compress: true, tamper: none, expect: "invalid_event" },
-        Case { name: "empty-batch", note: "no events", employee_in_header: "e-1042", sealed_by: "e-1042",
-            json: format!(r#"{{"v":1,"sent_at_ms":{t}}}"#), compress: true, tamper: none, expect: "empty_batch" },
+        Case {
+            name: "valid-all-event-kinds",
+            note: "a batch with every event kind; accepted",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: valid_json(t),
+            compress: true,
+            tamper: none,
+            expect: "accept",
+        },
+        Case {
+            name: "flipped-tag-bit",
+            note: "the valid batch with the lowest bit of the last tag byte flipped",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: valid_json(t),
+            compress: true,
+            tamper: |b| {
+                let n = b.len();
+                b[n - 1] ^= 1
+            },
+            expect: "bad_tag",
+        },
+        Case {
+            name: "flipped-ciphertext-bit",
+            note: "one bit of the first ciphertext byte flipped",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: valid_json(t),
+            compress: true,
+            tamper: |b| {
+                let n = b.len();
+                b[n - 40] ^= 0x80
+            },
+            expect: "bad_tag",
+        },
+        Case {
+            name: "wrong-employee-in-header",
+            note: "sealed with e-1042's device key, header claims e-2000: the key derived from the header differs, so the tag fails",
+            employee_in_header: "e-2000",
+            sealed_by: "e-1042",
+            json: valid_json(t),
+            compress: true,
+            tamper: none,
+            expect: "bad_tag",
+        },
+        Case {
+            name: "truncated-body",
+            note: "the valid envelope cut 20 bytes short: the tag no longer verifies",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: valid_json(t),
+            compress: true,
+            tamper: |b| {
+                let n = b.len();
+                b.truncate(n - 20)
+            },
+            expect: "bad_tag",
+        },
+        Case {
+            name: "truncated-header",
+            note: "the valid envelope cut inside its header",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: valid_json(t),
+            compress: true,
+            tamper: |b| b.truncate(30),
+            expect: "malformed_envelope",
+        },
+        Case {
+            name: "bad-magic",
+            note: "first byte changed",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: valid_json(t),
+            compress: true,
+            tamper: |b| b[0] = b'X',
+            expect: "malformed_envelope",
+        },
+        Case {
+            name: "not-zstd",
+            note: "authentic, but the sealed payload is raw JSON, not a zstd frame",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: valid_json(t),
+            compress: false,
+            tamper: none,
+            expect: "bad_compression",
+        },
+        Case {
+            name: "unknown-field-keystrokes",
+            note: "authentic, but carries a field the model does not have",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: format!(
+                r#"{{"v":1,"sent_at_ms":{t},"keystrokes":"hunter2","activity":[{{"start_ms":{t},"active_s":60,"idle_s":0}}]}}"#
+            ),
+            compress: true,
+            tamper: none,
+            expect: "unknown_field",
+        },
+        Case {
+            name: "window-title",
+            note: "app usage may carry app and host only; a title is an unknown field",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: format!(
+                r#"{{"v":1,"sent_at_ms":{t},"app_usage":[{{"start_ms":{t},"duration_s":10,"app":"Outlook","title":"Re: salary"}}]}}"#
+            ),
+            compress: true,
+            tamper: none,
+            expect: "unknown_field",
+        },
+        Case {
+            name: "future-timestamp",
+            note: "an event 10 minutes after received_at_ms (more than 5 minutes of skew)",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: format!(
+                r#"{{"v":1,"sent_at_ms":{t},"activity":[{{"start_ms":{},"active_s":60,"idle_s":0}}]}}"#,
+                RECEIVED_AT_MS + 600_000
+            ),
+            compress: true,
+            tamper: none,
+            expect: "timestamp_in_future",
+        },
+        Case {
+            name: "gps-out-of-range",
+            note: "latitude 91",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: format!(
+                r#"{{"v":1,"sent_at_ms":{t},"gps":[{{"at_ms":{t},"lat":91.0,"lon":0.0,"accuracy_m":5.0}}]}}"#
+            ),
+            compress: true,
+            tamper: none,
+            expect: "invalid_event",
+        },
+        Case {
+            name: "url-as-host",
+            note: "a full URL where a host is expected",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: format!(
+                r#"{{"v":1,"sent_at_ms":{t},"app_usage":[{{"start_ms":{t},"duration_s":10,"app":"Chrome","host":"https://mail.example.com/inbox"}}]}}"#
+            ),
+            compress: true,
+            tamper: none,
+            expect: "invalid_event",
+        },
+        Case {
+            name: "empty-batch",
+            note: "no events",
+            employee_in_header: "e-1042",
+            sealed_by: "e-1042",
+            json: format!(r#"{{"v":1,"sent_at_ms":{t}}}"#),
+            compress: true,
+            tamper: none,
+            expect: "empty_batch",
+        },
     ];
 
     let mut vectors = Vec::new();
     for (i, c) in cases.iter().enumerate() {
         let claimed = header(c.employee_in_header);
         let signer = header(c.sealed_by);
-        let key = master.device_key(&signer.tenant, &signer.employee, &signer.device, signer.key_version);
+        let key = master.device_key(
+            &signer.tenant,
+            &signer.employee,
+            &signer.device,
+            signer.key_version,
+        );
         let frame = if c.compress {
             zstd::bulk::compress(c.json.as_bytes(), 3).unwrap()
         } else {

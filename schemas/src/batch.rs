@@ -147,12 +147,18 @@ impl Batch {
         if self.v != BATCH_MODEL_VERSION {
             return Err(Rejection::new(
                 RejectReason::UnsupportedVersion,
-                format!("batch model v{} (this node speaks v{BATCH_MODEL_VERSION})", self.v),
+                format!(
+                    "batch model v{} (this node speaks v{BATCH_MODEL_VERSION})",
+                    self.v
+                ),
             ));
         }
         let events = self.event_count();
         if events == 0 {
-            return Err(Rejection::new(RejectReason::EmptyBatch, "batch holds no event"));
+            return Err(Rejection::new(
+                RejectReason::EmptyBatch,
+                "batch holds no event",
+            ));
         }
         if events > limits.max_events {
             return Err(Rejection::new(
@@ -162,21 +168,29 @@ impl Batch {
         }
         let clock = Clock {
             latest: received_at_ms.saturating_add(limits.max_future_ms),
-            earliest: received_at_ms.saturating_sub(limits.max_age_ms).max(EPOCH_FLOOR_MS),
+            earliest: received_at_ms
+                .saturating_sub(limits.max_age_ms)
+                .max(EPOCH_FLOOR_MS),
         };
         for (i, s) in self.activity.iter().enumerate() {
             let at = || format!("activity[{i}]");
             clock.check(s.start_ms, &at)?;
             let total = u64::from(s.active_s) + u64::from(s.idle_s);
             if total == 0 || total > u64::from(MAX_INTERVAL_S) {
-                return Err(invalid(at(), format!("active_s + idle_s must be 1..={MAX_INTERVAL_S}")));
+                return Err(invalid(
+                    at(),
+                    format!("active_s + idle_s must be 1..={MAX_INTERVAL_S}"),
+                ));
             }
         }
         for (i, u) in self.app_usage.iter().enumerate() {
             let at = || format!("app_usage[{i}]");
             clock.check(u.start_ms, &at)?;
             if u.duration_s == 0 || u.duration_s > MAX_INTERVAL_S {
-                return Err(invalid(at(), format!("duration_s must be 1..={MAX_INTERVAL_S}")));
+                return Err(invalid(
+                    at(),
+                    format!("duration_s must be 1..={MAX_INTERVAL_S}"),
+                ));
             }
             check_app_name(&u.app).map_err(|d| invalid(format!("{}.app", at()), d))?;
             if let Some(host) = &u.host {
@@ -193,7 +207,10 @@ impl Batch {
                 return Err(invalid(at(), "lon must be within -180..=180"));
             }
             if !(p.accuracy_m.is_finite() && (0.0..=MAX_ACCURACY_M).contains(&p.accuracy_m)) {
-                return Err(invalid(at(), format!("accuracy_m must be within 0..={MAX_ACCURACY_M}")));
+                return Err(invalid(
+                    at(),
+                    format!("accuracy_m must be within 0..={MAX_ACCURACY_M}"),
+                ));
             }
         }
         for (i, a) in self.attendance.iter().enumerate() {
@@ -204,7 +221,10 @@ impl Batch {
 }
 
 fn invalid(path: String, detail: impl AsRef<str>) -> Rejection {
-    Rejection::new(RejectReason::InvalidEvent, format!("{path}: {}", detail.as_ref()))
+    Rejection::new(
+        RejectReason::InvalidEvent,
+        format!("{path}: {}", detail.as_ref()),
+    )
 }
 
 struct Clock {
@@ -257,7 +277,9 @@ fn check_host(host: &str) -> Result<(), String> {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !ok {
-            return Err("must be a lowercase host name only (no scheme, port, path or query)".into());
+            return Err(
+                "must be a lowercase host name only (no scheme, port, path or query)".into(),
+            );
         }
     }
     Ok(())
@@ -295,29 +317,100 @@ mod tests {
 
     #[test]
     fn refuses_fields_for_content_candor_never_collects() {
-        for field in ["keystrokes", "clipboard", "screenshot", "webcam", "microphone", "message", "title", "url"] {
-            let json = format!(r#"{{"v":1,"sent_at_ms":{NOW},"{field}":"x","activity":[{{"start_ms":{NOW},"active_s":1,"idle_s":0}}]}}"#);
+        for field in [
+            "keystrokes",
+            "clipboard",
+            "screenshot",
+            "webcam",
+            "microphone",
+            "message",
+            "title",
+            "url",
+        ] {
+            let json = format!(
+                r#"{{"v":1,"sent_at_ms":{NOW},"{field}":"x","activity":[{{"start_ms":{NOW},"active_s":1,"idle_s":0}}]}}"#
+            );
             assert_eq!(reason(&json), RejectReason::UnknownField, "{field}");
         }
-        let json = format!(r#"{{"v":1,"sent_at_ms":{NOW},"app_usage":[{{"start_ms":{NOW},"duration_s":5,"app":"Chrome","title":"Inbox"}}]}}"#);
+        let json = format!(
+            r#"{{"v":1,"sent_at_ms":{NOW},"app_usage":[{{"start_ms":{NOW},"duration_s":5,"app":"Chrome","title":"Inbox"}}]}}"#
+        );
         assert_eq!(reason(&json), RejectReason::UnknownField);
     }
 
     #[test]
     fn refuses_out_of_range_values() {
         let cases = [
-            (format!(r#"{{"v":1,"sent_at_ms":0}}"#), RejectReason::EmptyBatch),
-            (format!(r#"{{"v":2,"sent_at_ms":0}}"#), RejectReason::UnsupportedVersion),
-            (format!(r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{},"active_s":1,"idle_s":0}}]}}"#, NOW + 300_001), RejectReason::TimestampInFuture),
-            (format!(r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{},"active_s":1,"idle_s":0}}]}}"#, NOW - 366 * 86_400_000), RejectReason::TimestampTooOld),
-            (format!(r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{NOW},"active_s":0,"idle_s":0}}]}}"#), RejectReason::InvalidEvent),
-            (format!(r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{NOW},"active_s":901,"idle_s":0}}]}}"#), RejectReason::InvalidEvent),
-            (format!(r#"{{"v":1,"sent_at_ms":0,"gps":[{{"at_ms":{NOW},"lat":91.0,"lon":0.0,"accuracy_m":1.0}}]}}"#), RejectReason::InvalidEvent),
-            (format!(r#"{{"v":1,"sent_at_ms":0,"gps":[{{"at_ms":{NOW},"lat":0.0,"lon":-180.5,"accuracy_m":1.0}}]}}"#), RejectReason::InvalidEvent),
-            (format!(r#"{{"v":1,"sent_at_ms":0,"app_usage":[{{"start_ms":{NOW},"duration_s":5,"app":"Chrome","host":"https://x.com/inbox"}}]}}"#), RejectReason::InvalidEvent),
-            (format!(r#"{{"v":1,"sent_at_ms":0,"app_usage":[{{"start_ms":{NOW},"duration_s":5,"app":"Chrome","host":"x.com:443"}}]}}"#), RejectReason::InvalidEvent),
-            (format!(r#"{{"v":1,"sent_at_ms":0,"app_usage":[{{"start_ms":{NOW},"duration_s":5,"app":""}}]}}"#), RejectReason::InvalidEvent),
-            (format!(r#"{{"v":1,"sent_at_ms":0,"attendance":[{{"at_ms":{NOW},"kind":"lunch"}}]}}"#), RejectReason::InvalidJson),
+            (
+                r#"{"v":1,"sent_at_ms":0}"#.to_string(),
+                RejectReason::EmptyBatch,
+            ),
+            (
+                r#"{"v":2,"sent_at_ms":0}"#.to_string(),
+                RejectReason::UnsupportedVersion,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{},"active_s":1,"idle_s":0}}]}}"#,
+                    NOW + 300_001
+                ),
+                RejectReason::TimestampInFuture,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{},"active_s":1,"idle_s":0}}]}}"#,
+                    NOW - 366 * 86_400_000
+                ),
+                RejectReason::TimestampTooOld,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{NOW},"active_s":0,"idle_s":0}}]}}"#
+                ),
+                RejectReason::InvalidEvent,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{NOW},"active_s":901,"idle_s":0}}]}}"#
+                ),
+                RejectReason::InvalidEvent,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"sent_at_ms":0,"gps":[{{"at_ms":{NOW},"lat":91.0,"lon":0.0,"accuracy_m":1.0}}]}}"#
+                ),
+                RejectReason::InvalidEvent,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"sent_at_ms":0,"gps":[{{"at_ms":{NOW},"lat":0.0,"lon":-180.5,"accuracy_m":1.0}}]}}"#
+                ),
+                RejectReason::InvalidEvent,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"sent_at_ms":0,"app_usage":[{{"start_ms":{NOW},"duration_s":5,"app":"Chrome","host":"https://x.com/inbox"}}]}}"#
+                ),
+                RejectReason::InvalidEvent,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"sent_at_ms":0,"app_usage":[{{"start_ms":{NOW},"duration_s":5,"app":"Chrome","host":"x.com:443"}}]}}"#
+                ),
+                RejectReason::InvalidEvent,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"sent_at_ms":0,"app_usage":[{{"start_ms":{NOW},"duration_s":5,"app":""}}]}}"#
+                ),
+                RejectReason::InvalidEvent,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"sent_at_ms":0,"attendance":[{{"at_ms":{NOW},"kind":"lunch"}}]}}"#
+                ),
+                RejectReason::InvalidJson,
+            ),
             ("[1,2".to_string(), RejectReason::InvalidJson),
         ];
         for (json, want) in cases {
@@ -328,7 +421,10 @@ mod tests {
     #[test]
     fn caps_the_event_count() {
         let sample = format!(r#"{{"start_ms":{NOW},"active_s":1,"idle_s":0}}"#);
-        let json = format!(r#"{{"v":1,"sent_at_ms":0,"activity":[{}]}}"#, vec![sample; 10_001].join(","));
+        let json = format!(
+            r#"{{"v":1,"sent_at_ms":0,"activity":[{}]}}"#,
+            vec![sample; 10_001].join(",")
+        );
         assert_eq!(reason(&json), RejectReason::TooManyEvents);
     }
 }

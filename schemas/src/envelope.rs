@@ -71,7 +71,8 @@ pub fn seal(
     nonce: &[u8; NONCE_LEN],
     zstd_frame: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FIXED_PREFIX_LEN + 3 + 192 + NONCE_LEN + zstd_frame.len() + TAG_LEN);
+    let mut out =
+        Vec::with_capacity(FIXED_PREFIX_LEN + 3 + 192 + NONCE_LEN + zstd_frame.len() + TAG_LEN);
     header.encode_prefix(&mut out);
     out.extend_from_slice(nonce);
     let sealed = crypto::seal(key.as_bytes(), nonce, &out, zstd_frame);
@@ -114,7 +115,10 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedEnvelope<'_>, Rejection> {
     if bytes[4] != FORMAT_VERSION {
         return Err(Rejection::new(
             RejectReason::UnsupportedVersion,
-            format!("format version {} (this node speaks {FORMAT_VERSION})", bytes[4]),
+            format!(
+                "format version {} (this node speaks {FORMAT_VERSION})",
+                bytes[4]
+            ),
         ));
     }
     if bytes[5] != COMPRESSION_ZSTD {
@@ -193,9 +197,12 @@ mod tests {
     }
 
     fn key(h: &EnvelopeHeader) -> DeviceKey {
-        MasterSecret::from_bytes(&[42; 32])
-            .unwrap()
-            .device_key(&h.tenant, &h.employee, &h.device, h.key_version)
+        MasterSecret::from_bytes(&[42; 32]).unwrap().device_key(
+            &h.tenant,
+            &h.employee,
+            &h.device,
+            h.key_version,
+        )
     }
 
     proptest! {

@@ -35,7 +35,11 @@ pub fn open_batch(
     if body.len() > limits.max_body_bytes {
         return Err(Rejection::new(
             RejectReason::BodyTooLarge,
-            format!("body is {} bytes; at most {}", body.len(), limits.max_body_bytes),
+            format!(
+                "body is {} bytes; at most {}",
+                body.len(),
+                limits.max_body_bytes
+            ),
         ));
     }
     let parsed = envelope::parse(body)?;

@@ -32,7 +32,9 @@ pub const MAX_MASTER_SECRET_LEN: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MasterSecretError {
-    #[error("master secret is {0} bytes; it must be {MIN_MASTER_SECRET_LEN} to {MAX_MASTER_SECRET_LEN}")]
+    #[error(
+        "master secret is {0} bytes; it must be {MIN_MASTER_SECRET_LEN} to {MAX_MASTER_SECRET_LEN}"
+    )]
     BadLength(usize),
     #[error("master secret is not hex: {0}")]
     NotHex(String),
@@ -174,10 +176,23 @@ mod tests {
         let other_version = m.device_key(&t, &e, &d, 2);
         assert_ne!(k.as_bytes(), other_employee.as_bytes());
         assert_ne!(k.as_bytes(), other_version.as_bytes());
-        assert_ne!(m.at_rest_key(&t, 1).as_bytes(), m.pseudonym_key(&t, 1).as_bytes());
+        assert_ne!(
+            m.at_rest_key(&t, 1).as_bytes(),
+            m.pseudonym_key(&t, 1).as_bytes()
+        );
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
-        let split1 = m.device_key(&t, &EmployeeId::new("ab").unwrap(), &DeviceId::new("c").unwrap(), 1);
-        let split2 = m.device_key(&t, &EmployeeId::new("a").unwrap(), &DeviceId::new("bc").unwrap(), 1);
+        let split1 = m.device_key(
+            &t,
+            &EmployeeId::new("ab").unwrap(),
+            &DeviceId::new("c").unwrap(),
+            1,
+        );
+        let split2 = m.device_key(
+            &t,
+            &EmployeeId::new("a").unwrap(),
+            &DeviceId::new("bc").unwrap(),
+            1,
+        );
         assert_ne!(split1.as_bytes(), split2.as_bytes());
     }
 
@@ -192,7 +207,9 @@ mod tests {
     #[test]
     fn subjects_are_hex_hmacs() {
         let t = TenantId::new("acme").unwrap();
-        let s = master().pseudonym_key(&t, 1).subject(&EmployeeId::new("e1").unwrap());
+        let s = master()
+            .pseudonym_key(&t, 1)
+            .subject(&EmployeeId::new("e1").unwrap());
         assert_eq!(s.len(), 64);
         assert!(!s.contains("e1") || s.chars().all(|c| c.is_ascii_hexdigit()));
     }

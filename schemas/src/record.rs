@@ -100,7 +100,11 @@ pub fn encode_events(opened: &OpenedBatch) -> Vec<(Dataset, RecordBatch)> {
         }
         push(
             Dataset::Activity,
-            vec![Arc::new(start.finish()), Arc::new(active.finish()), Arc::new(idle.finish())],
+            vec![
+                Arc::new(start.finish()),
+                Arc::new(active.finish()),
+                Arc::new(idle.finish()),
+            ],
         );
     }
     if !b.app_usage.is_empty() {
@@ -184,13 +188,15 @@ pub fn seal_record(
     let schema = Arc::new(events.schema().as_ref().clone().with_metadata(metadata));
     let mut ipc = Vec::with_capacity(events.get_array_memory_size() + 512);
     {
-        let mut writer = StreamWriter::try_new(&mut ipc, &schema)
-            .expect("writing IPC to memory cannot fail");
+        let mut writer =
+            StreamWriter::try_new(&mut ipc, &schema).expect("writing IPC to memory cannot fail");
         let batch = events
             .clone()
             .with_schema(schema.clone())
             .expect("same fields, only metadata added");
-        writer.write(&batch).expect("writing IPC to memory cannot fail");
+        writer
+            .write(&batch)
+            .expect("writing IPC to memory cannot fail");
         writer.finish().expect("writing IPC to memory cannot fail");
     }
     let mut out = Vec::with_capacity(11 + tenant.as_str().len() + NONCE_LEN + ipc.len() + TAG_LEN);
@@ -240,8 +246,13 @@ pub fn open_record(
         .ok_or_else(|| bad("bad tenant id"))?;
     let nonce: [u8; NONCE_LEN] = bytes[tenant_end..nonce_end].try_into().expect("24 bytes");
     let key = key_for(&tenant, key_version).ok_or(RecordError::Authentication)?;
-    let ipc = crypto::open(key.as_bytes(), &nonce, &bytes[..nonce_end], &bytes[nonce_end..])
-        .map_err(|_| RecordError::Authentication)?;
+    let ipc = crypto::open(
+        key.as_bytes(),
+        &nonce,
+        &bytes[..nonce_end],
+        &bytes[nonce_end..],
+    )
+    .map_err(|_| RecordError::Authentication)?;
     let (meta, events) = decode_ipc(dataset, &ipc)?;
     Ok(LogRecord {
         dataset,
@@ -257,10 +268,16 @@ fn decode_ipc(dataset: Dataset, ipc: &[u8]) -> Result<(RecordMeta, RecordBatch),
     let mut reader = StreamReader::try_new(Cursor::new(ipc), None).map_err(|e| decode(&e))?;
     let schema = reader.schema();
     if schema.fields() != dataset.log_schema().fields() {
-        return Err(decode(&format!("fields differ from the {} log schema", dataset.name())));
+        return Err(decode(&format!(
+            "fields differ from the {} log schema",
+            dataset.name()
+        )));
     }
     let md = schema.metadata();
-    let get = |k: &str| md.get(k).ok_or_else(|| decode(&format!("missing metadata {k}")));
+    let get = |k: &str| {
+        md.get(k)
+            .ok_or_else(|| decode(&format!("missing metadata {k}")))
+    };
     let meta = RecordMeta {
         employee: EmployeeId::new(get(META_EMPLOYEE)?.as_str()).map_err(|e| decode(&e))?,
         device: DeviceId::new(get(META_DEVICE)?.as_str()).map_err(|e| decode(&e))?,
@@ -299,7 +316,11 @@ mod tests {
             batch: Batch {
                 v: 1,
                 sent_at_ms: 0,
-                activity: vec![ActivitySample { start_ms: 1_000, active_s: 30, idle_s: 30 }],
+                activity: vec![ActivitySample {
+                    start_ms: 1_000,
+                    active_s: 30,
+                    idle_s: 30,
+                }],
                 app_usage: vec![],
                 gps: vec![],
                 attendance: vec![],
@@ -334,6 +355,9 @@ mod tests {
             open_record(&sealed, |_, v| Some(master.at_rest_key(&other, v))).unwrap_err(),
             RecordError::Authentication
         );
-        assert_eq!(open_record(&sealed, |_, _| None).unwrap_err(), RecordError::Authentication);
+        assert_eq!(
+            open_record(&sealed, |_, _| None).unwrap_err(),
+            RecordError::Authentication
+        );
     }
 }

@@ -9,15 +9,23 @@ use serde_json::Value;
 
 fn vectors() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/vectors.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors.json exists")).expect("valid JSON")
+    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors.json exists"))
+        .expect("valid JSON")
 }
 
 fn hex_of(v: &Value, field: &str) -> Vec<u8> {
-    hex::decode(v[field].as_str().unwrap_or_else(|| panic!("{field} missing"))).expect("hex")
+    hex::decode(
+        v[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} missing")),
+    )
+    .expect("hex")
 }
 
 fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
-    v[field].as_str().unwrap_or_else(|| panic!("{field} missing"))
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} missing"))
 }
 
 #[test]
@@ -45,7 +53,11 @@ fn every_vector_gets_its_verdict() {
 
         // 1. Key derivation.
         let key = master.device_key(&tenant, &signer, &device, version);
-        assert_eq!(key.as_bytes().to_vec(), hex_of(v, "device_key_hex"), "{name}: device key");
+        assert_eq!(
+            key.as_bytes().to_vec(),
+            hex_of(v, "device_key_hex"),
+            "{name}: device key"
+        );
 
         // 2. Sealing is deterministic given the payload and nonce: an
         //    untampered vector must be reproduced byte for byte.
@@ -59,9 +71,19 @@ fn every_vector_gets_its_verdict() {
         let nonce: [u8; 24] = hex_of(v, "nonce_hex").try_into().unwrap();
         let resealed = envelope::seal(&header, &key, &nonce, &hex_of(v, "payload_hex"));
         let sealed = hex_of(v, "sealed_hex");
-        let tampered = ["flipped-tag-bit", "flipped-ciphertext-bit", "truncated-body", "truncated-header", "bad-magic"]
-            .contains(&name);
-        assert_eq!(resealed == sealed, !tampered, "{name}: sealing reproduces the vector iff untampered");
+        let tampered = [
+            "flipped-tag-bit",
+            "flipped-ciphertext-bit",
+            "truncated-body",
+            "truncated-header",
+            "bad-magic",
+        ]
+        .contains(&name);
+        assert_eq!(
+            resealed == sealed,
+            !tampered,
+            "{name}: sealing reproduces the vector iff untampered"
+        );
 
         // 3. The verdict of the whole intake path.
         let expect = str_of(v, "expect");
@@ -86,7 +108,10 @@ fn tenant_keys_and_subjects_match() {
     for t in all["tenant_keys"].as_array().unwrap() {
         let tenant = TenantId::new(str_of(t, "tenant")).unwrap();
         let version = t["version"].as_u64().unwrap() as u32;
-        assert_eq!(master.at_rest_key(&tenant, version).as_bytes().to_vec(), hex_of(t, "at_rest_key_hex"));
+        assert_eq!(
+            master.at_rest_key(&tenant, version).as_bytes().to_vec(),
+            hex_of(t, "at_rest_key_hex")
+        );
         let pk = master.pseudonym_key(&tenant, version);
         assert_eq!(pk.as_bytes().to_vec(), hex_of(t, "pseudonym_key_hex"));
         let employee = EmployeeId::new(str_of(t, "subject_of_employee")).unwrap();

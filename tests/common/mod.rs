@@ -37,7 +37,9 @@ pub fn broker() -> String {
 pub async fn fresh_topic(prefix: &str, partitions: i32) -> KafkaConfig {
     let name = format!("{prefix}-{}", uuid_like());
     let config = KafkaConfig::new(broker(), name);
-    ensure_topic(&config, partitions).await.expect("topic created");
+    ensure_topic(&config, partitions)
+        .await
+        .expect("topic created");
     config
 }
 
@@ -62,6 +64,10 @@ pub async fn start_ingest(master: MasterSecret, kafka: &KafkaConfig, limits: Lim
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(candor_ingest::serve(listener, state, std::future::pending()));
+    tokio::spawn(candor_ingest::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
     format!("http://{addr}")
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
 use candor_benchmarks::agents::{Outcome, SimulatedAgent, post_batch};
-use candor_schemas::keys::MasterSecret;
 use candor_schemas::TenantId;
+use candor_schemas::keys::MasterSecret;
 use chrono::{Days, NaiveDate, Utc};
 use clap::Parser;
 use rand::SeedableRng;
@@ -43,7 +43,10 @@ async fn main() -> Result<()> {
         &std::env::var("CANDOR_MASTER_SECRET").context("CANDOR_MASTER_SECRET (hex) must be set")?,
     )?;
     let today = Utc::now().date_naive();
-    let days: Vec<NaiveDate> = (1..=args.days).rev().map(|d| today - Days::new(d)).collect();
+    let days: Vec<NaiveDate> = (1..=args.days)
+        .rev()
+        .map(|d| today - Days::new(d))
+        .collect();
     let url = format!("{}{}", args.ingest.trim_end_matches('/'), "/v1/batches");
     let client = reqwest::Client::new();
     let gate = Arc::new(Semaphore::new(args.concurrency));
@@ -66,7 +69,9 @@ async fn main() -> Result<()> {
                     drop(permit);
                     match outcome {
                         Ok(Outcome::Accepted) => accepted.fetch_add(1, Ordering::Relaxed),
-                        Ok(Outcome::Rejected(_)) | Err(_) => rejected.fetch_add(1, Ordering::Relaxed),
+                        Ok(Outcome::Rejected(_)) | Err(_) => {
+                            rejected.fetch_add(1, Ordering::Relaxed)
+                        }
                     };
                 });
             }
@@ -77,7 +82,10 @@ async fn main() -> Result<()> {
         );
     }
     while tasks.join_next().await.is_some() {}
-    let (ok, bad) = (accepted.load(Ordering::Relaxed), rejected.load(Ordering::Relaxed));
+    let (ok, bad) = (
+        accepted.load(Ordering::Relaxed),
+        rejected.load(Ordering::Relaxed),
+    );
     println!("agents: {ok} batches accepted, {bad} refused, {events_sent} events sent");
     if bad > 0 {
         bail!("{bad} batches were refused");
