@@ -139,6 +139,14 @@ async fn bad_input_gets_a_reason_and_never_reaches_the_log() {
             assert_eq!(answer["reason"], reason, "{what}: {answer}");
         }
         assert_eq!(total_records(&kafka).await, 0, "refused input reached the topic");
+        let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+        for line in [
+            r#"candor_ingest_requests_total{reason="bad_tag",status="401"} 3"#,
+            r#"candor_ingest_requests_total{reason="decompressed_too_large",status="413"} 1"#,
+            r#"candor_ingest_requests_total{reason="unsupported_media_type",status="415"} 1"#,
+        ] {
+            assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+        }
 
         // The same check sees an accepted batch, so the zero above is meaningful.
         let (got, answer) = post(&url, ct, good).await;
@@ -218,6 +226,19 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         processor.drain().await.unwrap();
         assert_eq!(processor.stats().records, 7);
         assert_eq!(processor.stats().records_undecodable, 0);
+        assert_eq!(processor.stats().events, 10 + 1 + 2 + 1 + 4 + 5 + 5);
+
+        // A restarted processor of the same group resumes after the commits:
+        // nothing is read twice.
+        let consumer = KafkaConsumer::new(&kafka, "e2e-processor").unwrap();
+        let mut restarted = Processor::new(
+            consumer,
+            master.clone(),
+            Lake::local(lake_dir.path()).unwrap(),
+            ProcessorConfig::default(),
+        );
+        restarted.drain().await.unwrap();
+        assert_eq!(restarted.stats().records, 0);
 
         let acme = TenantId::new("acme").unwrap();
         let subject = |h: &EnvelopeHeader| master.pseudonym_key(&acme, 1).subject(&h.employee);
