@@ -216,28 +216,15 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         assert_eq!(total_records(&kafka).await, 7);
 
         let lake_dir = tempfile::tempdir().unwrap();
-        let consumer = KafkaConsumer::new(&kafka, "e2e-processor").unwrap();
-        let mut processor = Processor::new(
-            consumer,
-            master.clone(),
-            Lake::local(lake_dir.path()).unwrap(),
-            ProcessorConfig::default(),
-        );
-        processor.drain().await.unwrap();
+        let processor = drained_processor(&kafka, &master, lake_dir.path()).await;
         assert_eq!(processor.stats().records, 7);
         assert_eq!(processor.stats().records_undecodable, 0);
         assert_eq!(processor.stats().events, 10 + 1 + 2 + 1 + 4 + 5 + 5);
 
         // A restarted processor of the same group resumes after the commits:
         // nothing is read twice.
-        let consumer = KafkaConsumer::new(&kafka, "e2e-processor").unwrap();
-        let mut restarted = Processor::new(
-            consumer,
-            master.clone(),
-            Lake::local(lake_dir.path()).unwrap(),
-            ProcessorConfig::default(),
-        );
-        restarted.drain().await.unwrap();
+        drop(processor);
+        let restarted = drained_processor(&kafka, &master, lake_dir.path()).await;
         assert_eq!(restarted.stats().records, 0);
 
         let acme = TenantId::new("acme").unwrap();
@@ -340,6 +327,21 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
     })
     .await
     .expect("test finished within its hang guard");
+}
+
+/// A processor of the test's consumer group that has drained the topic.
+async fn drained_processor(
+    kafka: &KafkaConfig,
+    master: &MasterSecret,
+    lake: &Path,
+) -> Processor<KafkaConsumer> {
+    // A group of its own per topic: groups outlive test runs on the broker.
+    let group = format!("{}-processor", kafka.topic);
+    let consumer = KafkaConsumer::new(kafka, &group).unwrap();
+    let lake = Lake::local(lake).unwrap();
+    let mut processor = Processor::new(consumer, master.clone(), lake, ProcessorConfig::default());
+    processor.drain().await.unwrap();
+    processor
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
