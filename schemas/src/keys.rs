@@ -206,14 +206,31 @@ mod tests {
 
     #[test]
     fn subjects_are_stable_per_tenant_hex_hmacs() {
-        let (acme, globex) = (TenantId::new("acme").unwrap(), TenantId::new("globex").unwrap());
-        let (e1, e2) = (EmployeeId::new("e1").unwrap(), EmployeeId::new("e2").unwrap());
+        let (acme, globex) = (
+            TenantId::new("acme").unwrap(),
+            TenantId::new("globex").unwrap(),
+        );
+        let (e1, e2) = (
+            EmployeeId::new("e1").unwrap(),
+            EmployeeId::new("e2").unwrap(),
+        );
         let s = master().pseudonym_key(&acme, 1).subject(&e1);
         assert_eq!(s.len(), 64);
-        assert!(s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
         assert_eq!(s, master().pseudonym_key(&acme, 1).subject(&e1), "stable");
         assert_ne!(s, master().pseudonym_key(&acme, 1).subject(&e2));
-        assert_ne!(s, master().pseudonym_key(&globex, 1).subject(&e1), "not linkable across tenants");
-        assert_ne!(s, master().pseudonym_key(&acme, 2).subject(&e1), "rotates with the key version");
+        assert_ne!(
+            s,
+            master().pseudonym_key(&globex, 1).subject(&e1),
+            "not linkable across tenants"
+        );
+        assert_ne!(
+            s,
+            master().pseudonym_key(&acme, 2).subject(&e1),
+            "rotates with the key version"
+        );
     }
 }
