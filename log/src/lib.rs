@@ -16,6 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod kafka;
+pub mod spool;
+pub mod testkit;
 
 /// A record to append: key `tenant/device`, value a sealed log record.
 #[derive(Debug, Clone, PartialEq, Eq)]
