@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use candor_ingest::{IngestMetrics, IngestState};
 use candor_log::kafka::{KafkaConfig, KafkaConsumer, KafkaProducer, ensure_topic};
-use candor_processor::{Lake, Processor, ProcessorConfig};
+use candor_log::spool::{Spool, SpoolConfig};
+use candor_processor::{Lake, Processor, ProcessorConfig, ProcessorMetrics};
 use candor_query::TenantLake;
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{DeviceId, EmployeeId, Limits, TenantId};
@@ -34,6 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run all of Candor on one machine: ingest and processor in one process,
+    /// the embedded durable log, a local-directory lake. No broker needed.
+    Standalone(StandaloneArgs),
     /// Run an ingest node: accept sealed batches over HTTP and append them to Kafka.
     Ingest(IngestArgs),
     /// Run a processor: consume the log and write the Parquet lake.
@@ -43,6 +47,23 @@ enum Command {
     Kpi(KpiCommand),
     /// Print the hex key a device seals its batches with (see schemas/WIRE.md).
     DeviceKey(DeviceKeyArgs),
+}
+
+#[derive(Args)]
+struct StandaloneArgs {
+    /// Directory for the master secret (created on first start if none is
+    /// configured), the embedded log (`spool/`) and the lake (`lake/`).
+    #[arg(long, env = "CANDOR_DATA_DIR", default_value = ".candor")]
+    data_dir: PathBuf,
+    /// Address ingest listens on (plain HTTP; put it behind TLS termination).
+    #[arg(long, env = "CANDOR_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Partitions of the embedded log (fixed once the spool exists).
+    #[arg(long, env = "CANDOR_SPOOL_PARTITIONS", default_value_t = 4)]
+    partitions: u32,
+    /// Disk the embedded log may use before ingest answers 503, in MiB.
+    #[arg(long, env = "CANDOR_SPOOL_MAX_DISK_MB", default_value_t = 10 * 1024)]
+    spool_max_disk_mb: u64,
 }
 
 #[derive(Args)]
@@ -167,6 +188,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Standalone(args) => run_standalone(args).await,
         Command::Ingest(args) => run_ingest(args).await,
         Command::Processor(args) => run_processor(args).await,
         Command::Kpi(KpiCommand::Activity(args)) => print_activity(args).await,
@@ -183,6 +205,104 @@ async fn main() -> Result<()> {
     }
 }
 
+/// The master secret for standalone mode: the configured one, else the one
+/// in the data directory, created (mode 0600) on first start.
+fn standalone_master_secret(data_dir: &std::path::Path) -> Result<MasterSecret> {
+    if std::env::var_os("CANDOR_MASTER_SECRET_FILE").is_some()
+        || std::env::var_os("CANDOR_MASTER_SECRET").is_some()
+    {
+        return master_secret();
+    }
+    let path = data_dir.join("master.key");
+    if !path.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let secret: [u8; 32] = rand::random();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(hex::encode(secret).as_bytes())
+                    .and_then(|()| f.sync_all())
+            })
+            .with_context(|| format!("creating master secret {}", path.display()))?;
+        eprintln!(
+            "created a new master secret in {} (keep it: without it the data cannot be read)",
+            path.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(MasterSecret::from_hex(&text)?)
+}
+
+async fn run_standalone(args: StandaloneArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let master = standalone_master_secret(&args.data_dir)?;
+    let spool_dir = args.data_dir.join("spool");
+    let lake_dir = args.data_dir.join("lake");
+    let spool = Spool::open(SpoolConfig {
+        partitions: args.partitions,
+        max_disk_bytes: args.spool_max_disk_mb * 1024 * 1024,
+        ..SpoolConfig::new(&spool_dir)
+    })?;
+    let registry = prometheus::Registry::new();
+    let processor = Processor::new(
+        spool.consumer("candor-processor")?,
+        master.clone(),
+        Lake::local(&lake_dir)?,
+        ProcessorConfig::default(),
+    )
+    .with_metrics(ProcessorMetrics::register(&registry));
+    let state = Arc::new(IngestState {
+        master,
+        limits: Limits::default(),
+        at_rest_key_version: 1,
+        log: Arc::new(spool.producer()),
+        metrics: IngestMetrics::new(registry),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    // One signal stops both: ingest drains its requests, the processor
+    // finishes its round (write, then commit).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait_for_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut processor = processor;
+    let processing = tokio::spawn({
+        let stopped = wait_for_stop(stopped.clone());
+        async move { processor.run(stopped).await.map(|()| processor.stats()) }
+    });
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    println!("candor standalone");
+    println!("  ingest   http://{addr}{}", candor_ingest::BATCH_ROUTE);
+    println!("  metrics  http://{addr}/metrics   health: /healthz /readyz");
+    println!(
+        "  log      {} (embedded, fsynced before 202)",
+        spool_dir.display()
+    );
+    println!("  lake     {}", lake_dir.display());
+    candor_ingest::serve(listener, state, wait_for_stop(stopped)).await?;
+    let stats = processing.await.context("processor task")??;
+    tracing::info!(
+        records = stats.records,
+        events = stats.events,
+        files = stats.files_written,
+        "standalone stopped"
+    );
+    Ok(())
+}
+
 async fn run_ingest(args: IngestArgs) -> Result<()> {
     let master = master_secret()?;
     let kafka = args.kafka.config();
@@ -197,7 +317,7 @@ async fn run_ingest(args: IngestArgs) -> Result<()> {
         },
         at_rest_key_version: 1,
         log: Arc::new(KafkaProducer::new(&kafka)?),
-        metrics: IngestMetrics::new(),
+        metrics: IngestMetrics::default(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

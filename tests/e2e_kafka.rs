@@ -10,48 +10,18 @@ use std::time::Duration;
 use candor_log::kafka::{KafkaConfig, KafkaConsumer, end_offsets};
 use candor_processor::{Lake, Processor, ProcessorConfig};
 use candor_query::{ActivityDay, TenantLake};
-use candor_schemas::batch::{
-    ActivitySample, AppUsage, AttendanceEvent, AttendanceKind, Batch, GpsPoint,
-};
+use candor_schemas::batch::{AppUsage, AttendanceEvent, AttendanceKind, GpsPoint};
 use candor_schemas::envelope::{self, EnvelopeHeader};
 use candor_schemas::keys::MasterSecret;
-use candor_schemas::{DeviceId, EmployeeId, Limits, TenantId};
+use candor_schemas::{Limits, TenantId};
 use chrono::{Days, NaiveDate, Utc};
-use common::{fresh_topic, random_master, start_ingest};
+use common::{
+    activity_batch, fresh_topic, header, ms, post, random_master, samples, seal, seal_batch,
+    start_ingest,
+};
 
 /// Hang guard: a broken broker fails the test instead of stalling CI.
 const GUARD: Duration = Duration::from_secs(180);
-
-fn header(tenant: &str, employee: &str, device: &str) -> EnvelopeHeader {
-    EnvelopeHeader {
-        key_version: 1,
-        batch_id: rand::random(),
-        tenant: TenantId::new(tenant).unwrap(),
-        employee: EmployeeId::new(employee).unwrap(),
-        device: DeviceId::new(device).unwrap(),
-    }
-}
-
-fn seal(master: &MasterSecret, h: &EnvelopeHeader, json: &[u8]) -> Vec<u8> {
-    let key = master.device_key(&h.tenant, &h.employee, &h.device, h.key_version);
-    envelope::seal_json(h, &key, &rand::random(), json)
-}
-
-fn seal_batch(master: &MasterSecret, h: &EnvelopeHeader, batch: &Batch) -> Vec<u8> {
-    seal(master, h, &serde_json::to_vec(batch).unwrap())
-}
-
-async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}/v1/batches"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("ingest answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
-}
 
 async fn total_records(kafka: &KafkaConfig) -> i64 {
     end_offsets(kafka)
@@ -60,34 +30,6 @@ async fn total_records(kafka: &KafkaConfig) -> i64 {
         .iter()
         .map(|(_, high)| high)
         .sum()
-}
-
-fn ms(day: NaiveDate, h: u32, m: u32) -> i64 {
-    day.and_hms_opt(h, m, 0)
-        .unwrap()
-        .and_utc()
-        .timestamp_millis()
-}
-
-fn samples(start_ms: i64, count: i64, active_s: u32, idle_s: u32) -> Vec<ActivitySample> {
-    (0..count)
-        .map(|i| ActivitySample {
-            start_ms: start_ms + i * 60_000,
-            active_s,
-            idle_s,
-        })
-        .collect()
-}
-
-fn activity_batch(activity: Vec<ActivitySample>) -> Batch {
-    Batch {
-        v: 1,
-        sent_at_ms: 0,
-        activity,
-        app_usage: vec![],
-        gps: vec![],
-        attendance: vec![],
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

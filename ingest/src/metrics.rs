@@ -8,6 +8,8 @@ use prometheus::{
 
 use crate::IngestError;
 
+/// Ingest's metrics, registered in a registry that other components of the
+/// same process may share (standalone mode serves them all on one `/metrics`).
 pub struct IngestMetrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -17,8 +19,7 @@ pub struct IngestMetrics {
 }
 
 impl IngestMetrics {
-    pub fn new() -> Self {
-        let registry = Registry::new();
+    pub fn new(registry: Registry) -> Self {
         let requests = IntCounterVec::new(
             Opts::new(
                 "candor_ingest_requests_total",
@@ -73,6 +74,7 @@ impl IngestMetrics {
         self.request_seconds.observe(elapsed.as_secs_f64());
     }
 
+    /// Every metric of the registry (not only ingest's), in text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
@@ -84,6 +86,6 @@ impl IngestMetrics {
 
 impl Default for IngestMetrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(Registry::new())
     }
 }

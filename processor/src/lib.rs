@@ -5,9 +5,10 @@
 
 mod aggregate;
 mod lake;
+mod metrics;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use candor_log::{Delivered, LogConsumer, LogError, Resume};
 use candor_schemas::keys::MasterSecret;
@@ -16,6 +17,7 @@ use futures::FutureExt;
 
 pub use aggregate::{Aggregator, PartitionKey};
 pub use lake::{Lake, LakeError};
+pub use metrics::ProcessorMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
@@ -45,7 +47,7 @@ impl Default for ProcessorConfig {
     }
 }
 
-/// Running totals, for logs and metrics.
+/// Running totals since the processor started (a snapshot of its metrics).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ProcessorStats {
     pub records: u64,
@@ -61,7 +63,9 @@ pub struct Processor<C> {
     master: MasterSecret,
     lake: Lake,
     config: ProcessorConfig,
-    stats: ProcessorStats,
+    metrics: ProcessorMetrics,
+    /// When lag was last measured; it costs a round trip to the log.
+    lag_measured: Option<Instant>,
 }
 
 impl<C: LogConsumer> Processor<C> {
@@ -71,12 +75,58 @@ impl<C: LogConsumer> Processor<C> {
             master,
             lake,
             config,
-            stats: ProcessorStats::default(),
+            metrics: ProcessorMetrics::default(),
+            lag_measured: None,
         }
     }
 
-    pub fn stats(&self) -> &ProcessorStats {
-        &self.stats
+    /// Counts into `metrics` (registered where the process exports them).
+    pub fn with_metrics(mut self, metrics: ProcessorMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn stats(&self) -> ProcessorStats {
+        let m = &self.metrics;
+        ProcessorStats {
+            records: m.records.get(),
+            events: m.events.get(),
+            records_undecodable: m.records_undecodable.get(),
+            files_written: m.files_written.get(),
+            rows_written: m.rows_written.get(),
+        }
+    }
+
+    /// Records the group has yet to commit, summed over partitions.
+    async fn lag(&self) -> Result<i64, ProcessorError> {
+        let committed: BTreeMap<i32, i64> = self
+            .consumer
+            .committed()
+            .await?
+            .into_iter()
+            .map(|r| (r.partition, r.next_offset))
+            .collect();
+        Ok(self
+            .consumer
+            .end_offsets()
+            .await?
+            .iter()
+            .map(|e| (e.next_offset - committed.get(&e.partition).copied().unwrap_or(0)).max(0))
+            .sum())
+    }
+
+    /// Refreshes the lag gauge, at most once a second.
+    async fn measure_lag(&mut self) -> Result<(), ProcessorError> {
+        if self
+            .lag_measured
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        let lag = self.lag().await?;
+        self.metrics.lag_records.set(lag);
+        self.lag_measured = Some(Instant::now());
+        Ok(())
     }
 
     /// One round: poll, aggregate, write, commit. Returns the records handled.
@@ -117,7 +167,7 @@ impl<C: LogConsumer> Processor<C> {
         let last = records.last().expect("chunks are non-empty").offset;
         let mut agg = Aggregator::default();
         for d in records {
-            self.stats.records += 1;
+            self.metrics.records.inc();
             let opened = open_record(&d.value, |tenant, version| {
                 Some(self.master.at_rest_key(tenant, version))
             });
@@ -126,11 +176,11 @@ impl<C: LogConsumer> Processor<C> {
                     let pseudonyms = self
                         .master
                         .pseudonym_key(&record.tenant, self.config.pseudonym_key_version);
-                    self.stats.events += record.events.num_rows() as u64;
+                    self.metrics.events.inc_by(record.events.num_rows() as u64);
                     agg.add(&record, &pseudonyms.subject(&record.meta.employee));
                 }
                 Err(e) => {
-                    self.stats.records_undecodable += 1;
+                    self.metrics.records_undecodable.inc();
                     tracing::error!(partition, offset = d.offset, error = %e, "skipping undecodable log record");
                 }
             }
@@ -139,11 +189,11 @@ impl<C: LogConsumer> Processor<C> {
         // rewrites the same objects instead of adding duplicates.
         let file_name = format!("part-{partition:05}-{first:020}-{last:020}.parquet");
         for (key, batch) in agg.finish() {
-            self.stats.rows_written += batch.num_rows() as u64;
+            self.metrics.rows_written.inc_by(batch.num_rows() as u64);
             self.lake
                 .write_parquet(&key.object_path(&file_name), &batch)
                 .await?;
-            self.stats.files_written += 1;
+            self.metrics.files_written.inc();
         }
         Ok(last)
     }
@@ -166,6 +216,7 @@ impl<C: LogConsumer> Processor<C> {
                 .iter()
                 .all(|t| committed.get(&t.partition).copied().unwrap_or(0) >= t.next_offset);
             if caught_up {
+                self.metrics.lag_records.set(self.lag().await?);
                 return Ok(());
             }
             self.step().await?;
@@ -187,7 +238,11 @@ impl<C: LogConsumer> Processor<C> {
         // between writing its objects and committing their positions.
         while (&mut shutdown).now_or_never().is_none() {
             match self.step().await {
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Err(e) = self.measure_lag().await {
+                        tracing::warn!(error = %e, "could not measure lag");
+                    }
+                }
                 Err(ProcessorError::Log(e)) if e.is_transient() => {
                     tracing::warn!(error = %e, "log unavailable; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use candor_ingest::{IngestMetrics, IngestState};
 use candor_log::kafka::{KafkaConfig, KafkaProducer};
-use candor_schemas::Limits;
+use candor_schemas::batch::{ActivitySample, Batch};
+use candor_schemas::envelope::{self, EnvelopeHeader};
 use candor_schemas::keys::MasterSecret;
+use candor_schemas::{DeviceId, EmployeeId, Limits, TenantId};
+use chrono::NaiveDate;
 
 /// A new topic with a unique name, so tests never see each other's records.
 pub async fn fresh_topic(prefix: &str, partitions: i32) -> KafkaConfig {
@@ -29,7 +32,7 @@ pub async fn start_ingest(master: MasterSecret, kafka: &KafkaConfig, limits: Lim
         limits,
         at_rest_key_version: 1,
         log: Arc::new(KafkaProducer::new(kafka).expect("producer")),
-        metrics: IngestMetrics::new(),
+        metrics: IngestMetrics::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -39,4 +42,63 @@ pub async fn start_ingest(master: MasterSecret, kafka: &KafkaConfig, limits: Lim
         std::future::pending(),
     ));
     format!("http://{addr}")
+}
+
+pub fn header(tenant: &str, employee: &str, device: &str) -> EnvelopeHeader {
+    EnvelopeHeader {
+        key_version: 1,
+        batch_id: rand::random(),
+        tenant: TenantId::new(tenant).unwrap(),
+        employee: EmployeeId::new(employee).unwrap(),
+        device: DeviceId::new(device).unwrap(),
+    }
+}
+
+pub fn seal(master: &MasterSecret, h: &EnvelopeHeader, json: &[u8]) -> Vec<u8> {
+    let key = master.device_key(&h.tenant, &h.employee, &h.device, h.key_version);
+    envelope::seal_json(h, &key, &rand::random(), json)
+}
+
+pub fn seal_batch(master: &MasterSecret, h: &EnvelopeHeader, batch: &Batch) -> Vec<u8> {
+    seal(master, h, &serde_json::to_vec(batch).unwrap())
+}
+
+pub async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/batches"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("ingest answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+pub fn ms(day: NaiveDate, h: u32, m: u32) -> i64 {
+    day.and_hms_opt(h, m, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
+}
+
+pub fn samples(start_ms: i64, count: i64, active_s: u32, idle_s: u32) -> Vec<ActivitySample> {
+    (0..count)
+        .map(|i| ActivitySample {
+            start_ms: start_ms + i * 60_000,
+            active_s,
+            idle_s,
+        })
+        .collect()
+}
+
+pub fn activity_batch(activity: Vec<ActivitySample>) -> Batch {
+    Batch {
+        v: 1,
+        sent_at_ms: 0,
+        activity,
+        app_usage: vec![],
+        gps: vec![],
+        attendance: vec![],
+    }
 }
