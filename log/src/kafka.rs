@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -147,8 +147,10 @@ impl LogProducer for KafkaProducer {
 }
 
 pub struct KafkaConsumer {
-    config: KafkaConfig,
     consumer: Arc<StreamConsumer>,
+    /// A client outside the group, for watermark queries: on the group
+    /// consumer's connections they would queue behind its long-polling fetches.
+    meta: Arc<BaseConsumer>,
     topic: String,
 }
 
@@ -163,9 +165,13 @@ impl KafkaConsumer {
             .set("enable.partition.eof", "false");
         let consumer: StreamConsumer = config.with_extra(c).create().map_err(fatal)?;
         consumer.subscribe(&[&config.topic]).map_err(fatal)?;
+        let meta: BaseConsumer = config
+            .with_extra(config.client_config())
+            .create()
+            .map_err(fatal)?;
         Ok(Self {
-            config: config.clone(),
             consumer: Arc::new(consumer),
+            meta: Arc::new(meta),
             topic: config.topic.clone(),
         })
     }
@@ -218,21 +224,24 @@ impl LogConsumer for KafkaConsumer {
     }
 
     async fn end_offsets(&self) -> Result<Vec<Resume>, LogError> {
-        Ok(end_offsets(&self.config)
-            .await?
-            .into_iter()
-            .map(|(partition, next_offset)| Resume {
-                partition,
-                next_offset,
-            })
-            .collect())
+        let (meta, topic) = (self.meta.clone(), self.topic.clone());
+        Ok(
+            tokio::task::spawn_blocking(move || watermarks(meta.as_ref(), &topic))
+                .await
+                .map_err(|e| LogError::Fatal(e.to_string()))??
+                .into_iter()
+                .map(|(partition, next_offset)| Resume {
+                    partition,
+                    next_offset,
+                })
+                .collect(),
+        )
     }
 
     async fn committed(&self) -> Result<Vec<Resume>, LogError> {
-        let partitions = end_offsets(&self.config).await?;
         let mut tpl = TopicPartitionList::new();
-        for (p, _) in &partitions {
-            tpl.add_partition(&self.topic, *p);
+        for r in self.end_offsets().await? {
+            tpl.add_partition(&self.topic, r.partition);
         }
         let consumer = self.consumer.clone();
         let committed = tokio::task::spawn_blocking(move || {
@@ -278,35 +287,41 @@ pub async fn ensure_topic(config: &KafkaConfig, partitions: i32) -> Result<(), L
     Ok(())
 }
 
-/// The high watermark (offset after the last record) of every partition.
+/// The high watermark (offset after the last record) of every partition,
+/// through a client of its own: for tools and tests. A consumer asks
+/// through its own client (`LogConsumer::end_offsets`).
 pub async fn end_offsets(config: &KafkaConfig) -> Result<Vec<(i32, i64)>, LogError> {
-    let consumer: rdkafka::consumer::BaseConsumer = config
+    let consumer: BaseConsumer = config
         .with_extra(config.client_config())
         .create()
         .map_err(fatal)?;
     let topic = config.topic.clone();
-    tokio::task::spawn_blocking(move || {
-        let timeout = Duration::from_secs(10);
-        let unavailable = |e: KafkaError| LogError::Unavailable(e.to_string());
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(unavailable)?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-            .unwrap_or_default();
-        partitions
-            .into_iter()
-            .map(|p| {
-                let (_, high) = consumer
-                    .fetch_watermarks(&topic, p, timeout)
-                    .map_err(unavailable)?;
-                Ok((p, high))
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| LogError::Fatal(e.to_string()))?
+    tokio::task::spawn_blocking(move || watermarks(&consumer, &topic))
+        .await
+        .map_err(|e| LogError::Fatal(e.to_string()))?
+}
+
+/// High watermarks of every partition of `topic` (blocking: run it off the
+/// async threads).
+fn watermarks(consumer: &impl Consumer, topic: &str) -> Result<Vec<(i32, i64)>, LogError> {
+    let timeout = Duration::from_secs(10);
+    let unavailable = |e: KafkaError| LogError::Unavailable(e.to_string());
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(unavailable)?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(unavailable)?;
+            Ok((p, high))
+        })
+        .collect()
 }
