@@ -97,8 +97,8 @@ impl<C: LogConsumer> Processor<C> {
         }
     }
 
-    /// Records the group has yet to commit, summed over partitions.
-    async fn lag(&self) -> Result<i64, ProcessorError> {
+    /// Records before `ends` the group has yet to commit, summed over partitions.
+    async fn records_behind(&self, ends: &[Resume]) -> Result<i64, ProcessorError> {
         let committed: BTreeMap<i32, i64> = self
             .consumer
             .committed()
@@ -106,13 +106,16 @@ impl<C: LogConsumer> Processor<C> {
             .into_iter()
             .map(|r| (r.partition, r.next_offset))
             .collect();
-        Ok(self
-            .consumer
-            .end_offsets()
-            .await?
+        Ok(ends
             .iter()
             .map(|e| (e.next_offset - committed.get(&e.partition).copied().unwrap_or(0)).max(0))
             .sum())
+    }
+
+    /// Records in the log the group has yet to commit.
+    async fn lag(&self) -> Result<i64, ProcessorError> {
+        self.records_behind(&self.consumer.end_offsets().await?)
+            .await
     }
 
     /// Refreshes the lag gauge, at most once a second.
@@ -205,17 +208,7 @@ impl<C: LogConsumer> Processor<C> {
     pub async fn drain(&mut self) -> Result<(), ProcessorError> {
         let targets = self.consumer.end_offsets().await?;
         loop {
-            let committed: BTreeMap<i32, i64> = self
-                .consumer
-                .committed()
-                .await?
-                .into_iter()
-                .map(|r| (r.partition, r.next_offset))
-                .collect();
-            let caught_up = targets
-                .iter()
-                .all(|t| committed.get(&t.partition).copied().unwrap_or(0) >= t.next_offset);
-            if caught_up {
+            if self.records_behind(&targets).await? == 0 {
                 self.metrics.lag_records.set(self.lag().await?);
                 return Ok(());
             }
