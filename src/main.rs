@@ -250,7 +250,7 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         ..SpoolConfig::new(&spool_dir)
     })?;
     let registry = prometheus::Registry::new();
-    let processor = Processor::new(
+    let mut processor = Processor::new(
         spool.consumer("candor-processor")?,
         master.clone(),
         Lake::local(&lake_dir)?,
@@ -270,15 +270,23 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     let addr = listener.local_addr()?;
 
     // One signal stops both: ingest drains its requests, the processor
-    // finishes its round (write, then commit).
+    // finishes its round (write, then commit). A processor that fails stops
+    // ingest too: accepting data nothing processes would only fill the log;
+    // a restart resumes from the last commit.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait_for_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mut processor = processor;
     let processing = tokio::spawn({
-        let stopped = wait_for_stop(stopped.clone());
-        async move { processor.run(stopped).await.map(|()| processor.stats()) }
+        let (stopped, stop) = (wait_for_stop(stopped.clone()), stop.clone());
+        async move {
+            let outcome = processor.run(stopped).await;
+            if let Err(e) = &outcome {
+                tracing::error!(error = %e, "processor failed; stopping standalone");
+                let _ = stop.send(true);
+            }
+            outcome.map(|()| processor.stats())
+        }
     });
     tokio::spawn(async move {
         shutdown_signal().await;

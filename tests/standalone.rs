@@ -1,21 +1,24 @@
 //! `candor standalone`, the real binary: sealed batches over HTTP into the
-//! embedded log, through the processor into the lake, out as the KPI; and a
-//! clean stop on SIGTERM.
+//! embedded log, through the processor into the lake, out as the KPI; a
+//! clean stop on SIGTERM; and a failing lake that stops the process without
+//! losing what was accepted.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use candor_query::{ActivityDay, TenantLake};
-use candor_schemas::TenantId;
 use candor_schemas::keys::MasterSecret;
+use candor_schemas::{EnvelopeHeader, TenantId};
 use chrono::{Days, Utc};
 use common::{activity_batch, header, ms, post, samples, seal_batch};
 
 /// Hang guard: a stuck process fails the test instead of stalling CI.
 const GUARD: Duration = Duration::from_secs(120);
+const BATCH: &str = "application/vnd.candor.batch";
 
 /// The value of an unlabelled metric in Prometheus text.
 fn metric(text: &str, name: &str) -> Option<u64> {
@@ -23,34 +26,116 @@ fn metric(text: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// A running `candor standalone` on a free loopback port.
+struct Standalone {
+    child: Child,
+    url: String,
+    /// Kept open so the process never writes to a closed pipe.
+    _stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Standalone {
+    fn start(data: &Path, secret_file: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_candor"))
+            .arg("standalone")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("CANDOR_MASTER_SECRET_FILE", secret_file)
+            .env_remove("CANDOR_MASTER_SECRET")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("standalone printed its addresses")
+                .unwrap();
+            if let Some(rest) = line.trim().strip_prefix("ingest") {
+                break rest.trim().trim_end_matches("/v1/batches").to_string();
+            }
+        };
+        Self {
+            child,
+            url,
+            _stdout: lines,
+        }
+    }
+
+    /// Waits, within the guard, until the processor has taken in `events`.
+    async fn wait_for_events(&self, events: u64) {
+        let url = format!("{}/metrics", self.url);
+        tokio::time::timeout(GUARD, async {
+            loop {
+                if let Ok(r) = reqwest::get(&url).await
+                    && metric(
+                        &r.text().await.unwrap_or_default(),
+                        "candor_processor_events_total",
+                    ) == Some(events)
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the processor did not take in {events} events"));
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits, within the guard, until the process exits.
+    async fn exit_status(mut self) -> ExitStatus {
+        tokio::time::timeout(
+            GUARD,
+            tokio::task::spawn_blocking(move || self.child.wait()),
+        )
+        .await
+        .expect("standalone exited")
+        .unwrap()
+        .unwrap()
+    }
+}
+
+fn secret_in(dir: &Path) -> (MasterSecret, PathBuf) {
+    let secret: [u8; 32] = rand::random();
+    let file = dir.join("secret.hex");
+    std::fs::write(&file, hex::encode(secret)).unwrap();
+    (MasterSecret::from_bytes(&secret).unwrap(), file)
+}
+
+fn activity_day(
+    master: &MasterSecret,
+    h: &EnvelopeHeader,
+    day: &str,
+    tracked: i64,
+    active: i64,
+) -> ActivityDay {
+    ActivityDay {
+        subject: master.pseudonym_key(&h.tenant, 1).subject(&h.employee),
+        day: day.to_string(),
+        tracked_s: tracked,
+        active_s: active,
+        idle_s: tracked - active,
+        activity_pct: 100.0 * active as f64 / tracked as f64,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_turns_sealed_batches_into_a_kpi_and_stops_cleanly() {
     let data = tempfile::tempdir().unwrap();
-    let secret: [u8; 32] = rand::random();
-    let secret_file = data.path().join("secret.hex");
-    std::fs::write(&secret_file, hex::encode(secret)).unwrap();
-    let master = MasterSecret::from_bytes(&secret).unwrap();
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_candor"))
-        .arg("standalone")
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--listen", "127.0.0.1:0"])
-        .env("CANDOR_MASTER_SECRET_FILE", &secret_file)
-        .env_remove("CANDOR_MASTER_SECRET")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("standalone printed its addresses")
-            .unwrap();
-        if let Some(rest) = line.trim().strip_prefix("ingest") {
-            break rest.trim().trim_end_matches("/v1/batches").to_string();
-        }
-    };
+    let (master, secret_file) = secret_in(data.path());
+    let standalone = Standalone::start(data.path(), &secret_file);
 
     let day = Utc::now().date_naive() - Days::new(2);
     let alice = header("acme", "employee-alice-0001", "laptop-alice-01");
@@ -59,71 +144,68 @@ async fn standalone_turns_sealed_batches_into_a_kpi_and_stops_cleanly() {
         (&alice, activity_batch(samples(ms(day, 9, 0), 10, 45, 15))),
         (&bob, activity_batch(samples(ms(day, 10, 0), 5, 60, 0))),
     ] {
-        let (status, answer) = post(
-            &url,
-            "application/vnd.candor.batch",
-            seal_batch(&master, h, &b),
-        )
-        .await;
+        let (status, answer) = post(&standalone.url, BATCH, seal_batch(&master, h, &b)).await;
         assert_eq!(status, 202, "{answer}");
     }
-
-    tokio::time::timeout(GUARD, async {
-        loop {
-            let text = reqwest::get(format!("{url}/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            if metric(&text, "candor_processor_events_total") == Some(15) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the processor took in all 15 events");
-
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(GUARD, tokio::task::spawn_blocking(move || child.wait()))
-        .await
-        .expect("standalone stopped after SIGTERM")
-        .unwrap()
-        .unwrap();
+    standalone.wait_for_events(15).await;
+    standalone.terminate();
+    let status = standalone.exit_status().await;
     assert!(status.success(), "{status}");
-    drop(lines);
 
-    let acme = TenantId::new("acme").unwrap();
-    let subject =
-        |h: &candor_schemas::EnvelopeHeader| master.pseudonym_key(&acme, 1).subject(&h.employee);
+    let day = day.to_string();
     let mut expected = vec![
-        ActivityDay {
-            subject: subject(&alice),
-            day: day.to_string(),
-            tracked_s: 600,
-            active_s: 450,
-            idle_s: 150,
-            activity_pct: 75.0,
-        },
-        ActivityDay {
-            subject: subject(&bob),
-            day: day.to_string(),
-            tracked_s: 300,
-            active_s: 300,
-            idle_s: 0,
-            activity_pct: 100.0,
-        },
+        activity_day(&master, &alice, &day, 600, 450),
+        activity_day(&master, &bob, &day, 300, 300),
     ];
     expected.sort_by(|a, b| a.subject.cmp(&b.subject));
+    let acme = TenantId::new("acme").unwrap();
     let lake = TenantLake::open_local(&data.path().join("lake"), &acme)
         .await
         .unwrap();
+    let from = Utc::now().date_naive() - Days::new(2);
     assert_eq!(
-        lake.activity_by_subject_day("UTC", day, day).await.unwrap(),
+        lake.activity_by_subject_day("UTC", from, from)
+            .await
+            .unwrap(),
         expected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_lake_stops_standalone_and_a_restart_loses_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let (master, secret_file) = secret_in(data.path());
+    // A file where the `activity` folder must go: every activity write fails.
+    std::fs::create_dir_all(data.path().join("lake")).unwrap();
+    let obstacle = data.path().join("lake/activity");
+    std::fs::write(&obstacle, b"not a folder").unwrap();
+
+    let standalone = Standalone::start(data.path(), &secret_file);
+    let day = Utc::now().date_naive() - Days::new(2);
+    let alice = header("acme", "employee-alice-0001", "laptop-alice-01");
+    let batch = activity_batch(samples(ms(day, 9, 0), 8, 30, 30));
+    let (status, answer) = post(&standalone.url, BATCH, seal_batch(&master, &alice, &batch)).await;
+    assert_eq!(status, 202, "{answer}");
+    let status = standalone.exit_status().await;
+    assert!(
+        !status.success(),
+        "a processor that cannot write must stop the process"
+    );
+
+    // Once the lake is writable again, a restart processes the accepted batch.
+    std::fs::remove_file(&obstacle).unwrap();
+    let standalone = Standalone::start(data.path(), &secret_file);
+    standalone.wait_for_events(8).await;
+    standalone.terminate();
+    assert!(standalone.exit_status().await.success());
+
+    let acme = TenantId::new("acme").unwrap();
+    let lake = TenantLake::open_local(&data.path().join("lake"), &acme)
+        .await
+        .unwrap();
+    let rows = lake.activity_by_subject_day("UTC", day, day).await.unwrap();
+    assert_eq!(
+        rows,
+        vec![activity_day(&master, &alice, &day.to_string(), 480, 240)]
     );
 }
