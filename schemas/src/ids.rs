@@ -58,8 +58,23 @@ fn subject_byte(_: usize, b: u8) -> bool {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $alphabet:literal, $allowed:expr) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        // Deserializing checks the same rules as `new`.
+        #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, IdError> {
+                Self::new(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
 
         impl $name {
             pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
@@ -131,6 +146,14 @@ mod tests {
         assert!(TenantId::new("a/b").is_err());
         assert!(TenantId::new("").is_err());
         assert!(TenantId::new("a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn deserializing_checks_the_rules() {
+        let ok: TenantId = serde_json::from_str(r#""acme""#).unwrap();
+        assert_eq!(ok.as_str(), "acme");
+        assert!(serde_json::from_str::<TenantId>(r#""../etc""#).is_err());
+        assert_eq!(serde_json::to_string(&ok).unwrap(), r#""acme""#);
     }
 
     #[test]

@@ -1,0 +1,262 @@
+//! The tenant document: plan and retention, time zone, work-hours policy,
+//! the k of anonymized extracts, where AI extracts are delivered, where the
+//! tenant's lake lives (data residency), and whether it was cancelled.
+//! The extract signing secret is not stored: it is derived from the master
+//! secret like every other key.
+
+use std::str::FromStr;
+
+use candor_schemas::TenantId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    Free,
+    Starter,
+    Professional,
+    Enterprise,
+}
+
+impl Plan {
+    /// Days of data kept when the tenant sets no retention of its own.
+    pub fn default_retention_days(self) -> u32 {
+        match self {
+            Plan::Free => 7,
+            Plan::Starter => 30,
+            Plan::Professional => 90,
+            Plan::Enterprise => 365,
+        }
+    }
+}
+
+/// When tracking is expected, in the tenant's time zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkHours {
+    /// ISO weekdays: 1 is Monday, 7 is Sunday.
+    pub days: Vec<u8>,
+    /// `HH:MM`, local time.
+    pub start: String,
+    /// `HH:MM`, local time, after `start`.
+    pub end: String,
+}
+
+impl Default for WorkHours {
+    fn default() -> Self {
+        Self {
+            days: vec![1, 2, 3, 4, 5],
+            start: "09:00".into(),
+            end: "17:00".into(),
+        }
+    }
+}
+
+/// Minutes after midnight of an `HH:MM` string.
+fn minutes(hhmm: &str) -> Option<u32> {
+    let (h, m) = hhmm.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+fn default_extract_k() -> u32 {
+    5
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub plan: Plan,
+    /// Overrides the plan's retention, in days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    /// IANA name, e.g. `Europe/Berlin`.
+    pub time_zone: String,
+    #[serde(default)]
+    pub work_hours: WorkHours,
+    /// Keep activity outside work hours (otherwise the processor drops it).
+    #[serde(default)]
+    pub track_outside_work_hours: bool,
+    /// Smallest group an AI extract may show.
+    #[serde(default = "default_extract_k")]
+    pub extract_k: u32,
+    /// Where AI extracts are POSTed (https; http only to loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai_delivery_url: Option<String>,
+    /// Where the tenant's lake lives (`s3://bucket/prefix` or a path); the
+    /// deployment's lake when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lake_url: Option<String>,
+    /// Set when the tenant cancelled; its data is purged after a grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error("unknown time zone {0:?}; use an IANA name such as Europe/Berlin")]
+    BadTimeZone(String),
+    #[error("retention of {0} days; it must be 1 to 3650")]
+    BadRetention(u32),
+    #[error("work hours: {0}")]
+    BadWorkHours(String),
+    #[error("extract k of {0}; it must be 2 to 1000")]
+    BadExtractK(u32),
+    #[error("{field}: {reason}")]
+    BadUrl { field: &'static str, reason: String },
+}
+
+impl Tenant {
+    /// A tenant with the plan's defaults.
+    pub fn new(id: TenantId, plan: Plan, time_zone: impl Into<String>) -> Self {
+        Self {
+            id,
+            plan,
+            retention_days: None,
+            time_zone: time_zone.into(),
+            work_hours: WorkHours::default(),
+            track_outside_work_hours: false,
+            extract_k: default_extract_k(),
+            ai_delivery_url: None,
+            lake_url: None,
+            cancelled_at_ms: None,
+        }
+    }
+
+    pub fn retention_days(&self) -> u32 {
+        self.retention_days
+            .unwrap_or_else(|| self.plan.default_retention_days())
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.cancelled_at_ms.is_none()
+    }
+
+    pub fn validate(&self) -> Result<(), TenantError> {
+        chrono_tz::Tz::from_str(&self.time_zone)
+            .map_err(|_| TenantError::BadTimeZone(self.time_zone.clone()))?;
+        if let Some(days) = self.retention_days
+            && !(1..=3650).contains(&days)
+        {
+            return Err(TenantError::BadRetention(days));
+        }
+        let w = &self.work_hours;
+        if w.days.is_empty() || w.days.iter().any(|d| !(1..=7).contains(d)) {
+            return Err(TenantError::BadWorkHours(
+                "days must be ISO weekdays 1-7".into(),
+            ));
+        }
+        match (minutes(&w.start), minutes(&w.end)) {
+            (Some(s), Some(e)) if s < e => {}
+            _ => {
+                return Err(TenantError::BadWorkHours(
+                    "start and end must be HH:MM with start before end".into(),
+                ));
+            }
+        }
+        if !(2..=1000).contains(&self.extract_k) {
+            return Err(TenantError::BadExtractK(self.extract_k));
+        }
+        if let Some(u) = &self.ai_delivery_url {
+            let url = url::Url::parse(u).map_err(|e| TenantError::BadUrl {
+                field: "ai_delivery_url",
+                reason: e.to_string(),
+            })?;
+            let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+            if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
+                return Err(TenantError::BadUrl {
+                    field: "ai_delivery_url",
+                    reason: "must be https (http only to a loopback address)".into(),
+                });
+            }
+        }
+        if let Some(u) = &self.lake_url {
+            let scheme_ok =
+                !u.contains("://") || u.starts_with("s3://") || u.starts_with("file://");
+            if !scheme_ok {
+                return Err(TenantError::BadUrl {
+                    field: "lake_url",
+                    reason: "must be s3://bucket/prefix, file:///path or a path".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> Tenant {
+        Tenant::new(
+            TenantId::new("acme").unwrap(),
+            Plan::Starter,
+            "Europe/Berlin",
+        )
+    }
+
+    #[test]
+    fn plans_set_retention_unless_overridden() {
+        let mut t = tenant();
+        assert_eq!(t.retention_days(), 30);
+        for (plan, days) in [
+            (Plan::Free, 7),
+            (Plan::Professional, 90),
+            (Plan::Enterprise, 365),
+        ] {
+            t.plan = plan;
+            assert_eq!(t.retention_days(), days);
+        }
+        t.retention_days = Some(14);
+        assert_eq!(t.retention_days(), 14);
+        t.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        type Breaker = fn(&mut Tenant);
+        let cases: Vec<(Breaker, &str)> = vec![
+            (|t| t.time_zone = "Mars/Olympus".into(), "time zone"),
+            (|t| t.retention_days = Some(0), "retention"),
+            (|t| t.work_hours.start = "18:00".into(), "work hours"),
+            (|t| t.work_hours.days = vec![0], "work hours"),
+            (|t| t.extract_k = 1, "extract k"),
+            (
+                |t| t.ai_delivery_url = Some("http://example.com/hook".into()),
+                "https",
+            ),
+            (|t| t.lake_url = Some("ftp://x/y".into()), "lake_url"),
+        ];
+        for (break_it, says) in cases {
+            let mut t = tenant();
+            break_it(&mut t);
+            let err = t.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{err:?} should mention {says}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_ids_do_not_parse() {
+        let ok = r#"{"id":"acme","plan":"free","time_zone":"UTC"}"#;
+        assert_eq!(serde_json::from_str::<Tenant>(ok).unwrap().extract_k, 5);
+        assert!(
+            serde_json::from_str::<Tenant>(
+                r#"{"id":"acme","plan":"free","time_zone":"UTC","role":"x"}"#
+            )
+            .is_err()
+        );
+        assert!(
+            serde_json::from_str::<Tenant>(r#"{"id":"../x","plan":"free","time_zone":"UTC"}"#)
+                .is_err()
+        );
+        assert!(
+            serde_json::from_str::<Tenant>(r#"{"id":"acme","plan":"gold","time_zone":"UTC"}"#)
+                .is_err()
+        );
+    }
+}
