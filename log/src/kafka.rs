@@ -99,19 +99,24 @@ impl KafkaProducer {
 impl LogProducer for KafkaProducer {
     async fn append(&self, records: Vec<Record>) -> Result<(), LogError> {
         let mut pending = Vec::with_capacity(records.len());
+        let mut first_error = None;
         for r in &records {
             let record = FutureRecord::to(&self.topic).key(&r.key).payload(&r.value);
             match self.producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    return Err(LogError::Full("producer queue is full".into()));
+                Err((e, _)) => {
+                    first_error = Some(match e {
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                            LogError::Full("producer queue is full".into())
+                        }
+                        e => LogError::Unavailable(e.to_string()),
+                    });
+                    break;
                 }
-                Err((e, _)) => return Err(LogError::Unavailable(e.to_string())),
             }
         }
         // Wait for every acknowledgement, even after a failure, so no record
         // of this batch is still in flight when the caller hears the answer.
-        let mut first_error = None;
         for delivery in pending {
             let outcome = match delivery.await {
                 Ok(Ok(_)) => continue,
