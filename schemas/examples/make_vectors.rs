@@ -10,7 +10,7 @@
 
 use candor_schemas::envelope::{self, EnvelopeHeader};
 use candor_schemas::keys::{
-    AT_REST_KEY_LABEL, DEVICE_KEY_LABEL, HKDF_SALT, MasterSecret, PSEUDONYM_KEY_LABEL,
+    AT_REST_KEY_LABEL, DEVICE_KEY_LABEL, HKDF_SALT, MasterSecret, PSEUDONYM_KEY_LABEL, TenantSeed,
 };
 use candor_schemas::{DeviceId, EmployeeId, TenantId};
 use serde_json::{Value, json};
@@ -257,6 +257,8 @@ fn main() {
     }
     let tenant = TenantId::new("acme").unwrap();
     let employee = EmployeeId::new("e-1042").unwrap();
+    // A fixed seed, so the file is reproducible; real seeds are random.
+    let seed = TenantSeed::from_bytes(*b"candor test vector tenant seed!!");
     let out: Value = json!({
         "about": "Candor wire test vectors; see schemas/WIRE.md. Regenerate with: cargo run -p candor-schemas --example make_vectors > schemas/testdata/vectors.json",
         "master_secret_hex": MASTER_HEX,
@@ -266,16 +268,18 @@ fn main() {
             "device_key_label": DEVICE_KEY_LABEL,
             "at_rest_key_label": AT_REST_KEY_LABEL,
             "pseudonym_key_label": PSEUDONYM_KEY_LABEL,
+            "tenant_keys_ikm": "master secret || tenant seed (32 bytes)",
         },
         "received_at_ms": RECEIVED_AT_MS,
         "limits": {"max_body_bytes": 1048576, "max_decompressed_bytes": 8388608, "max_events": 10000, "max_future_ms": 300000, "max_age_ms": 31536000000_i64},
         "tenant_keys": [{
             "tenant": tenant.as_str(),
             "version": 1,
-            "at_rest_key_hex": hex::encode(master.at_rest_key(&tenant, 1).as_bytes()),
-            "pseudonym_key_hex": hex::encode(master.pseudonym_key(&tenant, 1).as_bytes()),
+            "seed_hex": hex::encode(seed.as_bytes()),
+            "at_rest_key_hex": hex::encode(master.at_rest_key(&tenant, 1, &seed).as_bytes()),
+            "pseudonym_key_hex": hex::encode(master.pseudonym_key(&tenant, 1, &seed).as_bytes()),
             "subject_of_employee": employee.as_str(),
-            "subject": master.pseudonym_key(&tenant, 1).subject(&employee),
+            "subject": master.pseudonym_key(&tenant, 1, &seed).subject(&employee),
         }],
         "vectors": vectors,
     });

@@ -9,6 +9,14 @@
 //! info = label || 0x00 || (len:u8 || id bytes)* || version:u32 big-endian
 //! ```
 //!
+//! Device keys come from the master secret alone, so ingest can check any
+//! envelope without a lookup. Tenant keys (at rest, pseudonyms) also take a
+//! random 32-byte *tenant seed* per key version as input key material
+//! (`IKM = master || seed`). The control plane keeps the seeds, wrapped under
+//! a master-derived key; destroying them (crypto-shredding) makes everything
+//! sealed or pseudonymized under those keys unrecoverable, even to someone
+//! holding the master secret.
+//!
 //! The exact labels and the salt are part of the wire contract (WIRE.md).
 
 use std::fmt;
@@ -26,6 +34,15 @@ pub const HKDF_SALT: &[u8] = b"candor/hkdf/v1";
 pub const DEVICE_KEY_LABEL: &str = "candor/device-key";
 pub const AT_REST_KEY_LABEL: &str = "candor/tenant-at-rest-key";
 pub const PSEUDONYM_KEY_LABEL: &str = "candor/tenant-pseudonym-key";
+/// Wraps (seals) a tenant's seeds where the control plane stores them.
+pub const SEED_WRAP_KEY_LABEL: &str = "candor/tenant-seed-wrap-key";
+/// Chains a tenant's audit entries (HMAC-SHA256), so only a holder of the
+/// master secret can write an entry that verifies.
+pub const AUDIT_KEY_LABEL: &str = "candor/audit-key";
+/// Signs a tenant's AI extract deliveries (HMAC-SHA256).
+pub const EXTRACT_SIGNING_KEY_LABEL: &str = "candor/extract-signing-key";
+/// Length of a tenant seed.
+pub const SEED_LEN: usize = 32;
 
 pub const MIN_MASTER_SECRET_LEN: usize = 32;
 pub const MAX_MASTER_SECRET_LEN: usize = 1024;
@@ -60,7 +77,13 @@ impl MasterSecret {
         Self::from_bytes(&bytes)
     }
 
-    fn derive(&self, label: &str, ids: &[&str], version: u32) -> Zeroizing<[u8; KEY_LEN]> {
+    fn derive(
+        &self,
+        label: &str,
+        ids: &[&str],
+        version: u32,
+        seed: Option<&TenantSeed>,
+    ) -> Zeroizing<[u8; KEY_LEN]> {
         let mut info = Vec::with_capacity(label.len() + 1 + ids.len() * 65 + 4);
         info.extend_from_slice(label.as_bytes());
         info.push(0);
@@ -71,7 +94,15 @@ impl MasterSecret {
             info.extend_from_slice(id.as_bytes());
         }
         info.extend_from_slice(&version.to_be_bytes());
-        let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), &self.0);
+        let hk = match seed {
+            None => Hkdf::<Sha256>::new(Some(HKDF_SALT), &self.0),
+            Some(seed) => {
+                let mut ikm = Zeroizing::new(Vec::with_capacity(self.0.len() + SEED_LEN));
+                ikm.extend_from_slice(&self.0);
+                ikm.extend_from_slice(seed.as_bytes());
+                Hkdf::<Sha256>::new(Some(HKDF_SALT), &ikm)
+            }
+        };
         let mut okm = Zeroizing::new([0u8; KEY_LEN]);
         hk.expand(&info, okm.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
@@ -90,17 +121,45 @@ impl MasterSecret {
             DEVICE_KEY_LABEL,
             &[tenant.as_str(), employee.as_str(), device.as_str()],
             version,
+            None,
         ))
     }
 
-    /// The key log records (and other data at rest) of a tenant are sealed with.
-    pub fn at_rest_key(&self, tenant: &TenantId, version: u32) -> AtRestKey {
-        AtRestKey(self.derive(AT_REST_KEY_LABEL, &[tenant.as_str()], version))
+    /// The key log records (and other data at rest) of a tenant are sealed
+    /// with; `seed` is the tenant's seed of the same version.
+    pub fn at_rest_key(&self, tenant: &TenantId, version: u32, seed: &TenantSeed) -> AtRestKey {
+        AtRestKey(self.derive(AT_REST_KEY_LABEL, &[tenant.as_str()], version, Some(seed)))
     }
 
     /// The key under which a tenant's employee ids become pseudonyms.
-    pub fn pseudonym_key(&self, tenant: &TenantId, version: u32) -> PseudonymKey {
-        PseudonymKey(self.derive(PSEUDONYM_KEY_LABEL, &[tenant.as_str()], version))
+    pub fn pseudonym_key(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        seed: &TenantSeed,
+    ) -> PseudonymKey {
+        PseudonymKey(self.derive(PSEUDONYM_KEY_LABEL, &[tenant.as_str()], version, Some(seed)))
+    }
+
+    /// The key a tenant's seed of one version is wrapped with for storage.
+    pub fn seed_wrap_key(&self, tenant: &TenantId, version: u32) -> SeedWrapKey {
+        SeedWrapKey(self.derive(SEED_WRAP_KEY_LABEL, &[tenant.as_str()], version, None))
+    }
+
+    /// The key that chains a tenant's audit entries. It does not depend on
+    /// the tenant's seeds: the audit trail outlives a crypto-shredded tenant.
+    pub fn audit_key(&self, tenant: &TenantId) -> AuditKey {
+        AuditKey(self.derive(AUDIT_KEY_LABEL, &[tenant.as_str()], 1, None))
+    }
+
+    /// The secret a tenant's AI extract receiver checks signatures with.
+    pub fn extract_signing_key(&self, tenant: &TenantId, version: u32) -> ExtractSigningKey {
+        ExtractSigningKey(self.derive(
+            EXTRACT_SIGNING_KEY_LABEL,
+            &[tenant.as_str()],
+            version,
+            None,
+        ))
     }
 }
 
@@ -146,14 +205,45 @@ key_type!(
     /// Turns a tenant's employee ids into pseudonyms (HMAC-SHA256).
     PseudonymKey
 );
+key_type!(
+    /// Random input to a tenant's keys; destroying it shreds them.
+    TenantSeed
+);
+key_type!(
+    /// Seals a tenant seed for storage in the control plane.
+    SeedWrapKey
+);
+key_type!(
+    /// Chains a tenant's audit entries (HMAC-SHA256).
+    AuditKey
+);
+key_type!(
+    /// Signs a tenant's AI extract deliveries (HMAC-SHA256).
+    ExtractSigningKey
+);
+
+impl TenantSeed {
+    /// A fresh seed from the operating system's random source.
+    pub fn random() -> Self {
+        // rand's thread generator is a CSPRNG seeded from the OS.
+        let mut bytes = Zeroizing::new([0u8; SEED_LEN]);
+        rand::RngCore::fill_bytes(&mut rand::rng(), bytes.as_mut());
+        Self(bytes)
+    }
+}
+
+/// HMAC-SHA256 of `message` under any of the keys above.
+pub fn hmac_sha256(key: &[u8; KEY_LEN], message: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
 
 impl PseudonymKey {
     /// The lake's `subject` column: lowercase hex of HMAC-SHA256(key, employee id).
     pub fn subject(&self, employee: &EmployeeId) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.as_bytes())
-            .expect("HMAC accepts any key length");
-        mac.update(employee.as_str().as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        hex::encode(hmac_sha256(self.as_bytes(), employee.as_str().as_bytes()))
     }
 }
 
@@ -176,9 +266,16 @@ mod tests {
         let other_version = m.device_key(&t, &e, &d, 2);
         assert_ne!(k.as_bytes(), other_employee.as_bytes());
         assert_ne!(k.as_bytes(), other_version.as_bytes());
+        let seed = TenantSeed::from_bytes([9u8; SEED_LEN]);
         assert_ne!(
-            m.at_rest_key(&t, 1).as_bytes(),
-            m.pseudonym_key(&t, 1).as_bytes()
+            m.at_rest_key(&t, 1, &seed).as_bytes(),
+            m.pseudonym_key(&t, 1, &seed).as_bytes()
+        );
+        // Without the seed the master secret alone gives another key.
+        assert_ne!(
+            m.at_rest_key(&t, 1, &seed).as_bytes(),
+            m.at_rest_key(&t, 1, &TenantSeed::from_bytes([8u8; SEED_LEN]))
+                .as_bytes()
         );
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
         let split1 = m.device_key(
@@ -214,22 +311,23 @@ mod tests {
             EmployeeId::new("e1").unwrap(),
             EmployeeId::new("e2").unwrap(),
         );
-        let s = master().pseudonym_key(&acme, 1).subject(&e1);
+        let seed = TenantSeed::from_bytes([9u8; SEED_LEN]);
+        let s = master().pseudonym_key(&acme, 1, &seed).subject(&e1);
         assert_eq!(s.len(), 64);
         assert!(
             s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         );
-        assert_eq!(s, master().pseudonym_key(&acme, 1).subject(&e1), "stable");
-        assert_ne!(s, master().pseudonym_key(&acme, 1).subject(&e2));
+        assert_eq!(s, master().pseudonym_key(&acme, 1, &seed).subject(&e1), "stable");
+        assert_ne!(s, master().pseudonym_key(&acme, 1, &seed).subject(&e2));
         assert_ne!(
             s,
-            master().pseudonym_key(&globex, 1).subject(&e1),
+            master().pseudonym_key(&globex, 1, &seed).subject(&e1),
             "not linkable across tenants"
         );
         assert_ne!(
             s,
-            master().pseudonym_key(&acme, 2).subject(&e1),
+            master().pseudonym_key(&acme, 2, &seed).subject(&e1),
             "rotates with the key version"
         );
     }

@@ -341,9 +341,10 @@ mod tests {
             received_at_ms: o.received_at_ms,
         };
         let (dataset, events) = encode_events(&o).pop().unwrap();
-        let key = master.at_rest_key(&tenant, 1);
+        let seed = crate::keys::TenantSeed::from_bytes([5; 32]);
+        let key = master.at_rest_key(&tenant, 1, &seed);
         let sealed = seal_record(&tenant, &key, 1, &[8; 24], dataset, &meta, &events);
-        let rec = open_record(&sealed, |t, v| Some(master.at_rest_key(t, v))).unwrap();
+        let rec = open_record(&sealed, |t, v| Some(master.at_rest_key(t, v, &seed))).unwrap();
         assert_eq!(rec.meta, meta);
         assert_eq!(rec.events.num_rows(), 1);
         assert_eq!(rec.dataset, Dataset::Activity);
@@ -352,7 +353,7 @@ mod tests {
         // Another tenant's key (or a destroyed key) opens nothing.
         let other = TenantId::new("globex").unwrap();
         assert_eq!(
-            open_record(&sealed, |_, v| Some(master.at_rest_key(&other, v))).unwrap_err(),
+            open_record(&sealed, |_, v| Some(master.at_rest_key(&other, v, &seed))).unwrap_err(),
             RecordError::Authentication
         );
         assert_eq!(

@@ -111,8 +111,9 @@ def main() -> int:
         print(f"{name:28} {'resealed' if not tampered else 'tampered'}  {status}")
         failures += bool(problems)
     for t in doc["tenant_keys"]:
-        at_rest = hkdf_sha256(master, info("candor/tenant-at-rest-key", [t["tenant"]], t["version"]))
-        pseudo = hkdf_sha256(master, info("candor/tenant-pseudonym-key", [t["tenant"]], t["version"]))
+        ikm = master + bytes.fromhex(t["seed_hex"])
+        at_rest = hkdf_sha256(ikm, info("candor/tenant-at-rest-key", [t["tenant"]], t["version"]))
+        pseudo = hkdf_sha256(ikm, info("candor/tenant-pseudonym-key", [t["tenant"]], t["version"]))
         subject = hmac.new(pseudo, t["subject_of_employee"].encode(), hashlib.sha256).hexdigest()
         ok = (at_rest.hex(), pseudo.hex(), subject) == (t["at_rest_key_hex"], t["pseudonym_key_hex"], t["subject"])
         print(f"tenant keys {t['tenant']:16} {'ok' if ok else 'FAIL'}")

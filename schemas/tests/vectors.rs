@@ -3,7 +3,7 @@
 //! and the verdict of the whole intake path.
 
 use candor_schemas::envelope::{self, EnvelopeHeader};
-use candor_schemas::keys::MasterSecret;
+use candor_schemas::keys::{MasterSecret, TenantSeed};
 use candor_schemas::{Batch, DeviceId, EmployeeId, Limits, TenantId, open_batch};
 use serde_json::Value;
 
@@ -108,11 +108,12 @@ fn tenant_keys_and_subjects_match() {
     for t in all["tenant_keys"].as_array().unwrap() {
         let tenant = TenantId::new(str_of(t, "tenant")).unwrap();
         let version = t["version"].as_u64().unwrap() as u32;
+        let seed = TenantSeed::from_bytes(hex_of(t, "seed_hex").try_into().unwrap());
         assert_eq!(
-            master.at_rest_key(&tenant, version).as_bytes().to_vec(),
+            master.at_rest_key(&tenant, version, &seed).as_bytes().to_vec(),
             hex_of(t, "at_rest_key_hex")
         );
-        let pk = master.pseudonym_key(&tenant, version);
+        let pk = master.pseudonym_key(&tenant, version, &seed);
         assert_eq!(pk.as_bytes().to_vec(), hex_of(t, "pseudonym_key_hex"));
         let employee = EmployeeId::new(str_of(t, "subject_of_employee")).unwrap();
         assert_eq!(pk.subject(&employee), str_of(t, "subject"));
