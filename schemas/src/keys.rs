@@ -154,12 +154,7 @@ impl MasterSecret {
 
     /// The secret a tenant's AI extract receiver checks signatures with.
     pub fn extract_signing_key(&self, tenant: &TenantId, version: u32) -> ExtractSigningKey {
-        ExtractSigningKey(self.derive(
-            EXTRACT_SIGNING_KEY_LABEL,
-            &[tenant.as_str()],
-            version,
-            None,
-        ))
+        ExtractSigningKey(self.derive(EXTRACT_SIGNING_KEY_LABEL, &[tenant.as_str()], version, None))
     }
 }
 
@@ -234,8 +229,7 @@ impl TenantSeed {
 
 /// HMAC-SHA256 of `message` under any of the keys above.
 pub fn hmac_sha256(key: &[u8; KEY_LEN], message: &[u8]) -> [u8; 32] {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(message);
     mac.finalize().into_bytes().into()
 }
@@ -318,7 +312,11 @@ mod tests {
             s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         );
-        assert_eq!(s, master().pseudonym_key(&acme, 1, &seed).subject(&e1), "stable");
+        assert_eq!(
+            s,
+            master().pseudonym_key(&acme, 1, &seed).subject(&e1),
+            "stable"
+        );
         assert_ne!(s, master().pseudonym_key(&acme, 1, &seed).subject(&e2));
         assert_ne!(
             s,

@@ -110,7 +110,10 @@ fn tenant_keys_and_subjects_match() {
         let version = t["version"].as_u64().unwrap() as u32;
         let seed = TenantSeed::from_bytes(hex_of(t, "seed_hex").try_into().unwrap());
         assert_eq!(
-            master.at_rest_key(&tenant, version, &seed).as_bytes().to_vec(),
+            master
+                .at_rest_key(&tenant, version, &seed)
+                .as_bytes()
+                .to_vec(),
             hex_of(t, "at_rest_key_hex")
         );
         let pk = master.pseudonym_key(&tenant, version, &seed);
