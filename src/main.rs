@@ -6,11 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use candor_control::{
+    Actor, Admin, AuditLog, CacheConfig, ControlCache, Directory, DocumentStore, Plan, Role,
+    Tenant, TokenRequest,
+};
 use candor_ingest::{IngestMetrics, IngestState};
 use candor_log::kafka::{KafkaConfig, KafkaConsumer, KafkaProducer, ensure_topic};
 use candor_log::spool::{Spool, SpoolConfig};
 use candor_processor::{Lake, Processor, ProcessorConfig, ProcessorMetrics};
 use candor_query::TenantLake;
+use candor_query::api::QueryState;
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{DeviceId, EmployeeId, Limits, TenantId};
 use chrono::NaiveDate;
@@ -35,13 +40,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run all of Candor on one machine: ingest and processor in one process,
-    /// the embedded durable log, a local-directory lake. No broker needed.
+    /// Run all of Candor on one machine: ingest, processor and the query
+    /// service's API in one process, the embedded durable log, a
+    /// local-directory lake and control plane. No broker needed.
     Standalone(StandaloneArgs),
     /// Run an ingest node: accept sealed batches over HTTP and append them to Kafka.
     Ingest(IngestArgs),
     /// Run a processor: consume the log and write the Parquet lake.
     Processor(ProcessorArgs),
+    /// Run a query node: the HTTP API (admin routes, behind owner/admin tokens).
+    Query(QueryArgs),
+    /// Create, show and change tenants (operator, with store access).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Replace a tenant's directory (employee to department, managers).
+    #[command(subcommand)]
+    Directory(DirectoryCommand),
+    /// Enroll and revoke devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Create, list and revoke API tokens, including a tenant's first owner token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Rotate or destroy a tenant's keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Check a tenant's audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print KPIs computed over the lake.
     #[command(subcommand)]
     Kpi(KpiCommand),
@@ -64,6 +90,74 @@ struct StandaloneArgs {
     /// Disk the embedded log may use before ingest answers 503, in MiB.
     #[arg(long, env = "CANDOR_SPOOL_MAX_DISK_MB", default_value_t = 10 * 1024)]
     spool_max_disk_mb: u64,
+    /// Address the query service's API listens on.
+    #[arg(long, env = "CANDOR_QUERY_LISTEN", default_value = "127.0.0.1:8081")]
+    query_listen: SocketAddr,
+    /// Seconds between control-plane refreshes (how soon a revocation bites).
+    #[arg(long, env = "CANDOR_CONTROL_REFRESH_SECS", default_value_t = 10)]
+    control_refresh_secs: u64,
+}
+
+/// Where the control plane lives, for every command that reads or changes it.
+#[derive(Args, Clone)]
+struct ControlArgs {
+    /// Control-plane store: a directory, `file:///path` or `s3://bucket/prefix`
+    /// (S3 settings from AWS_* variables). Standalone keeps it in
+    /// `<data dir>/control`, which is the default here.
+    #[arg(
+        long = "control",
+        env = "CANDOR_CONTROL_URL",
+        default_value = ".candor/control"
+    )]
+    url: String,
+    /// Seconds between refreshes of a node's copy (how soon a revocation bites).
+    #[arg(long, env = "CANDOR_CONTROL_REFRESH_SECS", default_value_t = 10)]
+    control_refresh_secs: u64,
+    /// Seconds a node may serve from its last good copy before it reports not ready.
+    #[arg(long, env = "CANDOR_CONTROL_STALE_SECS", default_value_t = 120)]
+    control_stale_secs: u64,
+}
+
+impl ControlArgs {
+    fn documents(
+        &self,
+    ) -> Result<(
+        DocumentStore,
+        Arc<dyn object_store::ObjectStore>,
+        object_store::path::Path,
+    )> {
+        let (store, prefix) = candor_control::open_store(&self.url)
+            .with_context(|| format!("opening control plane {}", self.url))?;
+        Ok((DocumentStore::new(store.clone(), &prefix), store, prefix))
+    }
+
+    fn cache(
+        &self,
+        master: &MasterSecret,
+        registry: &prometheus::Registry,
+        query: bool,
+    ) -> Result<Arc<ControlCache>> {
+        let (docs, _, _) = self.documents()?;
+        let config = CacheConfig {
+            refresh_every: std::time::Duration::from_secs(self.control_refresh_secs.max(1)),
+            stale_after: std::time::Duration::from_secs(self.control_stale_secs),
+            tokens: query,
+            directory: query,
+            ..CacheConfig::default()
+        };
+        Ok(Arc::new(ControlCache::new(
+            docs,
+            master.clone(),
+            config,
+            registry,
+        )))
+    }
+
+    fn admin(&self, master: &MasterSecret) -> Result<Admin> {
+        let (docs, store, prefix) = self.documents()?;
+        let audit = AuditLog::new(store, &prefix, master.clone());
+        Ok(Admin::new(docs, Arc::new(audit), master.clone()))
+    }
 }
 
 #[derive(Args)]
@@ -86,6 +180,8 @@ impl KafkaArgs {
 struct IngestArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    control: ControlArgs,
     /// Address to listen on (plain HTTP; put it behind TLS termination).
     #[arg(long, env = "CANDOR_INGEST_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -101,6 +197,8 @@ struct IngestArgs {
 struct ProcessorArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    control: ControlArgs,
     /// Consumer group shared by all processors of a deployment.
     #[arg(
         long,
@@ -114,6 +212,167 @@ struct ProcessorArgs {
     /// Process everything already in the log, then exit.
     #[arg(long)]
     drain: bool,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// Address to listen on (plain HTTP; put it behind TLS termination).
+    #[arg(long, env = "CANDOR_QUERY_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and its keys; with --bootstrap-token, also print its
+    /// first owner token (shown once).
+    Create {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+        /// free (7 days), starter (30), professional (90) or enterprise (365).
+        #[arg(long, default_value = "starter")]
+        plan: String,
+        /// IANA time zone; KPIs count days and work hours in it.
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+        #[arg(long)]
+        bootstrap_token: bool,
+    },
+    /// Print a tenant's document as JSON.
+    Show {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Replace a tenant's document with a JSON file (see `tenant show`).
+    Update {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Replace the directory with a JSON file:
+    /// {"employees": {"e-1": {"department": "Sales", "manages": ["Sales"]}}}
+    Load {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Enroll a device; prints its key and key version (shown once, never stored).
+    Enroll {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        employee: EmployeeId,
+        #[arg(long)]
+        device: DeviceId,
+    },
+    /// Revoke a device's key: ingest refuses it within one refresh interval.
+    Revoke {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        device: DeviceId,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints it once.
+    Create {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+        /// owner, admin, hr, manager, employee, analyst or ai.
+        #[arg(long)]
+        role: Role,
+        /// A name to recognise it by in listings.
+        #[arg(long)]
+        name: String,
+        /// For manager and employee tokens: the employee it acts for.
+        #[arg(long)]
+        employee: Option<EmployeeId>,
+        /// Days until it expires; never, if absent.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List a tenant's tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Revoke a token by its id (from `token list`).
+    Revoke {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a key version: new data is sealed with it; old data stays readable.
+    Rotate {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Destroy every key of a tenant (crypto-shredding): its sealed log
+    /// records and the link from its pseudonyms to employees are gone for good.
+    Destroy {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+        /// Required: this cannot be undone.
+        #[arg(long)]
+        yes_destroy_all_data: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk a tenant's audit chain and report the first edited, reordered or
+    /// missing entry (exit status 1 if there is one).
+    Verify {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Print a tenant's audit entries as JSON lines.
+    Show {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,10 +421,22 @@ fn master_secret() -> Result<MasterSecret> {
         })?;
         return Ok(MasterSecret::from_hex(&text)?);
     }
-    match std::env::var("CANDOR_MASTER_SECRET") {
-        Ok(hex) => Ok(MasterSecret::from_hex(&hex)?),
-        Err(_) => bail!("no master secret: set CANDOR_MASTER_SECRET_FILE or CANDOR_MASTER_SECRET"),
+    if let Ok(hex) = std::env::var("CANDOR_MASTER_SECRET") {
+        return Ok(MasterSecret::from_hex(&hex)?);
     }
+    // On one machine: the secret standalone created in its data directory.
+    let data_dir = std::env::var_os("CANDOR_DATA_DIR").unwrap_or_else(|| ".candor".into());
+    let path = PathBuf::from(data_dir).join("master.key");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return Ok(MasterSecret::from_hex(&text)?);
+    }
+    bail!(
+        "no master secret: set CANDOR_MASTER_SECRET_FILE or CANDOR_MASTER_SECRET \
+         (or run `candor standalone` once to create {})",
+        path.display()
+    )
 }
 
 async fn shutdown_signal() {
@@ -191,6 +462,13 @@ async fn main() -> Result<()> {
         Command::Standalone(args) => run_standalone(args).await,
         Command::Ingest(args) => run_ingest(args).await,
         Command::Processor(args) => run_processor(args).await,
+        Command::Query(args) => run_query(args).await,
+        Command::Tenant(cmd) => tenant_command(cmd).await,
+        Command::Directory(cmd) => directory_command(cmd).await,
+        Command::Device(cmd) => device_command(cmd).await,
+        Command::Token(cmd) => token_command(cmd).await,
+        Command::Keys(cmd) => keys_command(cmd).await,
+        Command::Audit(cmd) => audit_command(cmd).await,
         Command::Kpi(KpiCommand::Activity(args)) => print_activity(args).await,
         Command::DeviceKey(args) => {
             let key = master_secret()?.device_key(
@@ -244,23 +522,35 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     let master = standalone_master_secret(&args.data_dir)?;
     let spool_dir = args.data_dir.join("spool");
     let lake_dir = args.data_dir.join("lake");
+    let control_args = ControlArgs {
+        url: args.data_dir.join("control").display().to_string(),
+        control_refresh_secs: args.control_refresh_secs,
+        control_stale_secs: 120,
+    };
     let spool = Spool::open(SpoolConfig {
         partitions: args.partitions,
         max_disk_bytes: args.spool_max_disk_mb * 1024 * 1024,
         ..SpoolConfig::new(&spool_dir)
     })?;
     let registry = prometheus::Registry::new();
+    // One copy of the control plane serves all three parts.
+    let control = control_args.cache(&master, &registry, true)?;
     let mut processor = Processor::new(
         spool.consumer("candor-processor")?,
-        master.clone(),
+        control.clone(),
         Lake::local(&lake_dir)?,
         ProcessorConfig::default(),
     )
     .with_metrics(ProcessorMetrics::register(&registry));
+    let query_state = Arc::new(QueryState {
+        control: control.clone(),
+        admin: Arc::new(control_args.admin(&master)?),
+        registry: registry.clone(),
+    });
     let state = Arc::new(IngestState {
         master,
         limits: Limits::default(),
-        at_rest_key_version: 1,
+        control: control.clone(),
         log: Arc::new(spool.producer()),
         metrics: IngestMetrics::new(registry),
     });
@@ -268,6 +558,10 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let query_listener = tokio::net::TcpListener::bind(args.query_listen)
+        .await
+        .with_context(|| format!("binding {}", args.query_listen))?;
+    let query_addr = query_listener.local_addr()?;
 
     // One signal stops both: ingest drains its requests, the processor
     // finishes its round (write, then commit). A processor that fails stops
@@ -288,6 +582,16 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
             outcome.map(|()| processor.stats())
         }
     });
+    tokio::spawn({
+        let control = control.clone();
+        let stopped = wait_for_stop(stopped.clone());
+        async move { control.run_refresher(stopped).await }
+    });
+    let querying = tokio::spawn(candor_query::api::serve(
+        query_listener,
+        query_state,
+        wait_for_stop(stopped.clone()),
+    ));
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
@@ -295,12 +599,18 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     println!("candor standalone");
     println!("  ingest   http://{addr}{}", candor_ingest::BATCH_ROUTE);
     println!("  metrics  http://{addr}/metrics   health: /healthz /readyz");
+    println!("  query    http://{query_addr}/v1/admin/...   (bearer tokens)");
+    println!(
+        "  control  {} (tenants, devices, tokens, keys)",
+        control_args.url
+    );
     println!(
         "  log      {} (embedded, fsynced before 202)",
         spool_dir.display()
     );
     println!("  lake     {}", lake_dir.display());
     candor_ingest::serve(listener, state, wait_for_stop(stopped)).await?;
+    querying.await.context("query task")??;
     let stats = processing.await.context("processor task")??;
     tracing::info!(
         records = stats.records,
@@ -317,15 +627,21 @@ async fn run_ingest(args: IngestArgs) -> Result<()> {
     ensure_topic(&kafka, args.partitions)
         .await
         .with_context(|| format!("creating topic {} on {}", kafka.topic, kafka.brokers))?;
+    let registry = prometheus::Registry::new();
+    let control = args.control.cache(&master, &registry, false)?;
+    tokio::spawn({
+        let control = control.clone();
+        async move { control.run_refresher(std::future::pending()).await }
+    });
     let state = Arc::new(IngestState {
         master,
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             ..Limits::default()
         },
-        at_rest_key_version: 1,
+        control,
         log: Arc::new(KafkaProducer::new(&kafka)?),
-        metrics: IngestMetrics::default(),
+        metrics: IngestMetrics::new(registry),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -346,7 +662,14 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
     let kafka = args.kafka.config();
     let consumer = KafkaConsumer::new(&kafka, &args.group)?;
     let lake = Lake::local(&args.lake)?;
-    let mut processor = Processor::new(consumer, master, lake, ProcessorConfig::default());
+    let control = args
+        .control
+        .cache(&master, &prometheus::Registry::new(), false)?;
+    tokio::spawn({
+        let control = control.clone();
+        async move { control.run_refresher(std::future::pending()).await }
+    });
+    let mut processor = Processor::new(consumer, control, lake, ProcessorConfig::default());
     tracing::info!(lake = %args.lake.display(), group = %args.group, topic = %kafka.topic, "processor started");
     if args.drain {
         processor.drain().await?;
@@ -389,6 +712,234 @@ async fn print_activity(args: ActivityArgs) -> Result<()> {
             "(no activity in {}..={} for tenant {})",
             args.from, args.to, args.tenant
         );
+    }
+    Ok(())
+}
+
+async fn run_query(args: QueryArgs) -> Result<()> {
+    let master = master_secret()?;
+    let registry = prometheus::Registry::new();
+    let control = args.control.cache(&master, &registry, true)?;
+    tokio::spawn({
+        let control = control.clone();
+        async move { control.run_refresher(std::future::pending()).await }
+    });
+    let state = Arc::new(QueryState {
+        control,
+        admin: Arc::new(args.control.admin(&master)?),
+        registry,
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, control = %args.control.url, "query listening");
+    candor_query::api::serve(listener, state, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+async fn tenant_command(cmd: TenantCommand) -> Result<()> {
+    let op = Actor::operator();
+    match cmd {
+        TenantCommand::Create {
+            control,
+            tenant,
+            plan,
+            time_zone,
+            bootstrap_token,
+        } => {
+            let plan: Plan = serde_json::from_value(serde_json::Value::String(plan.clone()))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "unknown plan {plan:?}; free, starter, professional or enterprise"
+                    )
+                })?;
+            let admin = control.admin(&master_secret()?)?;
+            let doc = Tenant::new(tenant.clone(), plan, time_zone);
+            admin.create_tenant(&op, &doc).await?;
+            eprintln!(
+                "created tenant {tenant} ({} days of retention)",
+                doc.retention_days()
+            );
+            if bootstrap_token {
+                let request = TokenRequest {
+                    name: "bootstrap owner".into(),
+                    role: Role::Owner,
+                    employee: None,
+                    expires_at_ms: None,
+                    tenant: None,
+                };
+                let created = admin.create_token(&op, &tenant, &request).await?;
+                eprintln!("owner token (shown once; store it now):");
+                println!("{}", created.token);
+            }
+        }
+        TenantCommand::Show { control, tenant } => {
+            let admin = control.admin(&master_secret()?)?;
+            print_json(&admin.get_tenant(&op, &tenant).await?.doc)?;
+        }
+        TenantCommand::Update { control, file } => {
+            let doc: Tenant = read_json(&file)?;
+            let admin = control.admin(&master_secret()?)?;
+            let version = admin.update_tenant(&op, &doc, None).await?;
+            eprintln!("tenant {} is now at version {version}", doc.id);
+        }
+    }
+    Ok(())
+}
+
+async fn directory_command(cmd: DirectoryCommand) -> Result<()> {
+    let DirectoryCommand::Load {
+        control,
+        tenant,
+        file,
+    } = cmd;
+    let directory: Directory = read_json(&file)?;
+    let admin = control.admin(&master_secret()?)?;
+    let version = admin
+        .load_directory(&Actor::operator(), &tenant, &directory, None)
+        .await?;
+    eprintln!(
+        "directory of {tenant}: {} employees, version {version}",
+        directory.employees.len()
+    );
+    Ok(())
+}
+
+async fn device_command(cmd: DeviceCommand) -> Result<()> {
+    let op = Actor::operator();
+    match cmd {
+        DeviceCommand::Enroll {
+            control,
+            tenant,
+            employee,
+            device,
+        } => {
+            let admin = control.admin(&master_secret()?)?;
+            print_json(
+                &admin
+                    .enroll_device(&op, &tenant, &employee, &device)
+                    .await?,
+            )?;
+        }
+        DeviceCommand::Revoke {
+            control,
+            tenant,
+            device,
+        } => {
+            let admin = control.admin(&master_secret()?)?;
+            let doc = admin.revoke_device(&op, &tenant, &device).await?;
+            eprintln!(
+                "revoked {device} through key version {}; ingest nodes refuse it after their next refresh",
+                doc.key_version
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn token_command(cmd: TokenCommand) -> Result<()> {
+    let op = Actor::operator();
+    match cmd {
+        TokenCommand::Create {
+            control,
+            tenant,
+            role,
+            name,
+            employee,
+            expires_in_days,
+        } => {
+            let admin = control.admin(&master_secret()?)?;
+            let request = TokenRequest {
+                name,
+                role,
+                employee,
+                expires_at_ms: expires_in_days
+                    .map(|d| chrono::Utc::now().timestamp_millis() + i64::from(d) * 86_400_000),
+                tenant: None,
+            };
+            let created = admin.create_token(&op, &tenant, &request).await?;
+            eprintln!("token {} ({role}; shown once):", created.record.id);
+            println!("{}", created.token);
+        }
+        TokenCommand::List { control, tenant } => {
+            let admin = control.admin(&master_secret()?)?;
+            print_json(&admin.list_tokens(&op, &tenant).await?)?;
+        }
+        TokenCommand::Revoke {
+            control,
+            tenant,
+            id,
+        } => {
+            let admin = control.admin(&master_secret()?)?;
+            admin.revoke_token(&op, &tenant, &id).await?;
+            eprintln!("revoked token {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn keys_command(cmd: KeysCommand) -> Result<()> {
+    let op = Actor::operator();
+    match cmd {
+        KeysCommand::Rotate { control, tenant } => {
+            let admin = control.admin(&master_secret()?)?;
+            let version = admin.rotate_keys(&op, &tenant).await?;
+            eprintln!("tenant {tenant}: new data is sealed with key version {version}");
+        }
+        KeysCommand::Destroy {
+            control,
+            tenant,
+            yes_destroy_all_data,
+        } => {
+            if !yes_destroy_all_data {
+                bail!(
+                    "destroying keys makes {tenant}'s data unreadable for good; pass --yes-destroy-all-data"
+                );
+            }
+            let admin = control.admin(&master_secret()?)?;
+            let deleted = admin.destroy_keys(&op, &tenant).await?;
+            eprintln!("tenant {tenant}: destroyed {deleted} keyring versions");
+        }
+    }
+    Ok(())
+}
+
+async fn audit_command(cmd: AuditCommand) -> Result<()> {
+    match cmd {
+        AuditCommand::Verify { control, tenant } => {
+            let admin = control.admin(&master_secret()?)?;
+            let report = admin.audit_log().verify(&tenant).await?;
+            match &report.first_problem {
+                None => println!(
+                    "audit trail of {tenant}: {} entries, intact",
+                    report.verified
+                ),
+                Some(problem) => {
+                    println!(
+                        "audit trail of {tenant}: {} entries verify, then: {problem}",
+                        report.verified
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::Show { control, tenant } => {
+            let admin = control.admin(&master_secret()?)?;
+            for entry in admin.audit_log().entries(&tenant).await? {
+                println!("{}", serde_json::to_string(&entry)?);
+            }
+        }
     }
     Ok(())
 }

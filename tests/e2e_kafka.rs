@@ -12,12 +12,11 @@ use candor_processor::{Lake, Processor, ProcessorConfig};
 use candor_query::{ActivityDay, TenantLake};
 use candor_schemas::batch::{AppUsage, AttendanceEvent, AttendanceKind, GpsPoint};
 use candor_schemas::envelope::{self, EnvelopeHeader};
-use candor_schemas::keys::MasterSecret;
 use candor_schemas::{Limits, TenantId};
 use chrono::{Days, NaiveDate, Utc};
 use common::{
-    activity_batch, fresh_topic, header, ms, post, random_master, samples, seal, seal_batch,
-    start_ingest,
+    Control, activity_batch, fresh_topic, header, ms, post, random_master, samples, seal,
+    seal_batch, start_ingest,
 };
 
 /// Hang guard: a broken broker fails the test instead of stalling CI.
@@ -38,7 +37,8 @@ async fn bad_input_gets_a_reason_and_never_reaches_the_log() {
         let kafka = fresh_topic("e2e-bad", 3).await;
         let master = random_master();
         let limits = Limits { max_body_bytes: 64 * 1024, max_decompressed_bytes: 256 * 1024, ..Limits::default() };
-        let url = start_ingest(master.clone(), &kafka, limits).await;
+        let control = Control::local_with(&master, &["acme"]).await;
+        let url = start_ingest(master.clone(), control.cache.clone(), &kafka, limits).await;
         let now = Utc::now().timestamp_millis();
         let h = header("acme", "employee-0001", "laptop-0001");
         let good = seal_batch(&master, &h, &activity_batch(samples(now - 600_000, 3, 50, 10)));
@@ -104,7 +104,14 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
     tokio::time::timeout(GUARD, async {
         let kafka = fresh_topic("e2e-kpi", 3).await;
         let master = random_master();
-        let url = start_ingest(master.clone(), &kafka, Limits::default()).await;
+        let control = Control::local_with(&master, &["acme", "globex"]).await;
+        let url = start_ingest(
+            master.clone(),
+            control.cache.clone(),
+            &kafka,
+            Limits::default(),
+        )
+        .await;
         let day = Utc::now().date_naive() - Days::new(3);
         let alice = header("acme", "employee-alice-0001", "laptop-alice-01");
         let bob = header("acme", "employee-bob-0002", "phone-bob-02");
@@ -158,7 +165,7 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         assert_eq!(total_records(&kafka).await, 7);
 
         let lake_dir = tempfile::tempdir().unwrap();
-        let processor = drained_processor(&kafka, &master, lake_dir.path()).await;
+        let processor = drained_processor(&kafka, &control, lake_dir.path()).await;
         assert_eq!(processor.stats().records, 7);
         assert_eq!(processor.stats().records_undecodable, 0);
         assert_eq!(processor.stats().events, 10 + 1 + 2 + 1 + 4 + 5 + 5);
@@ -166,11 +173,21 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         // A restarted processor of the same group resumes after the commits:
         // nothing is read twice.
         drop(processor);
-        let restarted = drained_processor(&kafka, &master, lake_dir.path()).await;
+        let restarted = drained_processor(&kafka, &control, lake_dir.path()).await;
         assert_eq!(restarted.stats().records, 0);
 
         let acme = TenantId::new("acme").unwrap();
-        let subject = |h: &EnvelopeHeader| master.pseudonym_key(&acme, 1).subject(&h.employee);
+        let (alice_subject, bob_subject) = (
+            control.subject(&acme, &alice.employee).await,
+            control.subject(&acme, &bob.employee).await,
+        );
+        let subject = |h: &EnvelopeHeader| {
+            if h.employee == alice.employee {
+                alice_subject.clone()
+            } else {
+                bob_subject.clone()
+            }
+        };
         let row = |h: &EnvelopeHeader, d: NaiveDate, tracked: i64, active: i64| ActivityDay {
             subject: subject(h),
             day: d.to_string(),
@@ -274,14 +291,19 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
 /// A processor of the test's consumer group that has drained the topic.
 async fn drained_processor(
     kafka: &KafkaConfig,
-    master: &MasterSecret,
+    control: &Control,
     lake: &Path,
 ) -> Processor<KafkaConsumer> {
     // A group of its own per topic: groups outlive test runs on the broker.
     let group = format!("{}-processor", kafka.topic);
     let consumer = KafkaConsumer::new(kafka, &group).unwrap();
     let lake = Lake::local(lake).unwrap();
-    let mut processor = Processor::new(consumer, master.clone(), lake, ProcessorConfig::default());
+    let mut processor = Processor::new(
+        consumer,
+        control.cache.clone(),
+        lake,
+        ProcessorConfig::default(),
+    );
     processor.drain().await.unwrap();
     processor
 }

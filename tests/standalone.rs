@@ -26,10 +26,40 @@ fn metric(text: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// A running `candor standalone` on a free loopback port.
+/// Runs a `candor` command against a data directory; returns its stdout.
+fn candor(data: &Path, secret_file: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_candor"))
+        .args(args)
+        .env("CANDOR_CONTROL_URL", data.join("control"))
+        .env("CANDOR_MASTER_SECRET_FILE", secret_file)
+        .env_remove("CANDOR_MASTER_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "candor {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The lake subject of an employee, from the tenant's keys in the control plane.
+async fn subject_of(data: &Path, master: &MasterSecret, h: &EnvelopeHeader) -> String {
+    let (store, prefix) =
+        candor_control::open_store(data.join("control").to_str().unwrap()).unwrap();
+    let docs = candor_control::DocumentStore::new(store, &prefix);
+    let keys = candor_control::keyring::load(&docs, master, &h.tenant)
+        .await
+        .unwrap()
+        .unwrap();
+    keys.pseudonym().subject(&h.employee)
+}
+
+/// A running `candor standalone` on free loopback ports.
 struct Standalone {
     child: Child,
     url: String,
+    query_url: String,
     /// Kept open so the process never writes to a closed pipe.
     _stdout: Lines<BufReader<ChildStdout>>,
 }
@@ -40,25 +70,34 @@ impl Standalone {
             .arg("standalone")
             .arg("--data-dir")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--query-listen", "127.0.0.1:0"])
             .env("CANDOR_MASTER_SECRET_FILE", secret_file)
             .env_remove("CANDOR_MASTER_SECRET")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = loop {
+        let (mut url, mut query_url) = (None, None);
+        while url.is_none() || query_url.is_none() {
             let line = lines
                 .next()
                 .expect("standalone printed its addresses")
                 .unwrap();
-            if let Some(rest) = line.trim().strip_prefix("ingest") {
-                break rest.trim().trim_end_matches("/v1/batches").to_string();
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("ingest"), Some(u)) => {
+                    url = Some(u.trim_end_matches("/v1/batches").to_string())
+                }
+                (Some("query"), Some(u)) => {
+                    query_url = Some(u.trim_end_matches("/v1/admin/...").to_string())
+                }
+                _ => {}
             }
-        };
+        }
         Self {
             child,
-            url,
+            url: url.unwrap(),
+            query_url: query_url.unwrap(),
             _stdout: lines,
         }
     }
@@ -114,15 +153,9 @@ fn secret_in(dir: &Path) -> (MasterSecret, PathBuf) {
     (MasterSecret::from_bytes(&secret).unwrap(), file)
 }
 
-fn activity_day(
-    master: &MasterSecret,
-    h: &EnvelopeHeader,
-    day: &str,
-    tracked: i64,
-    active: i64,
-) -> ActivityDay {
+fn activity_day(subject: String, day: &str, tracked: i64, active: i64) -> ActivityDay {
     ActivityDay {
-        subject: master.pseudonym_key(&h.tenant, 1).subject(&h.employee),
+        subject,
         day: day.to_string(),
         tracked_s: tracked,
         active_s: active,
@@ -135,11 +168,43 @@ fn activity_day(
 async fn standalone_turns_sealed_batches_into_a_kpi_and_stops_cleanly() {
     let data = tempfile::tempdir().unwrap();
     let (master, secret_file) = secret_in(data.path());
+    // The README's tenant setup: create it with a bootstrap owner token...
+    let token = candor(
+        data.path(),
+        &secret_file,
+        &[
+            "tenant",
+            "create",
+            "--tenant",
+            "acme",
+            "--time-zone",
+            "UTC",
+            "--bootstrap-token",
+        ],
+    );
+    let token = token.trim();
     let standalone = Standalone::start(data.path(), &secret_file);
+
+    // ...and enroll a device over the admin API with it.
+    let enrolled: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/admin/devices", standalone.query_url))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"employee": "employee-bob-0002", "device": "phone-bob-02"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bob = header("acme", "employee-bob-0002", "phone-bob-02");
+    let bob_key = master.device_key(&bob.tenant, &bob.employee, &bob.device, 1);
+    assert_eq!(enrolled["device_key_hex"], hex::encode(bob_key.as_bytes()));
+    assert_eq!(enrolled["key_version"], 1);
 
     let day = Utc::now().date_naive() - Days::new(2);
     let alice = header("acme", "employee-alice-0001", "laptop-alice-01");
-    let bob = header("acme", "employee-bob-0002", "phone-bob-02");
     for (h, b) in [
         (&alice, activity_batch(samples(ms(day, 9, 0), 10, 45, 15))),
         (&bob, activity_batch(samples(ms(day, 10, 0), 5, 60, 0))),
@@ -147,6 +212,14 @@ async fn standalone_turns_sealed_batches_into_a_kpi_and_stops_cleanly() {
         let (status, answer) = post(&standalone.url, BATCH, seal_batch(&master, h, &b)).await;
         assert_eq!(status, 202, "{answer}");
     }
+    // A tenant that does not exist is refused, though its key is well formed.
+    let stranger = header("globex", "e-1", "d-1");
+    let b = activity_batch(samples(ms(day, 9, 0), 1, 60, 0));
+    let (status, answer) = post(&standalone.url, BATCH, seal_batch(&master, &stranger, &b)).await;
+    assert_eq!(
+        (status, answer["reason"].as_str()),
+        (403, Some("unknown_tenant"))
+    );
     standalone.wait_for_events(15).await;
     standalone.terminate();
     let status = standalone.exit_status().await;
@@ -154,8 +227,13 @@ async fn standalone_turns_sealed_batches_into_a_kpi_and_stops_cleanly() {
 
     let day = day.to_string();
     let mut expected = vec![
-        activity_day(&master, &alice, &day, 600, 450),
-        activity_day(&master, &bob, &day, 300, 300),
+        activity_day(
+            subject_of(data.path(), &master, &alice).await,
+            &day,
+            600,
+            450,
+        ),
+        activity_day(subject_of(data.path(), &master, &bob).await, &day, 300, 300),
     ];
     expected.sort_by(|a, b| a.subject.cmp(&b.subject));
     let acme = TenantId::new("acme").unwrap();
@@ -179,6 +257,11 @@ async fn a_failing_lake_stops_standalone_and_a_restart_loses_nothing() {
     std::fs::create_dir_all(data.path().join("lake")).unwrap();
     let obstacle = data.path().join("lake/activity");
     std::fs::write(&obstacle, b"not a folder").unwrap();
+    candor(
+        data.path(),
+        &secret_file,
+        &["tenant", "create", "--tenant", "acme"],
+    );
 
     let standalone = Standalone::start(data.path(), &secret_file);
     let day = Utc::now().date_naive() - Days::new(2);
@@ -206,6 +289,11 @@ async fn a_failing_lake_stops_standalone_and_a_restart_loses_nothing() {
     let rows = lake.activity_by_subject_day("UTC", day, day).await.unwrap();
     assert_eq!(
         rows,
-        vec![activity_day(&master, &alice, &day.to_string(), 480, 240)]
+        vec![activity_day(
+            subject_of(data.path(), &master, &alice).await,
+            &day.to_string(),
+            480,
+            240
+        )]
     );
 }

@@ -19,6 +19,16 @@ pub enum IngestError {
     BodyTooLarge(usize),
     #[error("request body could not be read: {0}")]
     BadBody(String),
+    #[error("tenant {0} does not exist")]
+    UnknownTenant(String),
+    #[error("tenant {0} is cancelled")]
+    TenantCancelled(String),
+    #[error("tenant {0}'s keys were destroyed; it takes no more data")]
+    KeysDestroyed(String),
+    #[error("device {device} key version {key_version} is revoked")]
+    RevokedDevice { device: String, key_version: u32 },
+    #[error("control plane unavailable: {0}")]
+    ControlPlane(String),
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -31,6 +41,11 @@ impl IngestError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::BodyTooLarge(_) => RejectReason::BodyTooLarge.code(),
             Self::BadBody(_) => "bad_body",
+            Self::UnknownTenant(_) => "unknown_tenant",
+            Self::TenantCancelled(_) => "tenant_cancelled",
+            Self::KeysDestroyed(_) => "tenant_keys_destroyed",
+            Self::RevokedDevice { .. } => "revoked_device",
+            Self::ControlPlane(_) => "control_plane_unavailable",
             Self::Log(e) if e.is_transient() => "log_unavailable",
             Self::Log(_) => "internal",
         }
@@ -43,6 +58,11 @@ impl IngestError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownTenant(_) | Self::TenantCancelled(_) | Self::KeysDestroyed(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Self::RevokedDevice { .. } => StatusCode::UNAUTHORIZED,
+            Self::ControlPlane(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Log(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Log(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -57,7 +77,7 @@ impl IntoResponse for IngestError {
             Self::Log(_) => "the log could not confirm the batch is durable; retry later".into(),
             other => other.to_string(),
         };
-        if matches!(self, Self::Log(_)) {
+        if matches!(self, Self::Log(_) | Self::ControlPlane(_)) {
             tracing::warn!(error = %self, "batch not accepted");
         }
         let body = serde_json::json!({

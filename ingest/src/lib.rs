@@ -15,6 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use candor_control::ControlCache;
 use candor_log::{LogProducer, Record};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::record::{self, RecordMeta};
@@ -31,10 +32,11 @@ pub const BATCH_ROUTE: &str = "/v1/batches";
 
 /// What one ingest node needs to run.
 pub struct IngestState {
+    /// Derives device keys (WIRE.md): no lookup is needed to check a tag.
     pub master: MasterSecret,
     pub limits: Limits,
-    /// Version of the tenants' at-rest keys new log records are sealed with.
-    pub at_rest_key_version: u32,
+    /// Tenants, their at-rest keys and device revocations.
+    pub control: Arc<ControlCache>,
     pub log: Arc<dyn LogProducer>,
     pub metrics: IngestMetrics,
 }
@@ -80,9 +82,28 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
     let received_at_ms = now_ms();
     let opened = open_batch(&body, &state.master, &state.limits, received_at_ms)?;
     let h = &opened.header;
-    let key = state
-        .master
-        .at_rest_key(&h.tenant, state.at_rest_key_version);
+    // Only now, with the tag verified, is the control plane asked: a forged
+    // envelope cannot make this node look tenants up.
+    let view = state
+        .control
+        .get(&h.tenant)
+        .await
+        .map_err(|e| IngestError::ControlPlane(e.to_string()))?
+        .ok_or_else(|| IngestError::UnknownTenant(h.tenant.to_string()))?;
+    if !view.tenant.doc.is_active() {
+        return Err(IngestError::TenantCancelled(h.tenant.to_string()));
+    }
+    if view.revocations.is_revoked(&h.device, h.key_version) {
+        return Err(IngestError::RevokedDevice {
+            device: h.device.to_string(),
+            key_version: h.key_version,
+        });
+    }
+    let keys = view
+        .keys
+        .as_ref()
+        .ok_or_else(|| IngestError::KeysDestroyed(h.tenant.to_string()))?;
+    let (key_version, key) = keys.current_at_rest();
     let meta = RecordMeta {
         employee: h.employee.clone(),
         device: h.device.clone(),
@@ -96,8 +117,8 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
             key: log_key.clone(),
             value: record::seal_record(
                 &h.tenant,
-                &key,
-                state.at_rest_key_version,
+                key,
+                key_version,
                 &rand::random(),
                 dataset,
                 &meta,
@@ -129,10 +150,19 @@ async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, IngestError> 
     })
 }
 
+/// Ready when the log answers and the control-plane copy is fresh enough.
 async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
+    let control = state.control.readiness();
     match state.log.check().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("log: {e}")).into_response(),
+        Ok(()) if control.ready => {
+            (StatusCode::OK, format!("ready\n{}", control.detail)).into_response()
+        }
+        Ok(()) => (StatusCode::SERVICE_UNAVAILABLE, control.detail).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("log: {e}\n{}", control.detail),
+        )
+            .into_response(),
     }
 }
 

@@ -7,12 +7,14 @@ mod aggregate;
 mod lake;
 mod metrics;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use candor_control::{CacheError, ControlCache, TenantView};
 use candor_log::{Delivered, LogConsumer, LogError, Resume};
-use candor_schemas::keys::MasterSecret;
-use candor_schemas::record::open_record;
+use candor_schemas::TenantId;
+use candor_schemas::record::{open_record, read_header};
 use futures::FutureExt;
 
 pub use aggregate::{Aggregator, PartitionKey};
@@ -25,6 +27,8 @@ pub enum ProcessorError {
     Log(#[from] LogError),
     #[error(transparent)]
     Lake(#[from] LakeError),
+    #[error("control plane: {0}")]
+    Control(#[from] CacheError),
 }
 
 #[derive(Debug, Clone)]
@@ -33,8 +37,6 @@ pub struct ProcessorConfig {
     pub max_records_per_flush: usize,
     /// How long a poll waits for the first record.
     pub poll_wait: Duration,
-    /// Version of the tenants' pseudonym keys subjects are computed with.
-    pub pseudonym_key_version: u32,
 }
 
 impl Default for ProcessorConfig {
@@ -42,7 +44,6 @@ impl Default for ProcessorConfig {
         Self {
             max_records_per_flush: 10_000,
             poll_wait: Duration::from_millis(500),
-            pseudonym_key_version: 1,
         }
     }
 }
@@ -60,7 +61,8 @@ pub struct ProcessorStats {
 
 pub struct Processor<C> {
     consumer: C,
-    master: MasterSecret,
+    /// Tenants' keys (at rest, pseudonyms) and policy.
+    control: Arc<ControlCache>,
     lake: Lake,
     config: ProcessorConfig,
     metrics: ProcessorMetrics,
@@ -69,10 +71,15 @@ pub struct Processor<C> {
 }
 
 impl<C: LogConsumer> Processor<C> {
-    pub fn new(consumer: C, master: MasterSecret, lake: Lake, config: ProcessorConfig) -> Self {
+    pub fn new(
+        consumer: C,
+        control: Arc<ControlCache>,
+        lake: Lake,
+        config: ProcessorConfig,
+    ) -> Self {
         Self {
             consumer,
-            master,
+            control,
             lake,
             config,
             metrics: ProcessorMetrics::default(),
@@ -169,18 +176,31 @@ impl<C: LogConsumer> Processor<C> {
         let first = records.first().expect("chunks are non-empty").offset;
         let last = records.last().expect("chunks are non-empty").offset;
         let mut agg = Aggregator::default();
+        let mut tenants: HashMap<TenantId, Option<Arc<TenantView>>> = HashMap::new();
         for d in records {
             self.metrics.records.inc();
-            let opened = open_record(&d.value, |tenant, version| {
-                Some(self.master.at_rest_key(tenant, version))
+            // The tenant's view, looked up once per chunk. An unknown tenant or
+            // destroyed keys leave `keys` empty: the record does not open.
+            let view = match read_header(&d.value) {
+                Ok(header) => match tenants.get(&header.tenant) {
+                    Some(view) => view.clone(),
+                    None => {
+                        let view = self.tenant_view(&header.tenant).await?;
+                        tenants.insert(header.tenant, view.clone());
+                        view
+                    }
+                },
+                Err(_) => None,
+            };
+            let keys = view.as_ref().and_then(|v| v.keys.clone());
+            let opened = open_record(&d.value, |_, version| {
+                keys.as_ref().and_then(|k| k.at_rest(version).cloned())
             });
             match opened {
                 Ok(record) => {
-                    let pseudonyms = self
-                        .master
-                        .pseudonym_key(&record.tenant, self.config.pseudonym_key_version);
+                    let keys = keys.as_ref().expect("a record opened, so its keys exist");
                     self.metrics.events.inc_by(record.events.num_rows() as u64);
-                    agg.add(&record, &pseudonyms.subject(&record.meta.employee));
+                    agg.add(&record, &keys.pseudonym().subject(&record.meta.employee));
                 }
                 Err(e) => {
                     self.metrics.records_undecodable.inc();
@@ -199,6 +219,26 @@ impl<C: LogConsumer> Processor<C> {
             self.metrics.files_written.inc();
         }
         Ok(last)
+    }
+
+    /// A tenant's view, retried with backoff while the control plane cannot
+    /// be reached (records already polled must not be skipped).
+    async fn tenant_view(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<Arc<TenantView>>, ProcessorError> {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.control.get(tenant).await {
+                Ok(view) => return Ok(view),
+                Err(e) if wait <= Duration::from_secs(5) => {
+                    tracing::warn!(%tenant, error = %e, "control plane unavailable; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Processes until every record that existed when it was called is

@@ -4,6 +4,11 @@
 //! tenant's own partitions: each table lists `<dataset>/tenant=<id>/` and
 //! nothing above it, so no query through it can reach another tenant's files.
 //! The lake holds pseudonymous subjects only; raw identities never appear here.
+//!
+//! [`api`] is the service's HTTP API: bearer-token authentication and the
+//! control plane's admin routes.
+
+pub mod api;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -220,12 +220,13 @@ pub struct RecordHeader {
     pub tenant: TenantId,
 }
 
-/// Opens a record; `key_for` returns the tenant's at-rest key of a version,
-/// or `None` if that key is gone (a crypto-shredded tenant).
-pub fn open_record(
-    bytes: &[u8],
-    key_for: impl FnOnce(&TenantId, u32) -> Option<AtRestKey>,
-) -> Result<LogRecord, RecordError> {
+/// Reads a record's clear header, to choose the key that opens it.
+pub fn read_header(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
+    read_header_and_nonce(bytes).map(|(header, _)| header)
+}
+
+/// The header and where the nonce ends (the AAD is everything before).
+fn read_header_and_nonce(bytes: &[u8]) -> Result<(RecordHeader, usize), RecordError> {
     let bad = |what: &str| RecordError::Malformed(what.to_string());
     if bytes.len() < 11 || bytes[0..4] != RECORD_MAGIC {
         return Err(bad("bad magic or too short"));
@@ -244,7 +245,33 @@ pub fn open_record(
         .ok()
         .and_then(|t| TenantId::new(t).ok())
         .ok_or_else(|| bad("bad tenant id"))?;
-    let nonce: [u8; NONCE_LEN] = bytes[tenant_end..nonce_end].try_into().expect("24 bytes");
+    Ok((
+        RecordHeader {
+            dataset,
+            key_version,
+            tenant,
+        },
+        nonce_end,
+    ))
+}
+
+/// Opens a record; `key_for` returns the tenant's at-rest key of a version,
+/// or `None` if that key is gone (a crypto-shredded tenant).
+pub fn open_record(
+    bytes: &[u8],
+    key_for: impl FnOnce(&TenantId, u32) -> Option<AtRestKey>,
+) -> Result<LogRecord, RecordError> {
+    let (
+        RecordHeader {
+            dataset,
+            key_version,
+            tenant,
+        },
+        nonce_end,
+    ) = read_header_and_nonce(bytes)?;
+    let nonce: [u8; NONCE_LEN] = bytes[nonce_end - NONCE_LEN..nonce_end]
+        .try_into()
+        .expect("24 bytes");
     let key = key_for(&tenant, key_version).ok_or(RecordError::Authentication)?;
     let ipc = crypto::open(
         key.as_bytes(),

@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
+use candor_control::testkit::TestStore;
+use candor_control::{Actor, Admin, AuditLog, CacheConfig, ControlCache, Plan, Tenant};
 use candor_ingest::{IngestMetrics, IngestState};
+use candor_log::LogProducer;
 use candor_log::kafka::{KafkaConfig, KafkaProducer};
 use candor_schemas::batch::{ActivitySample, Batch};
 use candor_schemas::envelope::{self, EnvelopeHeader};
@@ -25,13 +28,97 @@ pub fn random_master() -> MasterSecret {
     MasterSecret::from_bytes(&rand::rng().random::<[u8; 32]>()).unwrap()
 }
 
+/// A control plane on a test store, with its admin operations and a node
+/// cache that refreshes quickly.
+pub struct Control {
+    pub store: TestStore,
+    pub admin: Arc<Admin>,
+    pub cache: Arc<ControlCache>,
+}
+
+impl Control {
+    pub fn new(store: TestStore, master: &MasterSecret) -> Self {
+        let audit = AuditLog::new(store.raw(), &TestStore::prefix(), master.clone());
+        let admin = Arc::new(Admin::new(
+            store.documents(),
+            Arc::new(audit),
+            master.clone(),
+        ));
+        let config = CacheConfig {
+            refresh_every: std::time::Duration::from_millis(100),
+            tokens: true,
+            directory: true,
+            ..CacheConfig::default()
+        };
+        let cache = Arc::new(ControlCache::new(
+            store.documents(),
+            master.clone(),
+            config,
+            &prometheus::Registry::new(),
+        ));
+        tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.run_refresher(std::future::pending()).await }
+        });
+        Self {
+            store,
+            admin,
+            cache,
+        }
+    }
+
+    /// A local-directory control plane with these tenants (UTC, starter plan).
+    pub async fn local_with(master: &MasterSecret, tenants: &[&str]) -> Self {
+        let control = Self::new(TestStore::local(), master);
+        for t in tenants {
+            control.create_tenant(t).await;
+        }
+        control
+    }
+
+    pub async fn create_tenant(&self, id: &str) {
+        let tenant = Tenant::new(TenantId::new(id).unwrap(), Plan::Starter, "UTC");
+        self.admin
+            .create_tenant(&Actor::operator(), &tenant)
+            .await
+            .expect("tenant created");
+    }
+
+    /// The lake subject of an employee of a tenant.
+    pub async fn subject(&self, tenant: &TenantId, employee: &EmployeeId) -> String {
+        let view = self
+            .cache
+            .get(tenant)
+            .await
+            .unwrap()
+            .expect("tenant exists");
+        view.keys.as_ref().unwrap().pseudonym().subject(employee)
+    }
+}
+
 /// Starts an ingest node on 127.0.0.1:<free port>; returns its base URL.
-pub async fn start_ingest(master: MasterSecret, kafka: &KafkaConfig, limits: Limits) -> String {
+pub async fn start_ingest(
+    master: MasterSecret,
+    control: Arc<ControlCache>,
+    kafka: &KafkaConfig,
+    limits: Limits,
+) -> String {
+    let log = Arc::new(KafkaProducer::new(kafka).expect("producer"));
+    start_ingest_on(master, control, log, limits).await
+}
+
+/// Starts an ingest node appending to `log`; returns its base URL.
+pub async fn start_ingest_on(
+    master: MasterSecret,
+    control: Arc<ControlCache>,
+    log: Arc<dyn LogProducer>,
+    limits: Limits,
+) -> String {
     let state = Arc::new(IngestState {
         master,
         limits,
-        at_rest_key_version: 1,
-        log: Arc::new(KafkaProducer::new(kafka).expect("producer")),
+        control,
+        log,
         metrics: IngestMetrics::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
