@@ -104,7 +104,9 @@ pub struct TokenRecord {
     /// The employee a manager or employee token acts for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub employee: Option<EmployeeId>,
-    /// Hex SHA-256 of the whole token.
+    /// Hex SHA-256 of the whole token; blanked (and then not shown) when a
+    /// record is handed out.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
     pub created_at_ms: i64,
     pub created_by: String,
