@@ -372,25 +372,4 @@ async fn admin_api_and_revocation_reach_ingest(store: TestStore) {
     );
 }
 
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::TestStore::local()).await;
-                }
-            )*
-        }
-        mod s3 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::TestStore::s3()).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(admin_api_and_revocation_reach_ingest);
+candor_control::on_both_stores!(admin_api_and_revocation_reach_ingest);

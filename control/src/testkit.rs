@@ -190,3 +190,28 @@ impl TcpProxy {
         self.open.store(true, Ordering::SeqCst);
     }
 }
+
+/// Runs each `async fn case(store: TestStore)` twice, as `local::case` on a
+/// temporary directory and as `s3::case` on a fresh bucket of the test S3
+/// server.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::testkit::TestStore::local()).await;
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::testkit::TestStore::s3()).await;
+                }
+            )*
+        }
+    };
+}

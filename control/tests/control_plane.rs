@@ -18,27 +18,6 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::TestStore::local()).await;
-                }
-            )*
-        }
-        mod s3 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::TestStore::s3()).await;
-                }
-            )*
-        }
-    };
-}
-
 fn master() -> MasterSecret {
     MasterSecret::from_bytes(&[42; 32]).unwrap()
 }
@@ -706,7 +685,7 @@ async fn bad_documents_change_nothing(store: TestStore) {
     assert!(err.to_string().contains("not valid"), "{err}");
 }
 
-on_both_stores!(
+candor_control::on_both_stores!(
     enrollment_and_revocation,
     token_lifecycle,
     rotation_keeps_old_data_readable,

@@ -196,28 +196,7 @@ async fn oversized_malformed_and_bad_ids_are_refused(b: Backend) {
     ));
 }
 
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::local()).await;
-                }
-            )*
-        }
-        mod s3 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::s3()).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+candor_control::on_both_stores!(
     versions_move_forward_and_stale_writes_conflict,
     concurrent_writers_lose_no_update,
     oversized_malformed_and_bad_ids_are_refused,
