@@ -228,15 +228,27 @@ impl Admin {
         tenant
             .validate()
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        if self
+            .docs
+            .get::<Tenant>(Kind::Tenant, tenant.id.as_str())
+            .await?
+            .is_some()
+        {
+            return Err(AdminError::AlreadyExists(format!(
+                "tenant {} already exists",
+                tenant.id
+            )));
+        }
+        // Keys first: a tenant document is never visible without its keys,
+        // and a creation that failed in between is simply run again.
+        match keyring::create(&self.docs, &self.master, &tenant.id, now_ms()).await {
+            Ok(()) | Err(KeyringError::Document(DocumentError::Exists { .. })) => {}
+            Err(e) => return Err(e.into()),
+        }
         let version = self
             .docs
             .create(Kind::Tenant, tenant.id.as_str(), tenant)
             .await?;
-        match keyring::create(&self.docs, &self.master, &tenant.id, now_ms()).await {
-            // A retried creation whose keys were already made.
-            Ok(()) | Err(KeyringError::Document(DocumentError::Exists { .. })) => {}
-            Err(e) => return Err(e.into()),
-        }
         self.record(
             actor,
             &tenant.id,
