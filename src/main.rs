@@ -153,6 +153,12 @@ impl ControlArgs {
         )))
     }
 
+    /// The operator's admin operations: the master secret from the
+    /// environment (or the standalone data directory).
+    fn operator(&self) -> Result<Admin> {
+        self.admin(&master_secret()?)
+    }
+
     fn admin(&self, master: &MasterSecret) -> Result<Admin> {
         let (docs, store, prefix) = self.documents()?;
         let audit = AuditLog::new(store, &prefix, master.clone());
@@ -764,7 +770,7 @@ async fn tenant_command(cmd: TenantCommand) -> Result<()> {
                         "unknown plan {plan:?}; free, starter, professional or enterprise"
                     )
                 })?;
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             let doc = Tenant::new(tenant.clone(), plan, time_zone);
             admin.create_tenant(&op, &doc).await?;
             eprintln!(
@@ -785,12 +791,12 @@ async fn tenant_command(cmd: TenantCommand) -> Result<()> {
             }
         }
         TenantCommand::Show { control, tenant } => {
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             print_json(&admin.get_tenant(&op, &tenant).await?.doc)?;
         }
         TenantCommand::Update { control, file } => {
             let doc: Tenant = read_json(&file)?;
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             let version = admin.update_tenant(&op, &doc, None).await?;
             eprintln!("tenant {} is now at version {version}", doc.id);
         }
@@ -805,7 +811,7 @@ async fn directory_command(cmd: DirectoryCommand) -> Result<()> {
         file,
     } = cmd;
     let directory: Directory = read_json(&file)?;
-    let admin = control.admin(&master_secret()?)?;
+    let admin = control.operator()?;
     let version = admin
         .load_directory(&Actor::operator(), &tenant, &directory, None)
         .await?;
@@ -825,7 +831,7 @@ async fn device_command(cmd: DeviceCommand) -> Result<()> {
             employee,
             device,
         } => {
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             print_json(
                 &admin
                     .enroll_device(&op, &tenant, &employee, &device)
@@ -837,7 +843,7 @@ async fn device_command(cmd: DeviceCommand) -> Result<()> {
             tenant,
             device,
         } => {
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             let doc = admin.revoke_device(&op, &tenant, &device).await?;
             eprintln!(
                 "revoked {device} through key version {}; ingest nodes refuse it after their next refresh",
@@ -859,7 +865,7 @@ async fn token_command(cmd: TokenCommand) -> Result<()> {
             employee,
             expires_in_days,
         } => {
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             let request = TokenRequest {
                 name,
                 role,
@@ -873,7 +879,7 @@ async fn token_command(cmd: TokenCommand) -> Result<()> {
             println!("{}", created.token);
         }
         TokenCommand::List { control, tenant } => {
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             print_json(&admin.list_tokens(&op, &tenant).await?)?;
         }
         TokenCommand::Revoke {
@@ -881,7 +887,7 @@ async fn token_command(cmd: TokenCommand) -> Result<()> {
             tenant,
             id,
         } => {
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             admin.revoke_token(&op, &tenant, &id).await?;
             eprintln!("revoked token {id}");
         }
@@ -893,7 +899,7 @@ async fn keys_command(cmd: KeysCommand) -> Result<()> {
     let op = Actor::operator();
     match cmd {
         KeysCommand::Rotate { control, tenant } => {
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             let version = admin.rotate_keys(&op, &tenant).await?;
             eprintln!("tenant {tenant}: new data is sealed with key version {version}");
         }
@@ -907,7 +913,7 @@ async fn keys_command(cmd: KeysCommand) -> Result<()> {
                     "destroying keys makes {tenant}'s data unreadable for good; pass --yes-destroy-all-data"
                 );
             }
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             let deleted = admin.destroy_keys(&op, &tenant).await?;
             eprintln!("tenant {tenant}: destroyed {deleted} keyring versions");
         }
@@ -918,7 +924,7 @@ async fn keys_command(cmd: KeysCommand) -> Result<()> {
 async fn audit_command(cmd: AuditCommand) -> Result<()> {
     match cmd {
         AuditCommand::Verify { control, tenant } => {
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             let report = admin.audit_log().verify(&tenant).await?;
             match &report.first_problem {
                 None => println!(
@@ -935,7 +941,7 @@ async fn audit_command(cmd: AuditCommand) -> Result<()> {
             }
         }
         AuditCommand::Show { control, tenant } => {
-            let admin = control.admin(&master_secret()?)?;
+            let admin = control.operator()?;
             for entry in admin.audit_log().entries(&tenant).await? {
                 println!("{}", serde_json::to_string(&entry)?);
             }

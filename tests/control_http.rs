@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use candor_control::testkit::TestStore;
 use candor_control::{Actor, CacheConfig, ControlCache, Role, TokenRequest};
+use candor_log::LogConsumer;
 use candor_log::spool::{Spool, SpoolConfig};
 use candor_query::api::QueryState;
 use candor_schemas::{Limits, TenantId};
@@ -373,3 +374,69 @@ async fn admin_api_and_revocation_reach_ingest(store: TestStore) {
 }
 
 candor_control::on_both_stores!(admin_api_and_revocation_reach_ingest);
+
+/// The control store goes away (a proxy in front of the real S3 server is
+/// cut): a tenant the ingest node already holds is still served from its
+/// last good copy; one it has never seen gets 503 with Retry-After, and
+/// nothing of it reaches the log. Once the store is back, it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_serves_its_last_good_copy_while_the_control_store_is_down() {
+    use candor_control::testkit::{TcpProxy, s3_client, s3_endpoint};
+    let master = random_master();
+    let proxy = TcpProxy::start(&s3_endpoint()).await;
+    let control = Control::new(
+        TestStore::S3(s3_client(&proxy.endpoint(), "ingest-outage")),
+        &master,
+    );
+    control.create_tenant("acme").await;
+    control.create_tenant("globex").await;
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(SpoolConfig::new(spool_dir.path())).unwrap();
+    let ingest = common::start_ingest_on(
+        master.clone(),
+        control.cache.clone(),
+        Arc::new(spool.producer()),
+        Limits::default(),
+    )
+    .await;
+    let day = Utc::now().date_naive() - Days::new(1);
+    let sealed = |tenant: &str| {
+        let h = header(tenant, "e-1", "laptop-1");
+        common::seal_batch(
+            &master,
+            &h,
+            &activity_batch(samples(ms(day, 9, 0), 2, 60, 0)),
+        )
+    };
+    let (status, answer) = post(&ingest, BATCH, sealed("acme")).await;
+    assert_eq!(status, 202, "{answer}");
+
+    proxy.cut();
+    let (status, answer) = post(&ingest, BATCH, sealed("acme")).await;
+    assert_eq!(status, 202, "a cached tenant is still served: {answer}");
+    let response = reqwest::Client::new()
+        .post(format!("{ingest}/v1/batches"))
+        .header("content-type", BATCH)
+        .body(sealed("globex"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(reason(&answer), "control_plane_unavailable");
+
+    proxy.restore();
+    let (status, answer) = post(&ingest, BATCH, sealed("globex")).await;
+    assert_eq!(status, 202, "{answer}");
+    // Three batches accepted, one record each: the refused one is not in the log.
+    let consumer = spool.consumer("check").unwrap();
+    let records: i64 = consumer
+        .end_offsets()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.next_offset)
+        .sum();
+    assert_eq!(records, 3);
+}
