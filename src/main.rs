@@ -1,6 +1,8 @@
 //! The `candor` binary: one subcommand per role, wiring the crates together.
 //! Logic lives in the crates; this file only reads settings and starts things.
 
+mod ingest_args;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,15 +13,18 @@ use candor_control::{
     Tenant, TokenRequest,
 };
 use candor_ingest::{IngestMetrics, IngestState};
-use candor_log::kafka::{KafkaConfig, KafkaConsumer, KafkaProducer, ensure_topic};
+use candor_log::kafka::{
+    Acks, Compression, KafkaConfig, KafkaConsumer, KafkaProducer, ProducerStats, ensure_topic,
+};
 use candor_log::spool::{Spool, SpoolConfig};
 use candor_processor::{Lake, Processor, ProcessorConfig, ProcessorMetrics};
 use candor_query::TenantLake;
 use candor_query::api::QueryState;
 use candor_schemas::keys::MasterSecret;
-use candor_schemas::{DeviceId, EmployeeId, Limits, TenantId};
+use candor_schemas::{DeviceId, EmployeeId, TenantId};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
+use ingest_args::IngestNodeArgs;
 
 #[derive(Parser)]
 #[command(
@@ -81,7 +86,8 @@ struct StandaloneArgs {
     /// configured), the embedded log (`spool/`) and the lake (`lake/`).
     #[arg(long, env = "CANDOR_DATA_DIR", default_value = ".candor")]
     data_dir: PathBuf,
-    /// Address ingest listens on (plain HTTP; put it behind TLS termination).
+    /// Address ingest listens on (HTTPS with --tls-cert/--tls-key; plain
+    /// HTTP only on loopback or with --plain-http).
     #[arg(long, env = "CANDOR_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Partitions of the embedded log (fixed once the spool exists).
@@ -96,6 +102,8 @@ struct StandaloneArgs {
     /// Seconds between control-plane refreshes (how soon a revocation bites).
     #[arg(long, env = "CANDOR_CONTROL_REFRESH_SECS", default_value_t = 10)]
     control_refresh_secs: u64,
+    #[command(flatten)]
+    ingest: IngestNodeArgs,
 }
 
 /// Where the control plane lives, for every command that reads or changes it.
@@ -174,11 +182,58 @@ struct KafkaArgs {
     /// Topic that carries log records.
     #[arg(long, env = "CANDOR_KAFKA_TOPIC", default_value = "candor.records")]
     topic: String,
+    /// Producer acknowledgement: `all` (every in-sync replica) or `leader`.
+    #[arg(long = "kafka-acks", env = "CANDOR_KAFKA_ACKS", default_value = "all")]
+    acks: Acks,
+    /// Producer linger.ms: time spent filling a batch before sending it.
+    #[arg(long = "kafka-linger-ms", env = "CANDOR_KAFKA_LINGER_MS", default_value_t = KafkaConfig::new("", "").linger_ms)]
+    linger_ms: u32,
+    /// Producer compression: none (records are ciphertext), lz4 or zstd.
+    #[arg(
+        long = "kafka-compression",
+        env = "CANDOR_KAFKA_COMPRESSION",
+        default_value = "none"
+    )]
+    compression: Compression,
+    /// Milliseconds a record may wait for its acknowledgement before the
+    /// agent gets 503.
+    #[arg(long = "kafka-message-timeout-ms", env = "CANDOR_KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = KafkaConfig::new("", "").message_timeout_ms)]
+    message_timeout_ms: u32,
+    /// Records queued in the producer before ingest answers 503.
+    #[arg(long = "kafka-queue-max-messages", env = "CANDOR_KAFKA_QUEUE_MAX_MESSAGES", default_value_t = KafkaConfig::new("", "").queue_max_messages)]
+    queue_max_messages: u32,
+    /// KiB queued in the producer before ingest answers 503.
+    #[arg(long = "kafka-queue-max-kbytes", env = "CANDOR_KAFKA_QUEUE_MAX_KBYTES", default_value_t = KafkaConfig::new("", "").queue_max_kbytes)]
+    queue_max_kbytes: u32,
+    /// How often librdkafka statistics become metrics, in ms (0 = off).
+    #[arg(long = "kafka-statistics-interval-ms", env = "CANDOR_KAFKA_STATISTICS_INTERVAL_MS", default_value_t = KafkaConfig::new("", "").statistics_interval_ms)]
+    statistics_interval_ms: u32,
+    /// Any other librdkafka property as key=value, applied last; repeat the
+    /// flag, or separate pairs with commas in the variable.
+    #[arg(long = "kafka-set", env = "CANDOR_KAFKA_SET", value_delimiter = ',', value_parser = parse_property)]
+    set: Vec<(String, String)>,
+}
+
+fn parse_property(pair: &str) -> Result<(String, String), String> {
+    pair.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{pair:?} is not key=value"))
 }
 
 impl KafkaArgs {
     fn config(&self) -> KafkaConfig {
-        KafkaConfig::new(&self.brokers, &self.topic)
+        KafkaConfig {
+            acks: self.acks,
+            linger_ms: self.linger_ms,
+            compression: self.compression,
+            message_timeout_ms: self.message_timeout_ms,
+            queue_max_messages: self.queue_max_messages,
+            queue_max_kbytes: self.queue_max_kbytes,
+            statistics_interval_ms: self.statistics_interval_ms,
+            extra: self.set.iter().cloned().collect(),
+            ..KafkaConfig::new(&self.brokers, &self.topic)
+        }
     }
 }
 
@@ -188,15 +243,15 @@ struct IngestArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     control: ControlArgs,
-    /// Address to listen on (plain HTTP; put it behind TLS termination).
+    /// Address to listen on (HTTPS with --tls-cert/--tls-key; plain HTTP
+    /// only on loopback or with --plain-http).
     #[arg(long, env = "CANDOR_INGEST_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Partitions of the topic when ingest has to create it.
     #[arg(long, env = "CANDOR_KAFKA_PARTITIONS", default_value_t = 6)]
     partitions: i32,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, env = "CANDOR_INGEST_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
-    max_body_bytes: usize,
+    #[command(flatten)]
+    node: IngestNodeArgs,
 }
 
 #[derive(Args)]
@@ -553,13 +608,18 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         admin: Arc::new(control_args.admin(&master)?),
         registry: registry.clone(),
     });
-    let state = Arc::new(IngestState {
-        master,
-        limits: Limits::default(),
-        control: control.clone(),
-        log: Arc::new(spool.producer()),
-        metrics: IngestMetrics::new(registry),
-    });
+    let ingest_config = args.ingest.config(args.listen)?;
+    let scheme = ingest_config.serve.scheme();
+    let state = Arc::new(
+        IngestState::new(
+            master,
+            ingest_config,
+            control.clone(),
+            Arc::new(spool.producer()),
+            IngestMetrics::new(registry),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -603,8 +663,8 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         let _ = stop.send(true);
     });
     println!("candor standalone");
-    println!("  ingest   http://{addr}{}", candor_ingest::BATCH_ROUTE);
-    println!("  metrics  http://{addr}/metrics   health: /healthz /readyz");
+    println!("  ingest   {scheme}://{addr}{}", candor_ingest::BATCH_ROUTE);
+    println!("  metrics  {scheme}://{addr}/metrics   health: /healthz /readyz");
     println!("  query    http://{query_addr}/v1/admin/...   (bearer tokens)");
     println!(
         "  control  {} (tenants, devices, tokens, keys)",
@@ -639,21 +699,24 @@ async fn run_ingest(args: IngestArgs) -> Result<()> {
         let control = control.clone();
         async move { control.run_refresher(std::future::pending()).await }
     });
-    let state = Arc::new(IngestState {
-        master,
-        limits: Limits {
-            max_body_bytes: args.max_body_bytes,
-            ..Limits::default()
-        },
-        control,
-        log: Arc::new(KafkaProducer::new(&kafka)?),
-        metrics: IngestMetrics::new(registry),
-    });
+    let config = args.node.config(args.listen)?;
+    let scheme = config.serve.scheme();
+    let log = KafkaProducer::with_stats(&kafka, ProducerStats::register(&registry))?;
+    let state = Arc::new(
+        IngestState::new(
+            master,
+            config,
+            control,
+            Arc::new(log),
+            IngestMetrics::new(registry),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %format!("{scheme}://{}", listener.local_addr()?),
         brokers = %kafka.brokers,
         topic = %kafka.topic,
         "ingest listening: POST {}", candor_ingest::BATCH_ROUTE

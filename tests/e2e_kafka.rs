@@ -149,7 +149,14 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         let mallorys = activity_batch(samples(ms(day, 5, 0), 5, 0, 60));
         for (h, b) in [
             (&alice, &morning),
-            (&alice, &late_night),
+            // Each batch has its own id: one id twice would be a replay.
+            (
+                &EnvelopeHeader {
+                    batch_id: rand::random(),
+                    ..alice.clone()
+                },
+                &late_night,
+            ),
             (&bob, &bobs),
             (&mallory, &mallorys),
         ] {

@@ -1,13 +1,15 @@
 //! Every way a batch request can fail, and the one place each maps to an
 //! HTTP answer. The body is always JSON: `{"status", "reason", "message"}`.
 
+use std::time::Duration;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use candor_log::LogError;
 use candor_schemas::{RejectReason, Rejection};
 
-/// Seconds an agent should wait before retrying after a 503.
-const RETRY_AFTER_S: &str = "1";
+/// Seconds an agent should wait before retrying after a 503 or 409.
+const RETRY_AFTER_S: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -19,6 +21,22 @@ pub enum IngestError {
     BodyTooLarge(usize),
     #[error("request body could not be read: {0}")]
     BadBody(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("this node is handling as many batches as it may; retry later")]
+    Overloaded,
+    #[error("device {device} sends faster than its quota")]
+    DeviceQuota {
+        device: String,
+        retry_after: Duration,
+    },
+    #[error("tenant {tenant} sends more events than its quota")]
+    TenantQuota {
+        tenant: String,
+        retry_after: Duration,
+    },
+    #[error("the same batch is being accepted by another request; retry later")]
+    BatchInFlight,
     #[error("tenant {0} does not exist")]
     UnknownTenant(String),
     #[error("tenant {0} is cancelled")]
@@ -41,11 +59,17 @@ impl IngestError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::BodyTooLarge(_) => RejectReason::BodyTooLarge.code(),
             Self::BadBody(_) => "bad_body",
+            Self::BodyTimeout(_) => "request_timeout",
+            Self::Overloaded => "overloaded",
+            Self::DeviceQuota { .. } => "device_quota_exceeded",
+            Self::TenantQuota { .. } => "tenant_quota_exceeded",
+            Self::BatchInFlight => "batch_in_flight",
             Self::UnknownTenant(_) => "unknown_tenant",
             Self::TenantCancelled(_) => "tenant_cancelled",
             Self::KeysDestroyed(_) => "tenant_keys_destroyed",
             Self::RevokedDevice { .. } => "revoked_device",
             Self::ControlPlane(_) => "control_plane_unavailable",
+            Self::Log(LogError::Full(_)) => "log_queue_full",
             Self::Log(e) if e.is_transient() => "log_unavailable",
             Self::Log(_) => "internal",
         }
@@ -58,6 +82,10 @@ impl IngestError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DeviceQuota { .. } | Self::TenantQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::BatchInFlight => StatusCode::CONFLICT,
             Self::UnknownTenant(_) | Self::TenantCancelled(_) | Self::KeysDestroyed(_) => {
                 StatusCode::FORBIDDEN
             }
@@ -65,6 +93,21 @@ impl IngestError {
             Self::ControlPlane(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Log(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Log(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IngestError {
+    /// Whole seconds to put in `Retry-After`, for answers worth retrying.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            // Rounded up: retrying before the bucket refills is refused again.
+            Self::DeviceQuota { retry_after, .. } | Self::TenantQuota { retry_after, .. } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            Self::BatchInFlight => Some(RETRY_AFTER_S),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_S),
+            _ => None,
         }
     }
 }
@@ -80,16 +123,17 @@ impl IntoResponse for IngestError {
         if matches!(self, Self::Log(_) | Self::ControlPlane(_)) {
             tracing::warn!(error = %self, "batch not accepted");
         }
+        let retry_after = self.retry_after();
         let body = serde_json::json!({
             "status": "rejected",
             "reason": self.reason(),
             "message": message,
         });
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -3,11 +3,14 @@
 //! 202 only once the log says every record is durable. Bad input never
 //! reaches the log.
 
+mod config;
 mod error;
 mod metrics;
+mod quota;
+mod replay;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
@@ -19,11 +22,15 @@ use candor_control::ControlCache;
 use candor_log::{LogProducer, Record};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::record::{self, RecordMeta};
-use candor_schemas::{Limits, open_batch};
+use candor_schemas::{Limits, authenticate, decode};
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
+pub use config::IngestConfig;
 pub use error::IngestError;
-pub use metrics::IngestMetrics;
+pub use metrics::{IngestMetrics, Stage};
+pub use quota::{QuotaConfig, Quotas};
+pub use replay::{Claim, ReplayConfig, ReplayWindow};
 
 /// The media type of a sealed batch (WIRE.md).
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.candor.batch";
@@ -33,12 +40,43 @@ pub const BATCH_ROUTE: &str = "/v1/batches";
 /// What one ingest node needs to run.
 pub struct IngestState {
     /// Derives device keys (WIRE.md): no lookup is needed to check a tag.
-    pub master: MasterSecret,
-    pub limits: Limits,
+    master: MasterSecret,
+    config: IngestConfig,
     /// Tenants, their at-rest keys and device revocations.
-    pub control: Arc<ControlCache>,
-    pub log: Arc<dyn LogProducer>,
-    pub metrics: IngestMetrics,
+    control: Arc<ControlCache>,
+    log: Arc<dyn LogProducer>,
+    metrics: IngestMetrics,
+    quotas: Quotas,
+    replay: ReplayWindow,
+    in_flight: Semaphore,
+    decode_slots: Semaphore,
+}
+
+impl IngestState {
+    /// Fails only on a configuration that could never accept a batch.
+    pub fn new(
+        master: MasterSecret,
+        config: IngestConfig,
+        control: Arc<ControlCache>,
+        log: Arc<dyn LogProducer>,
+        metrics: IngestMetrics,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            quotas: Quotas::new(config.quotas, config.limits.max_events)?,
+            replay: ReplayWindow::new(config.replay),
+            in_flight: Semaphore::new(config.max_in_flight),
+            decode_slots: Semaphore::new(config.decode_slots.max(1)),
+            master,
+            config,
+            control,
+            log,
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> &IngestConfig {
+        &self.config
+    }
 }
 
 pub fn router(state: Arc<IngestState>) -> Router {
@@ -54,19 +92,43 @@ pub fn router(state: Arc<IngestState>) -> Router {
 struct Accepted {
     status: &'static str,
     batch_id: String,
+    /// Events in the batch; 0 when it is a replay of one accepted before.
     events: usize,
+    /// True when this batch id was accepted before and is not appended again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replay: bool,
 }
 
 async fn accept_batch(State(state): State<Arc<IngestState>>, request: Request) -> Response {
     let started = Instant::now();
+    // Refused before the body is read: an overloaded node spends nothing more.
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        let e = IngestError::Overloaded;
+        state
+            .metrics
+            .observe(e.status().as_u16(), e.reason(), started.elapsed());
+        return e.into_response();
+    };
+    state.metrics.in_flight.inc();
     let outcome = handle_batch(&state, request).await;
-    state.metrics.observe(&outcome, started.elapsed());
+    state.metrics.in_flight.dec();
+    let (status, reason) = match &outcome {
+        Ok(a) if a.replay => (202, "replay"),
+        Ok(_) => (202, "accepted"),
+        Err(e) => (e.status().as_u16(), e.reason()),
+    };
+    state.metrics.observe(status, reason, started.elapsed());
     match outcome {
         Ok(accepted) => (StatusCode::ACCEPTED, axum::Json(accepted)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
+/// One batch, in the order that keeps each check cheap for whoever fails
+/// it: size and media type, tag (no lookup, no inflation for forgeries),
+/// tenant and device standing, replay and device quota (no inflation for
+/// retries and floods), then decode and validate, tenant quota, encode and
+/// append.
 async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted, IngestError> {
     let content_type = request
         .headers()
@@ -76,12 +138,20 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
     if content_type != BATCH_CONTENT_TYPE {
         return Err(IngestError::UnsupportedMediaType(content_type.to_string()));
     }
-    let body = read_body(request.into_body(), state.limits.max_body_bytes).await?;
+    let limits = &state.config.limits;
+    let body = tokio::time::timeout(
+        state.config.body_timeout,
+        read_body(request.into_body(), limits.max_body_bytes),
+    )
+    .await
+    .map_err(|_| IngestError::BodyTimeout(state.config.body_timeout))??;
     state.metrics.bytes_received.inc_by(body.len() as u64);
-
     let received_at_ms = now_ms();
-    let opened = open_batch(&body, &state.master, &state.limits, received_at_ms)?;
-    let h = &opened.header;
+
+    let timer = Instant::now();
+    let authentic = authenticate(&body, &state.master, limits)?;
+    state.metrics.stage(Stage::Open, timer.elapsed());
+    let h = &authentic.header;
     // Only now, with the tag verified, is the control plane asked: a forged
     // envelope cannot make this node look tenants up.
     let view = state
@@ -103,6 +173,67 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
         .keys
         .as_ref()
         .ok_or_else(|| IngestError::KeysDestroyed(h.tenant.to_string()))?;
+
+    let claim = match state.replay.claim(h) {
+        Claim::Fresh(claim) => claim,
+        Claim::Accepted => {
+            return Ok(Accepted {
+                status: "accepted",
+                batch_id: h.batch_id_hex(),
+                events: 0,
+                replay: true,
+            });
+        }
+        Claim::InFlight => return Err(IngestError::BatchInFlight),
+    };
+    let log_key = record::log_key(&h.tenant, &h.device);
+    state
+        .quotas
+        .take_device_batch(&log_key)
+        .map_err(|retry_after| IngestError::DeviceQuota {
+            device: h.device.to_string(),
+            retry_after,
+        })?;
+
+    // Late data is welcome as far back as the tenant keeps data.
+    let tenant_limits = Limits {
+        max_age_ms: i64::from(view.tenant.doc.retention_days()) * 86_400_000,
+        ..*limits
+    };
+    let batch = {
+        let _slot = state
+            .decode_slots
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let timer = Instant::now();
+        let decoded = decode(&authentic.frame, &tenant_limits, received_at_ms);
+        state.metrics.stage(Stage::Validate, timer.elapsed());
+        decoded
+    };
+    let batch = batch.map_err(|rejection| {
+        if let Some(events) = rejection.events {
+            state
+                .metrics
+                .rejected_events(rejection.reason.code(), events);
+        }
+        rejection
+    })?;
+    let events = batch.event_count();
+    state
+        .quotas
+        .take_tenant_events(&h.tenant, events)
+        .map_err(|retry_after| {
+            state
+                .metrics
+                .rejected_events("tenant_quota_exceeded", events);
+            IngestError::TenantQuota {
+                tenant: h.tenant.to_string(),
+                retry_after,
+            }
+        })?;
+
+    let timer = Instant::now();
     let (key_version, key) = keys.current_at_rest();
     let meta = RecordMeta {
         employee: h.employee.clone(),
@@ -110,8 +241,7 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
         batch_id: h.batch_id,
         received_at_ms,
     };
-    let log_key = record::log_key(&h.tenant, &h.device);
-    let records = record::encode_events(&opened)
+    let records = record::encode_events(&batch)
         .into_iter()
         .map(|(dataset, events)| Record {
             key: log_key.clone(),
@@ -126,13 +256,24 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
             ),
         })
         .collect();
-    state.log.append(records).await?;
-    let events = opened.batch.event_count();
+    state.metrics.stage(Stage::Encode, timer.elapsed());
+
+    let timer = Instant::now();
+    let appended = state.log.append(records).await;
+    state.metrics.stage(Stage::Produce, timer.elapsed());
+    if let Err(e) = appended {
+        state
+            .metrics
+            .rejected_events(IngestError::Log(e.clone()).reason(), events);
+        return Err(e.into());
+    }
+    claim.accepted();
     state.metrics.events_accepted.inc_by(events as u64);
     Ok(Accepted {
         status: "accepted",
         batch_id: h.batch_id_hex(),
         events,
+        replay: false,
     })
 }
 
@@ -167,6 +308,11 @@ async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Arc<IngestState>>) -> Response {
+    let m = &state.metrics;
+    m.log_queue
+        .set(i64::try_from(state.log.queue_depth()).unwrap_or(i64::MAX));
+    m.replay_entries
+        .set(i64::try_from(state.replay.len()).unwrap_or(i64::MAX));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -181,19 +327,31 @@ fn now_ms() -> i64 {
     i64::try_from(since.as_millis()).expect("time fits i64 ms")
 }
 
-/// Serves the ingest routes on `listener` until `shutdown` resolves, then
-/// lets in-flight requests finish and flushes the log producer.
+/// Serves the ingest routes on `listener` (TLS and timeouts from the
+/// node's config) until `shutdown` resolves, then lets in-flight requests
+/// finish and flushes the log producer.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<IngestState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let log = state.log.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    if let Err(e) = log.flush(std::time::Duration::from_secs(10)).await {
+    // Quota buckets of quiet devices are dropped once a minute.
+    let housekeeping = tokio::spawn({
+        let state = state.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                state.quotas.forget_idle();
+            }
+        }
+    });
+    let serve_config = state.config.serve.clone();
+    let served = candor_http::serve(listener, router(state), &serve_config, shutdown).await;
+    housekeeping.abort();
+    if let Err(e) = log.flush(Duration::from_secs(10)).await {
         tracing::warn!(error = %e, "log producer did not flush cleanly");
     }
-    Ok(())
+    served
 }

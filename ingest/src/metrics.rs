@@ -3,10 +3,33 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
-use crate::IngestError;
+/// The steps of a batch request, each timed on its own.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    /// Envelope parse and tag check.
+    Open,
+    /// Decompression, JSON parse and event validation.
+    Validate,
+    /// Arrow encoding and sealing of the log records.
+    Encode,
+    /// Until the log confirmed every record durable.
+    Produce,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Validate => "validate",
+            Self::Encode => "encode",
+            Self::Produce => "produce",
+        }
+    }
+}
 
 /// Ingest's metrics, registered in a registry that other components of the
 /// same process may share (standalone mode serves them all on one `/metrics`).
@@ -15,7 +38,12 @@ pub struct IngestMetrics {
     requests: IntCounterVec,
     pub bytes_received: IntCounter,
     pub events_accepted: IntCounter,
+    events_rejected: IntCounterVec,
     request_seconds: Histogram,
+    stage_seconds: HistogramVec,
+    pub in_flight: IntGauge,
+    pub log_queue: IntGauge,
+    pub replay_entries: IntGauge,
 }
 
 impl IngestMetrics {
@@ -35,22 +63,60 @@ impl IngestMetrics {
         .expect("valid metric");
         let events_accepted = IntCounter::new(
             "candor_ingest_events_accepted_total",
-            "Events in batches answered 202",
+            "Events in batches answered 202 (replays not counted again)",
         )
         .expect("valid metric");
+        let events_rejected = IntCounterVec::new(
+            Opts::new(
+                "candor_ingest_events_rejected_total",
+                "Events in batches refused after they were decoded, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let buckets = prometheus::exponential_buckets(0.000_05, 2.0, 16).expect("valid buckets");
         let request_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "candor_ingest_request_duration_seconds",
                 "Time from request to answer for batch requests",
             )
-            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
+            .buckets(buckets.clone()),
+        )
+        .expect("valid metric");
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "candor_ingest_stage_duration_seconds",
+                "Time of each step of a batch request: open, validate, encode, produce",
+            )
+            .buckets(buckets),
+            &["stage"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new(
+            "candor_ingest_in_flight_requests",
+            "Batch requests being handled",
+        )
+        .expect("valid metric");
+        let log_queue = IntGauge::new(
+            "candor_ingest_log_queue_depth",
+            "Records (Kafka) or appends (spool) waiting to become durable",
+        )
+        .expect("valid metric");
+        let replay_entries = IntGauge::new(
+            "candor_ingest_replay_window_entries",
+            "Batch ids remembered to answer retries without appending again",
         )
         .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(bytes_received.clone()),
             Box::new(events_accepted.clone()),
+            Box::new(events_rejected.clone()),
             Box::new(request_seconds.clone()),
+            Box::new(stage_seconds.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(log_queue.clone()),
+            Box::new(replay_entries.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -59,19 +125,34 @@ impl IngestMetrics {
             requests,
             bytes_received,
             events_accepted,
+            events_rejected,
             request_seconds,
+            stage_seconds,
+            in_flight,
+            log_queue,
+            replay_entries,
         }
     }
 
-    pub(crate) fn observe<T>(&self, outcome: &Result<T, IngestError>, elapsed: Duration) {
-        let (status, reason) = match outcome {
-            Ok(_) => (202, "accepted"),
-            Err(e) => (e.status().as_u16(), e.reason()),
-        };
+    /// Counts one answered batch request: 202 with reason `accepted` or
+    /// `replay`, or an error's status and reason.
+    pub(crate) fn observe(&self, status: u16, reason: &str, elapsed: Duration) {
         self.requests
             .with_label_values(&[status.to_string().as_str(), reason])
             .inc();
         self.request_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn rejected_events(&self, reason: &str, events: usize) {
+        self.events_rejected
+            .with_label_values(&[reason])
+            .inc_by(events as u64);
+    }
+
+    pub(crate) fn stage(&self, stage: Stage, elapsed: Duration) {
+        self.stage_seconds
+            .with_label_values(&[stage.label()])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Every metric of the registry (not only ingest's), in text format.

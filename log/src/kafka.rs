@@ -10,33 +10,103 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{Delivered, LogConsumer, LogError, LogProducer, Record, Resume};
 
 /// Connection and producer settings, each with the default Candor ships.
+/// The defaults favour durability: a 202 means every in-sync replica has
+/// the record.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`, e.g. `127.0.0.1:19092`.
     pub brokers: String,
     pub topic: String,
+    /// `acks` (default `all`). `leader` answers once the partition leader
+    /// has the record: faster, and a leader failover can lose acknowledged
+    /// batches. `acks=0` is not offered: ingest could not keep its promise.
+    pub acks: Acks,
+    /// `enable.idempotence` (default true): librdkafka's retries cannot
+    /// duplicate or reorder records. Requires `acks=all`.
+    pub idempotence: bool,
     /// `linger.ms`: how long the producer waits to fill a batch (default 5).
     pub linger_ms: u32,
+    /// `batch.size` in bytes (default 1000000).
+    pub batch_bytes: u32,
+    /// `compression.type` (default `none`: values are sealed, and
+    /// ciphertext does not compress).
+    pub compression: Compression,
     /// `message.timeout.ms`: how long a record may wait for its acknowledgement
     /// before the append fails and the agent gets a 503 (default 10000).
     pub message_timeout_ms: u32,
     /// `queue.buffering.max.messages`: records queued in the producer before
     /// `append` reports `Full` (default 100000).
     pub queue_max_messages: u32,
+    /// `queue.buffering.max.kbytes`: the same bound in KiB (default 65536),
+    /// which caps the producer's memory.
+    pub queue_max_kbytes: u32,
+    /// `statistics.interval.ms`: how often librdkafka's statistics are
+    /// turned into metrics (default 5000; 0 turns them off).
+    pub statistics_interval_ms: u32,
     /// Any other librdkafka property, passed through unchanged and applied last.
     pub extra: BTreeMap<String, String>,
+}
+
+/// Which acknowledgement the producer waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    All,
+    Leader,
+}
+
+impl std::str::FromStr for Acks {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" | "-1" => Ok(Self::All),
+            "leader" | "1" => Ok(Self::Leader),
+            other => Err(format!("acks {other:?}: use all or leader")),
+        }
+    }
+}
+
+/// Producer-side compression of record batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "lz4" => Ok(Self::Lz4),
+            "zstd" => Ok(Self::Zstd),
+            other => Err(format!("compression {other:?}: use none, lz4 or zstd")),
+        }
+    }
 }
 
 impl KafkaConfig {
@@ -44,9 +114,15 @@ impl KafkaConfig {
         Self {
             brokers: brokers.into(),
             topic: topic.into(),
+            acks: Acks::All,
+            idempotence: true,
             linger_ms: 5,
+            batch_bytes: 1_000_000,
+            compression: Compression::None,
             message_timeout_ms: 10_000,
             queue_max_messages: 100_000,
+            queue_max_kbytes: 65_536,
+            statistics_interval_ms: 5_000,
             extra: BTreeMap::new(),
         }
     }
@@ -63,31 +139,195 @@ impl KafkaConfig {
         }
         c
     }
+
+    /// The producer's librdkafka properties, passthrough applied last.
+    fn producer_config(&self) -> Result<ClientConfig, LogError> {
+        if self.idempotence && self.acks != Acks::All {
+            return Err(LogError::Fatal(
+                "an idempotent producer needs acks=all".into(),
+            ));
+        }
+        let mut c = self.client_config();
+        c.set(
+            "acks",
+            match self.acks {
+                Acks::All => "all",
+                Acks::Leader => "1",
+            },
+        )
+        .set("enable.idempotence", self.idempotence.to_string())
+        .set("linger.ms", self.linger_ms.to_string())
+        .set("batch.size", self.batch_bytes.to_string())
+        .set("compression.type", self.compression.as_str())
+        .set("message.timeout.ms", self.message_timeout_ms.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            self.queue_max_messages.to_string(),
+        )
+        .set(
+            "queue.buffering.max.kbytes",
+            self.queue_max_kbytes.to_string(),
+        )
+        .set(
+            "statistics.interval.ms",
+            self.statistics_interval_ms.to_string(),
+        );
+        Ok(self.with_extra(c))
+    }
 }
 
 fn fatal(e: KafkaError) -> LogError {
     LogError::Fatal(e.to_string())
 }
 
+/// librdkafka's producer statistics as Prometheus metrics, named
+/// `candor_kafka_producer_*`. librdkafka reports running totals, so the
+/// totals are gauges that only grow.
+#[derive(Clone)]
+pub struct ProducerStats {
+    queue_messages: IntGauge,
+    queue_bytes: IntGauge,
+    sent_messages: IntGauge,
+    sent_bytes: IntGauge,
+    broker_up: IntGaugeVec,
+    broker_rtt_p99: GaugeVec,
+    broker_errors: IntGaugeVec,
+    broker_retries: IntGaugeVec,
+    broker_timeouts: IntGaugeVec,
+}
+
+impl ProducerStats {
+    pub fn register(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let per_broker = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["broker"]).expect("valid metric")
+        };
+        let stats = Self {
+            queue_messages: gauge(
+                "candor_kafka_producer_queue_messages",
+                "Records in the producer's queue, not yet acknowledged",
+            ),
+            queue_bytes: gauge(
+                "candor_kafka_producer_queue_bytes",
+                "Bytes of records in the producer's queue",
+            ),
+            sent_messages: gauge(
+                "candor_kafka_producer_sent_messages_total",
+                "Records sent to brokers (librdkafka's running total)",
+            ),
+            sent_bytes: gauge(
+                "candor_kafka_producer_sent_bytes_total",
+                "Bytes of records sent to brokers (librdkafka's running total)",
+            ),
+            broker_up: per_broker(
+                "candor_kafka_producer_broker_up",
+                "1 when the connection to the broker is up",
+            ),
+            broker_rtt_p99: GaugeVec::new(
+                Opts::new(
+                    "candor_kafka_producer_broker_rtt_p99_seconds",
+                    "99th percentile of request round trips to the broker over the last statistics interval",
+                ),
+                &["broker"],
+            )
+            .expect("valid metric"),
+            broker_errors: per_broker(
+                "candor_kafka_producer_broker_errors_total",
+                "Transmission errors towards the broker (librdkafka's running total)",
+            ),
+            broker_retries: per_broker(
+                "candor_kafka_producer_broker_retries_total",
+                "Requests retried towards the broker (librdkafka's running total)",
+            ),
+            broker_timeouts: per_broker(
+                "candor_kafka_producer_broker_timeouts_total",
+                "Requests to the broker that timed out (librdkafka's running total)",
+            ),
+        };
+        for c in [
+            Box::new(stats.queue_messages.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(stats.queue_bytes.clone()),
+            Box::new(stats.sent_messages.clone()),
+            Box::new(stats.sent_bytes.clone()),
+            Box::new(stats.broker_up.clone()),
+            Box::new(stats.broker_rtt_p99.clone()),
+            Box::new(stats.broker_errors.clone()),
+            Box::new(stats.broker_retries.clone()),
+            Box::new(stats.broker_timeouts.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        stats
+    }
+
+    fn record(&self, s: &Statistics) {
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.queue_messages.set(int(s.msg_cnt));
+        self.queue_bytes.set(int(s.msg_size));
+        self.sent_messages.set(s.txmsgs);
+        self.sent_bytes.set(s.txmsg_bytes);
+        for broker in s.brokers.values() {
+            // librdkafka's internal and bootstrap entries have node id -1.
+            if broker.nodeid < 0 {
+                continue;
+            }
+            let name = broker.nodename.as_str();
+            self.broker_up
+                .with_label_values(&[name])
+                .set(i64::from(broker.state == "UP"));
+            if let Some(rtt) = &broker.rtt {
+                self.broker_rtt_p99
+                    .with_label_values(&[name])
+                    .set(rtt.p99 as f64 / 1e6);
+            }
+            self.broker_errors
+                .with_label_values(&[name])
+                .set(int(broker.txerrs));
+            self.broker_retries
+                .with_label_values(&[name])
+                .set(int(broker.txretries));
+            self.broker_timeouts
+                .with_label_values(&[name])
+                .set(int(broker.req_timeouts));
+        }
+    }
+}
+
+/// Hands librdkafka's statistics callbacks to the metrics, if any.
+pub struct StatsContext {
+    stats: Option<ProducerStats>,
+}
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(stats) = &self.stats {
+            stats.record(&statistics);
+        }
+    }
+}
+
 pub struct KafkaProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<StatsContext>,
     topic: String,
 }
 
 impl KafkaProducer {
+    /// A producer without metrics (statistics are still computed if the
+    /// interval is set; use [`KafkaProducer::with_stats`] to export them).
     pub fn new(config: &KafkaConfig) -> Result<Self, LogError> {
-        let mut c = config.client_config();
-        c.set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("message.timeout.ms", config.message_timeout_ms.to_string())
-            .set(
-                "queue.buffering.max.messages",
-                config.queue_max_messages.to_string(),
-            )
-            // Values are sealed (ciphertext does not compress): spend no CPU on it.
-            .set("compression.type", "none");
-        let producer = config.with_extra(c).create().map_err(fatal)?;
+        Self::build(config, None)
+    }
+
+    /// A producer whose librdkafka statistics land in `stats`.
+    pub fn with_stats(config: &KafkaConfig, stats: ProducerStats) -> Result<Self, LogError> {
+        Self::build(config, Some(stats))
+    }
+
+    fn build(config: &KafkaConfig, stats: Option<ProducerStats>) -> Result<Self, LogError> {
+        let producer = config
+            .producer_config()?
+            .create_with_context(StatsContext { stats })
+            .map_err(fatal)?;
         Ok(Self {
             producer,
             topic: config.topic.clone(),
@@ -148,6 +388,10 @@ impl LogProducer for KafkaProducer {
         .map_err(|e| LogError::Fatal(e.to_string()))?
         .map(|_| ())
         .map_err(|e| LogError::Unavailable(e.to_string()))
+    }
+
+    fn queue_depth(&self) -> u64 {
+        u64::try_from(self.producer.in_flight_count()).unwrap_or(0)
     }
 }
 

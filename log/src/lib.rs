@@ -72,6 +72,10 @@ pub trait LogProducer: Send + Sync + 'static {
 
     /// Confirms the log can take appends now (for readiness probes).
     async fn check(&self) -> Result<(), LogError>;
+
+    /// How much is queued and not yet durable: records in the Kafka
+    /// producer's queue, append requests waiting for the spool's fsync.
+    fn queue_depth(&self) -> u64;
 }
 
 #[async_trait]

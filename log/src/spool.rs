@@ -641,6 +641,11 @@ impl LogProducer for SpoolProducer {
         }
         Ok(())
     }
+
+    fn queue_depth(&self) -> u64 {
+        let tx = &self.spool.tx;
+        (tx.max_capacity() - tx.capacity()) as u64
+    }
 }
 
 pub struct SpoolConsumer {

@@ -24,7 +24,7 @@ pub const EPOCH_FLOOR_MS: i64 = 1_577_836_800_000;
 /// Caps applied before and while a batch is opened (bounded before it
 /// allocates: the body cap before reading, the decompressed cap while
 /// inflating, the event cap before encoding).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body_bytes: usize,
     pub max_decompressed_bytes: usize,

@@ -20,18 +20,43 @@ pub struct OpenedBatch {
     pub received_at_ms: i64,
 }
 
-/// Opens and validates one envelope.
-///
-/// Order matters: sizes are checked before anything allocates, the tag is
-/// verified before the payload is decompressed (an unauthenticated sender
-/// cannot make the node inflate anything), and inflation stops one byte past
-/// the cap so a decompression bomb costs at most the cap.
+/// An envelope whose tag verified: its header is authentic, its payload not
+/// yet decompressed.
+#[derive(Debug)]
+pub struct AuthenticBatch {
+    pub header: EnvelopeHeader,
+    /// The zstd frame of the batch JSON.
+    pub frame: Vec<u8>,
+}
+
+/// Opens and validates one envelope: [`authenticate`], then [`decode`].
+/// Ingest runs the two steps apart, so that tenant checks, quotas and the
+/// replay window sit between them and cost no decompression.
 pub fn open_batch(
     body: &[u8],
     master: &MasterSecret,
     limits: &Limits,
     received_at_ms: i64,
 ) -> Result<OpenedBatch, Rejection> {
+    let authentic = authenticate(body, master, limits)?;
+    let batch = decode(&authentic.frame, limits, received_at_ms)?;
+    Ok(OpenedBatch {
+        header: authentic.header,
+        batch,
+        received_at_ms,
+    })
+}
+
+/// Checks the envelope's size and tag.
+///
+/// Order matters: the size is checked before anything allocates, and the
+/// tag is verified before anything is decompressed, so an unauthenticated
+/// sender cannot make the node inflate anything.
+pub fn authenticate(
+    body: &[u8],
+    master: &MasterSecret,
+    limits: &Limits,
+) -> Result<AuthenticBatch, Rejection> {
     if body.len() > limits.max_body_bytes {
         return Err(Rejection::new(
             RejectReason::BodyTooLarge,
@@ -46,14 +71,23 @@ pub fn open_batch(
     let h = &parsed.header;
     let key = master.device_key(&h.tenant, &h.employee, &h.device, h.key_version);
     let frame = parsed.open(&key)?;
-    let json = decompress_bounded(&frame, limits.max_decompressed_bytes)?;
-    let batch = Batch::from_json(&json)?;
-    batch.validate(limits, received_at_ms)?;
-    Ok(OpenedBatch {
+    Ok(AuthenticBatch {
         header: parsed.header,
-        batch,
-        received_at_ms,
+        frame,
     })
+}
+
+/// Inflates an authentic frame (stopping one byte past the cap, so a
+/// decompression bomb costs at most the cap), parses and validates it.
+/// `limits.max_age_ms` is the oldest event accepted: ingest sets it to the
+/// tenant's retention.
+pub fn decode(frame: &[u8], limits: &Limits, received_at_ms: i64) -> Result<Batch, Rejection> {
+    let json = decompress_bounded(frame, limits.max_decompressed_bytes)?;
+    let batch = Batch::from_json(&json)?;
+    batch
+        .validate(limits, received_at_ms)
+        .map_err(|r| r.with_events(batch.event_count()))?;
+    Ok(batch)
 }
 
 /// Inflates a zstd frame, refusing output beyond `max` bytes.

@@ -20,6 +20,6 @@ pub use batch::{Batch, Limits};
 pub use datasets::Dataset;
 pub use envelope::EnvelopeHeader;
 pub use ids::{DeviceId, EmployeeId, IdError, TenantId};
-pub use intake::{OpenedBatch, open_batch};
+pub use intake::{AuthenticBatch, OpenedBatch, authenticate, decode, open_batch};
 pub use keys::{AtRestKey, DeviceKey, MasterSecret, PseudonymKey};
 pub use reason::{RejectReason, Rejection};

@@ -104,6 +104,8 @@ impl fmt::Display for RejectReason {
 pub struct Rejection {
     pub reason: RejectReason,
     pub detail: String,
+    /// Events the refused batch held, when it got far enough to count them.
+    pub events: Option<usize>,
 }
 
 impl Rejection {
@@ -111,6 +113,14 @@ impl Rejection {
         Self {
             reason,
             detail: detail.into(),
+            events: None,
+        }
+    }
+
+    pub fn with_events(self, events: usize) -> Self {
+        Self {
+            events: Some(events),
+            ..self
         }
     }
 }

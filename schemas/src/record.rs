@@ -28,11 +28,11 @@ use arrow::array::{
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 
+use crate::batch::Batch;
 use crate::crypto::{self, NONCE_LEN, TAG_LEN};
 use crate::datasets::Dataset;
 use crate::envelope::BATCH_ID_LEN;
 use crate::ids::{DeviceId, EmployeeId, TenantId};
-use crate::intake::OpenedBatch;
 use crate::keys::AtRestKey;
 
 pub const RECORD_MAGIC: [u8; 4] = *b"CNDL";
@@ -80,8 +80,7 @@ pub fn log_key(tenant: &TenantId, device: &DeviceId) -> String {
 }
 
 /// Splits a validated batch into one Arrow batch per non-empty dataset.
-pub fn encode_events(opened: &OpenedBatch) -> Vec<(Dataset, RecordBatch)> {
-    let b = &opened.batch;
+pub fn encode_events(b: &Batch) -> Vec<(Dataset, RecordBatch)> {
     let mut out = Vec::with_capacity(4);
     let mut push = |dataset: Dataset, columns: Vec<ArrayRef>| {
         let batch = RecordBatch::try_new(dataset.log_schema(), columns)
@@ -327,8 +326,9 @@ fn decode_ipc(dataset: Dataset, ipc: &[u8]) -> Result<(RecordMeta, RecordBatch),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{ActivitySample, Batch};
+    use crate::batch::ActivitySample;
     use crate::envelope::EnvelopeHeader;
+    use crate::intake::OpenedBatch;
     use crate::keys::MasterSecret;
 
     fn opened() -> OpenedBatch {
@@ -367,7 +367,7 @@ mod tests {
             batch_id: o.header.batch_id,
             received_at_ms: o.received_at_ms,
         };
-        let (dataset, events) = encode_events(&o).pop().unwrap();
+        let (dataset, events) = encode_events(&o.batch).pop().unwrap();
         let seed = crate::keys::TenantSeed::from_bytes([5; 32]);
         let key = master.at_rest_key(&tenant, 1, &seed);
         let sealed = seal_record(&tenant, &key, 1, &[8; 24], dataset, &meta, &events);

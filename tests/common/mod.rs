@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candor_control::testkit::TestStore;
 use candor_control::{Actor, Admin, AuditLog, CacheConfig, ControlCache, Plan, Tenant};
-use candor_ingest::{IngestMetrics, IngestState};
+use candor_ingest::{IngestConfig, IngestMetrics, IngestState};
 use candor_log::LogProducer;
 use candor_log::kafka::{KafkaConfig, KafkaProducer};
 use candor_schemas::batch::{ActivitySample, Batch};
@@ -114,21 +114,29 @@ pub async fn start_ingest_on(
     log: Arc<dyn LogProducer>,
     limits: Limits,
 ) -> String {
-    let state = Arc::new(IngestState {
-        master,
+    let config = IngestConfig {
         limits,
-        control,
-        log,
-        metrics: IngestMetrics::default(),
-    });
+        ..IngestConfig::default()
+    };
+    start_ingest_with(master, control, log, config, std::future::pending()).await
+}
+
+/// Starts an ingest node with its whole configuration, serving until
+/// `shutdown` resolves; returns its base URL (`https` when TLS is set).
+pub async fn start_ingest_with(
+    master: MasterSecret,
+    control: Arc<ControlCache>,
+    log: Arc<dyn LogProducer>,
+    config: IngestConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> String {
+    let scheme = config.serve.scheme();
+    let state = IngestState::new(master, config, control, log, IngestMetrics::default())
+        .expect("a usable ingest configuration");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(candor_ingest::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
-    format!("http://{addr}")
+    tokio::spawn(candor_ingest::serve(listener, Arc::new(state), shutdown));
+    format!("{scheme}://{addr}")
 }
 
 pub fn header(tenant: &str, employee: &str, device: &str) -> EnvelopeHeader {
