@@ -51,6 +51,12 @@ async fn bad_input_gets_a_reason_and_never_reaches_the_log() {
         // Sealed with employee-0001's key, but claiming to be employee-0002.
         let key_1 = master.device_key(&h.tenant, &h.employee, &h.device, 1);
         let impersonation = envelope::seal_json(&other_employee, &key_1, &rand::random(), br#"{"v":1,"sent_at_ms":0}"#);
+        let mut other_tenant = header("globex", "employee-0001", "laptop-0001");
+        other_tenant.batch_id = h.batch_id;
+        // Sealed with acme's device key, but claiming to be globex's device.
+        let wrong_tenant = envelope::seal_json(&other_tenant, &key_1, &rand::random(), br#"{"v":1,"sent_at_ms":0}"#);
+        let truncated = good[..good.len() - 7].to_vec();
+        let cut_in_header = good[..20].to_vec();
         let garbage = b"GET / HTTP/1.1 pretending to be a batch".to_vec();
         let oversize = vec![7u8; 100 * 1024];
         // Authentic, tiny on the wire, inflates to 1 MiB of spaces.
@@ -68,6 +74,9 @@ async fn bad_input_gets_a_reason_and_never_reaches_the_log() {
             ("flipped tag bit", ct, bad_tag, 401, "bad_tag"),
             ("wrong master secret", ct, wrong_key, 401, "bad_tag"),
             ("another employee's header", ct, impersonation, 401, "bad_tag"),
+            ("another tenant's header", ct, wrong_tenant, 401, "bad_tag"),
+            ("truncated body", ct, truncated, 401, "bad_tag"),
+            ("body cut inside the header", ct, cut_in_header, 400, "malformed_envelope"),
             ("garbage", ct, garbage, 400, "malformed_envelope"),
             ("oversize body", ct, oversize, 413, "body_too_large"),
             ("decompression bomb", ct, bomb, 413, "decompressed_too_large"),
@@ -83,7 +92,7 @@ async fn bad_input_gets_a_reason_and_never_reaches_the_log() {
         assert_eq!(total_records(&kafka).await, 0, "refused input reached the topic");
         let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
         for line in [
-            r#"candor_ingest_requests_total{reason="bad_tag",status="401"} 3"#,
+            r#"candor_ingest_requests_total{reason="bad_tag",status="401"} 5"#,
             r#"candor_ingest_requests_total{reason="decompressed_too_large",status="413"} 1"#,
             r#"candor_ingest_requests_total{reason="unsupported_media_type",status="415"} 1"#,
         ] {

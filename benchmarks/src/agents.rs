@@ -135,8 +135,8 @@ pub enum Outcome {
     Rejected(u16),
 }
 
-/// Posts a sealed batch the way agents must: a 429 or 503 is retried after
-/// its Retry-After (up to `max_attempts`); any other answer is final.
+/// Posts a sealed batch the way agents must: a 409, 429 or 503 is retried
+/// after its Retry-After (up to `max_attempts`); any other answer is final.
 pub async fn post_batch(
     client: &reqwest::Client,
     url: &str,
@@ -156,7 +156,7 @@ pub async fn post_batch(
         if (200..300).contains(&status) {
             return Ok(Outcome::Accepted);
         }
-        if !matches!(status, 429 | 503) || attempt >= max_attempts {
+        if !matches!(status, 409 | 429 | 503) || attempt >= max_attempts {
             return Ok(Outcome::Rejected(status));
         }
         let wait_s = response
