@@ -53,3 +53,92 @@ pub async fn fresh_topic(prefix: &str, partitions: i32) -> Result<KafkaConfig, L
     ensure_topic(&config, partitions).await?;
     Ok(config)
 }
+
+/// A broker of a test's own, on its own port and data directory, that the
+/// test may kill and restart (the shared broker must stay up for the
+/// others). Killed when dropped.
+pub struct PrivateBroker {
+    binary: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBroker {
+    /// Starts Tansu (the binary `scripts/kafka-broker bin` names) with its
+    /// sqlite engine in `dir`, on a free loopback port.
+    pub fn start(dir: &Path) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-broker");
+        let out = Command::new(&script)
+            .arg("bin")
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(out.status.success(), "{} bin failed", script.display());
+        let binary = String::from_utf8(out.stdout).expect("a UTF-8 path");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut broker = Self {
+            binary: binary.trim().into(),
+            dir: dir.to_path_buf(),
+            port,
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// `bootstrap.servers` of this broker.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no clean shutdown, as when a machine dies.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and data, and waits until
+    /// it accepts connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        let url = format!("tcp://{}", self.address());
+        let log = std::fs::File::create(self.dir.join("tansu.log")).expect("broker log file");
+        // Tansu resolves a relative sqlite path against its working directory.
+        let child = Command::new(&self.binary)
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        for _ in 0..600 {
+            if std::net::TcpStream::connect(self.address()).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "the private broker did not listen on {} within 30 s",
+            self.address()
+        );
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
