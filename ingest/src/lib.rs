@@ -109,9 +109,11 @@ async fn accept_batch(State(state): State<Arc<IngestState>>, request: Request) -
             .observe(e.status().as_u16(), e.reason(), started.elapsed());
         return e.into_response();
     };
-    state.metrics.in_flight.inc();
-    let outcome = handle_batch(&state, request).await;
-    state.metrics.in_flight.dec();
+    let outcome = {
+        // A guard, because the future is dropped if the client goes away.
+        let _counted = InFlightGauge::enter(&state.metrics.in_flight);
+        handle_batch(&state, request).await
+    };
     let (status, reason) = match &outcome {
         Ok(a) if a.replay => (202, "replay"),
         Ok(_) => (202, "accepted"),
@@ -121,6 +123,22 @@ async fn accept_batch(State(state): State<Arc<IngestState>>, request: Request) -
     match outcome {
         Ok(accepted) => (StatusCode::ACCEPTED, axum::Json(accepted)).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// Counts a request in `candor_ingest_in_flight_requests` while it lives.
+struct InFlightGauge<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlightGauge<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlightGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
