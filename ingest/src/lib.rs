@@ -229,13 +229,12 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
         state.metrics.stage(Stage::Validate, timer.elapsed());
         decoded
     };
-    let batch = batch.map_err(|rejection| {
+    let batch = batch.inspect_err(|rejection| {
         if let Some(events) = rejection.events {
             state
                 .metrics
                 .rejected_events(rejection.reason.code(), events);
         }
-        rejection
     })?;
     let events = batch.event_count();
     state

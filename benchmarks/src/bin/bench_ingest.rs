@@ -571,15 +571,14 @@ async fn bare_producer(
             while started.elapsed() < window {
                 let p = &prepared[next.fetch_add(1, Ordering::Relaxed) % prepared.len()];
                 let sent = Instant::now();
-                let deliveries: Vec<_> = p
-                    .records
-                    .iter()
-                    .map(|r| {
-                        producer.send_result(FutureRecord::to(&topic).key(&r.key).payload(&r.value))
-                    })
-                    .collect();
+                // All of a batch's records are queued before any is awaited,
+                // as ingest does.
+                let mut deliveries = Vec::with_capacity(p.records.len());
+                for r in &p.records {
+                    let record = FutureRecord::to(&topic).key(&r.key).payload(&r.value);
+                    deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+                }
                 for d in deliveries {
-                    let d = d.map_err(|(e, _)| e)?;
                     d.await?.map_err(|(e, _)| e)?;
                 }
                 latencies.push(sent.elapsed().as_micros() as u64);
