@@ -28,6 +28,7 @@ use candor_control::{
     Actor, Admin, AdminError, AuthError, ControlCache, Directory, DocumentError, Principal, Tenant,
     TokenRequest, authenticate,
 };
+use candor_http::ServeConfig;
 use candor_schemas::{DeviceId, EmployeeId, TenantId};
 use serde::Deserialize;
 
@@ -65,12 +66,9 @@ pub async fn serve(
     state: Arc<QueryState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    // Plain HTTP with header timeouts for now; TLS settings are the
+    // ingest node's and come to the query node with its own API work.
+    candor_http::serve(listener, router(state), &ServeConfig::default(), shutdown).await
 }
 
 #[derive(Debug, thiserror::Error)]
