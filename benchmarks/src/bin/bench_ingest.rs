@@ -451,6 +451,22 @@ async fn closed_loop(
             anyhow::Ok((batches, events, bytes, latencies))
         });
     }
+    let mut phase = gather(name, tasks, started).await?;
+    if let (Some(pid), Some(before)) = (pid, cpu_before) {
+        phase.cpu_seconds = Some(cpu_seconds(pid)? - before);
+    }
+    Ok(phase)
+}
+
+/// What one sending task reports: batches, events, bytes, latencies in µs.
+type Sent = (usize, usize, usize, Vec<u64>);
+
+/// Sums the tasks of a phase once they are all done.
+async fn gather(
+    name: &'static str,
+    mut tasks: tokio::task::JoinSet<Result<Sent>>,
+    started: Instant,
+) -> Result<Phase> {
     let mut phase = Phase {
         name,
         seconds: 0.0,
@@ -461,16 +477,13 @@ async fn closed_loop(
         cpu_seconds: None,
     };
     while let Some(done) = tasks.join_next().await {
-        let (b, e, by, l) = done??;
-        phase.batches += b;
-        phase.events += e;
-        phase.bytes += by;
-        phase.latencies_us.extend(l);
+        let (batches, events, bytes, latencies) = done??;
+        phase.batches += batches;
+        phase.events += events;
+        phase.bytes += bytes;
+        phase.latencies_us.extend(latencies);
     }
     phase.seconds = started.elapsed().as_secs_f64();
-    if let (Some(pid), Some(before)) = (pid, cpu_before) {
-        phase.cpu_seconds = Some(cpu_seconds(pid)? - before);
-    }
     Ok(phase)
 }
 
@@ -516,26 +529,15 @@ async fn open_loop(
             let p = &prepared[n % prepared.len()];
             let sent = Instant::now();
             post(&client, &url, &p.body).await?;
-            anyhow::Ok((p.events, p.body.len(), sent.elapsed().as_micros() as u64))
+            anyhow::Ok((
+                1,
+                p.events,
+                p.body.len(),
+                vec![sent.elapsed().as_micros() as u64],
+            ))
         });
     }
-    let mut phase = Phase {
-        name: "ingest, half of peak",
-        seconds: 0.0,
-        batches: 0,
-        events: 0,
-        bytes: 0,
-        latencies_us: Vec::new(),
-        cpu_seconds: None,
-    };
-    while let Some(done) = tasks.join_next().await {
-        let (e, b, l) = done??;
-        phase.batches += 1;
-        phase.events += e;
-        phase.bytes += b;
-        phase.latencies_us.push(l);
-    }
-    phase.seconds = started.elapsed().as_secs_f64();
+    let mut phase = gather("ingest, half of peak", tasks, started).await?;
     phase.cpu_seconds = Some(cpu_seconds(pid)? - cpu_before);
     Ok(phase)
 }
@@ -589,22 +591,6 @@ async fn bare_producer(
             anyhow::Ok((batches, events, bytes, latencies))
         });
     }
-    let mut phase = Phase {
-        name: "bare rdkafka producer",
-        seconds: 0.0,
-        batches: 0,
-        events: 0,
-        bytes: 0,
-        latencies_us: Vec::new(),
-        cpu_seconds: None,
-    };
-    while let Some(done) = tasks.join_next().await {
-        let (b, e, by, l) = done??;
-        phase.batches += b;
-        phase.events += e;
-        phase.bytes += by;
-        phase.latencies_us.extend(l);
-    }
-    phase.seconds = started.elapsed().as_secs_f64();
+    let phase = gather("bare rdkafka producer", tasks, started).await?;
     Ok(phase)
 }
