@@ -172,7 +172,7 @@ pub async fn post_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candor_schemas::Limits;
+    use candor_schemas::{Limits, decode_json};
 
     #[test]
     fn simulated_workdays_pass_validation() {
@@ -188,7 +188,8 @@ mod tests {
             .and_utc()
             .timestamp_millis();
         for b in &batches {
-            b.validate(&Limits::default(), end_of_day).unwrap();
+            let json = serde_json::to_vec(b).unwrap();
+            decode_json(&json, &Limits::default(), end_of_day).unwrap();
         }
         assert!(
             agent

@@ -258,8 +258,9 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
         batch_id: h.batch_id,
         received_at_ms,
     };
-    let records = record::encode_events(&batch)
-        .into_iter()
+    let records = batch
+        .datasets
+        .iter()
         .map(|(dataset, events)| Record {
             key: log_key.clone(),
             value: record::seal_record(
@@ -267,9 +268,9 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
                 key,
                 key_version,
                 &rand::random(),
-                dataset,
+                *dataset,
                 &meta,
-                &events,
+                events,
             ),
         })
         .collect();

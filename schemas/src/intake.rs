@@ -3,7 +3,8 @@
 
 use std::io::Read;
 
-use crate::batch::{Batch, Limits};
+use crate::batch::Limits;
+use crate::columns::{DecodedBatch, decode_json};
 use crate::envelope::{self, EnvelopeHeader};
 use crate::keys::MasterSecret;
 use crate::reason::{RejectReason, Rejection};
@@ -12,11 +13,11 @@ use crate::reason::{RejectReason, Rejection};
 /// asks for more is refused before the decoder allocates it.
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
-/// A batch that opened, decompressed and validated.
+/// A batch that opened, decompressed and validated, as Arrow columns.
 #[derive(Debug, Clone)]
 pub struct OpenedBatch {
     pub header: EnvelopeHeader,
-    pub batch: Batch,
+    pub batch: DecodedBatch,
     pub received_at_ms: i64,
 }
 
@@ -78,16 +79,16 @@ pub fn authenticate(
 }
 
 /// Inflates an authentic frame (stopping one byte past the cap, so a
-/// decompression bomb costs at most the cap), parses and validates it.
-/// `limits.max_age_ms` is the oldest event accepted: ingest sets it to the
-/// tenant's retention.
-pub fn decode(frame: &[u8], limits: &Limits, received_at_ms: i64) -> Result<Batch, Rejection> {
+/// decompression bomb costs at most the cap), then parses and validates it
+/// into Arrow columns. `limits.max_age_ms` is the oldest event accepted:
+/// ingest sets it to the tenant's retention.
+pub fn decode(
+    frame: &[u8],
+    limits: &Limits,
+    received_at_ms: i64,
+) -> Result<DecodedBatch, Rejection> {
     let json = decompress_bounded(frame, limits.max_decompressed_bytes)?;
-    let batch = Batch::from_json(&json)?;
-    batch
-        .validate(limits, received_at_ms)
-        .map_err(|r| r.with_events(batch.event_count()))?;
-    Ok(batch)
+    decode_json(&json, limits, received_at_ms)
 }
 
 /// Inflates a zstd frame, refusing output beyond `max` bytes.

@@ -7,6 +7,7 @@
 //! vectors in `schemas/testdata/` pin this code to it.
 
 pub mod batch;
+pub mod columns;
 pub mod crypto;
 pub mod datasets;
 pub mod envelope;
@@ -17,6 +18,7 @@ pub mod reason;
 pub mod record;
 
 pub use batch::{Batch, Limits};
+pub use columns::{DecodedBatch, decode_json};
 pub use datasets::Dataset;
 pub use envelope::EnvelopeHeader;
 pub use ids::{DeviceId, EmployeeId, IdError, TenantId};

@@ -21,14 +21,10 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, Float64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
-    UInt32Builder,
-};
+use arrow::array::RecordBatch;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 
-use crate::batch::Batch;
 use crate::crypto::{self, NONCE_LEN, TAG_LEN};
 use crate::datasets::Dataset;
 use crate::envelope::BATCH_ID_LEN;
@@ -77,95 +73,6 @@ pub struct LogRecord {
 /// The log key of a device's records: `tenant/device`.
 pub fn log_key(tenant: &TenantId, device: &DeviceId) -> String {
     format!("{tenant}/{device}")
-}
-
-/// Splits a validated batch into one Arrow batch per non-empty dataset.
-pub fn encode_events(b: &Batch) -> Vec<(Dataset, RecordBatch)> {
-    let mut out = Vec::with_capacity(4);
-    let mut push = |dataset: Dataset, columns: Vec<ArrayRef>| {
-        let batch = RecordBatch::try_new(dataset.log_schema(), columns)
-            .expect("columns are built to the dataset's log schema");
-        out.push((dataset, batch));
-    };
-    if !b.activity.is_empty() {
-        let n = b.activity.len();
-        let mut start = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut active = UInt32Builder::with_capacity(n);
-        let mut idle = UInt32Builder::with_capacity(n);
-        for s in &b.activity {
-            start.append_value(s.start_ms);
-            active.append_value(s.active_s);
-            idle.append_value(s.idle_s);
-        }
-        push(
-            Dataset::Activity,
-            vec![
-                Arc::new(start.finish()),
-                Arc::new(active.finish()),
-                Arc::new(idle.finish()),
-            ],
-        );
-    }
-    if !b.app_usage.is_empty() {
-        let n = b.app_usage.len();
-        let mut start = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut duration = UInt32Builder::with_capacity(n);
-        let mut app = StringBuilder::with_capacity(n, n * 16);
-        let mut host = StringBuilder::with_capacity(n, n * 16);
-        for u in &b.app_usage {
-            start.append_value(u.start_ms);
-            duration.append_value(u.duration_s);
-            app.append_value(&u.app);
-            host.append_option(u.host.as_deref());
-        }
-        push(
-            Dataset::AppUsage,
-            vec![
-                Arc::new(start.finish()),
-                Arc::new(duration.finish()),
-                Arc::new(app.finish()),
-                Arc::new(host.finish()),
-            ],
-        );
-    }
-    if !b.gps.is_empty() {
-        let n = b.gps.len();
-        let mut at = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        let (mut lat, mut lon, mut acc) = (
-            Float64Builder::with_capacity(n),
-            Float64Builder::with_capacity(n),
-            Float64Builder::with_capacity(n),
-        );
-        for p in &b.gps {
-            at.append_value(p.at_ms);
-            lat.append_value(p.lat);
-            lon.append_value(p.lon);
-            acc.append_value(p.accuracy_m);
-        }
-        push(
-            Dataset::Gps,
-            vec![
-                Arc::new(at.finish()),
-                Arc::new(lat.finish()),
-                Arc::new(lon.finish()),
-                Arc::new(acc.finish()),
-            ],
-        );
-    }
-    if !b.attendance.is_empty() {
-        let n = b.attendance.len();
-        let mut at = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut kind = StringBuilder::with_capacity(n, n * 10);
-        for a in &b.attendance {
-            at.append_value(a.at_ms);
-            kind.append_value(a.kind.as_str());
-        }
-        push(
-            Dataset::Attendance,
-            vec![Arc::new(at.finish()), Arc::new(kind.finish())],
-        );
-    }
-    out
 }
 
 /// Seals one dataset's events of a batch into a log record value.
@@ -326,12 +233,18 @@ fn decode_ipc(dataset: Dataset, ipc: &[u8]) -> Result<(RecordMeta, RecordBatch),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::ActivitySample;
+    use crate::batch::Limits;
+    use crate::columns::decode_json;
     use crate::envelope::EnvelopeHeader;
     use crate::intake::OpenedBatch;
     use crate::keys::MasterSecret;
 
+    const NOW: i64 = 1_780_000_000_000;
+
     fn opened() -> OpenedBatch {
+        let json = format!(
+            r#"{{"v":1,"sent_at_ms":{NOW},"activity":[{{"start_ms":{NOW},"active_s":30,"idle_s":30}}]}}"#
+        );
         OpenedBatch {
             header: EnvelopeHeader {
                 key_version: 1,
@@ -340,19 +253,8 @@ mod tests {
                 employee: EmployeeId::new("e1").unwrap(),
                 device: DeviceId::new("d1").unwrap(),
             },
-            batch: Batch {
-                v: 1,
-                sent_at_ms: 0,
-                activity: vec![ActivitySample {
-                    start_ms: 1_000,
-                    active_s: 30,
-                    idle_s: 30,
-                }],
-                app_usage: vec![],
-                gps: vec![],
-                attendance: vec![],
-            },
-            received_at_ms: 2_000,
+            batch: decode_json(json.as_bytes(), &Limits::default(), NOW).unwrap(),
+            received_at_ms: NOW,
         }
     }
 
@@ -367,7 +269,7 @@ mod tests {
             batch_id: o.header.batch_id,
             received_at_ms: o.received_at_ms,
         };
-        let (dataset, events) = encode_events(&o.batch).pop().unwrap();
+        let (dataset, events) = o.batch.datasets.into_iter().next().unwrap();
         let seed = crate::keys::TenantSeed::from_bytes([5; 32]);
         let key = master.at_rest_key(&tenant, 1, &seed);
         let sealed = seal_record(&tenant, &key, 1, &[8; 24], dataset, &meta, &events);

@@ -4,7 +4,7 @@
 
 use candor_schemas::envelope::{self, EnvelopeHeader};
 use candor_schemas::keys::{MasterSecret, TenantSeed};
-use candor_schemas::{Batch, DeviceId, EmployeeId, Limits, TenantId, open_batch};
+use candor_schemas::{DeviceId, EmployeeId, Limits, TenantId, decode_json, open_batch};
 use serde_json::Value;
 
 fn vectors() -> Value {
@@ -90,7 +90,12 @@ fn every_vector_gets_its_verdict() {
         match open_batch(&sealed, &master, &limits, received_at_ms) {
             Ok(opened) => {
                 assert_eq!(expect, "accept", "{name}: accepted but expected {expect}");
-                let plain = Batch::from_json(str_of(v, "plaintext_json").as_bytes()).unwrap();
+                let plain = decode_json(
+                    str_of(v, "plaintext_json").as_bytes(),
+                    &limits,
+                    received_at_ms,
+                )
+                .unwrap();
                 assert_eq!(opened.batch, plain, "{name}: opened batch");
                 assert_eq!(opened.header, header, "{name}: header");
                 seen_accept = true;

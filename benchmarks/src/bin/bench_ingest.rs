@@ -300,7 +300,8 @@ async fn run_benchmark(args: &Args) -> Result<()> {
                 batch_id: h.batch_id,
                 received_at_ms,
             };
-            let records = record::encode_events(&decoded)
+            let records = decoded
+                .datasets
                 .into_iter()
                 .map(|(dataset, events)| Record {
                     key: record::log_key(&h.tenant, &h.device),
