@@ -299,6 +299,11 @@ enum TenantCommand {
         /// IANA time zone; KPIs count days and work hours in it.
         #[arg(long, default_value = "UTC")]
         time_zone: String,
+        /// Keep activity, app usage and GPS at any hour. Without it, the
+        /// processor drops what falls outside work hours (Monday to Friday,
+        /// 09:00-17:00 local, changeable with the tenant admin API).
+        #[arg(long)]
+        track_outside_work_hours: bool,
         #[arg(long)]
         bootstrap_token: bool,
     },
@@ -825,6 +830,7 @@ async fn tenant_command(cmd: TenantCommand) -> Result<()> {
             tenant,
             plan,
             time_zone,
+            track_outside_work_hours,
             bootstrap_token,
         } => {
             let plan: Plan = serde_json::from_value(serde_json::Value::String(plan.clone()))
@@ -834,7 +840,10 @@ async fn tenant_command(cmd: TenantCommand) -> Result<()> {
                     )
                 })?;
             let admin = control.operator()?;
-            let doc = Tenant::new(tenant.clone(), plan, time_zone);
+            let doc = Tenant {
+                track_outside_work_hours,
+                ..Tenant::new(tenant.clone(), plan, time_zone)
+            };
             admin.create_tenant(&op, &doc).await?;
             eprintln!(
                 "created tenant {tenant} ({} days of retention)",

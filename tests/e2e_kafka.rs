@@ -7,6 +7,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use arrow::array::{Array, AsArray};
+use candor_control::admin::Actor;
+use candor_control::directory::Directory;
+use candor_control::tenant::{Plan, Tenant};
 use candor_log::kafka::{KafkaConfig, KafkaConsumer, end_offsets};
 use candor_processor::{Lake, Processor, ProcessorConfig};
 use candor_query::{ActivityDay, TenantLake};
@@ -114,6 +118,29 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         let kafka = fresh_topic("e2e-kpi", 3).await;
         let master = random_master();
         let control = Control::local_with(&master, &["acme", "globex"]).await;
+        // Initech keeps the default policy: Monday to Friday, 09:00-17:00 UTC.
+        control
+            .create(Tenant::new(
+                TenantId::new("initech").unwrap(),
+                Plan::Starter,
+                "UTC",
+            ))
+            .await;
+        // Alice is in Sales; Bob is in no department yet.
+        let sales: Directory = serde_json::from_str(
+            r#"{"employees": {"employee-alice-0001": {"department": "Sales"}}}"#,
+        )
+        .unwrap();
+        control
+            .admin
+            .load_directory(
+                &Actor::operator(),
+                &TenantId::new("acme").unwrap(),
+                &sales,
+                None,
+            )
+            .await
+            .unwrap();
         let url = start_ingest(
             master.clone(),
             control.cache.clone(),
@@ -125,6 +152,7 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         let alice = header("acme", "employee-alice-0001", "laptop-alice-01");
         let bob = header("acme", "employee-bob-0002", "phone-bob-02");
         let mallory = header("globex", "employee-mallory-0003", "laptop-mallory-03");
+        let night_owl = header("initech", "employee-owl-0004", "laptop-owl-04");
 
         // Known input. Asia/Kolkata is UTC+05:30, so 20:00 UTC is 01:30 the
         // next local day: the KPI must count it there.
@@ -156,6 +184,12 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         let late_night = activity_batch(samples(ms(day, 20, 0), 4, 30, 30));
         let bobs = activity_batch(samples(ms(day, 5, 0), 5, 60, 0));
         let mallorys = activity_batch(samples(ms(day, 5, 0), 5, 0, 60));
+        // 05:00 UTC is outside initech's work hours whatever the weekday.
+        let mut owls = activity_batch(samples(ms(day, 5, 0), 6, 60, 0));
+        owls.attendance.push(AttendanceEvent {
+            at_ms: ms(day, 5, 0),
+            kind: AttendanceKind::ClockIn,
+        });
         for (h, b) in [
             (&alice, &morning),
             // Each batch has its own id: one id twice would be a replay.
@@ -168,6 +202,7 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
             ),
             (&bob, &bobs),
             (&mallory, &mallorys),
+            (&night_owl, &owls),
         ] {
             let (status, answer) = post(
                 &url,
@@ -177,14 +212,19 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
             .await;
             assert_eq!(status, 202, "{answer}");
         }
-        // One record per batch and dataset: 4 for the morning, 1 for each other batch.
-        assert_eq!(total_records(&kafka).await, 7);
+        // One record per batch and dataset: 4 for the morning, 2 for the
+        // night owl's, 1 for each other batch.
+        assert_eq!(total_records(&kafka).await, 9);
 
         let lake_dir = tempfile::tempdir().unwrap();
         let processor = drained_processor(&kafka, &control, lake_dir.path()).await;
-        assert_eq!(processor.stats().records, 7);
+        assert_eq!(processor.stats().records, 9);
         assert_eq!(processor.stats().records_undecodable, 0);
-        assert_eq!(processor.stats().events, 10 + 1 + 2 + 1 + 4 + 5 + 5);
+        assert_eq!(processor.stats().events, 10 + 1 + 2 + 1 + 4 + 5 + 5 + 6 + 1);
+        // The night owl's activity stays out of the lake; the clock-in does not.
+        assert_eq!(processor.stats().events_outside_work_hours, 6);
+        assert!(!lake_dir.path().join("activity/tenant=initech").exists());
+        assert!(lake_dir.path().join("attendance/tenant=initech").is_dir());
 
         // A restarted processor of the same group resumes after the commits:
         // nothing is read twice.
@@ -272,8 +312,40 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         );
         assert_eq!(got.len(), 3, "acme's view holds only acme's subjects");
 
+        // The department is the directory's at processing time.
+        let rows = lake
+            .session()
+            .sql("SELECT DISTINCT subject, department FROM activity")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut departments = Vec::new();
+        for batch in &rows {
+            let (who, department) = (
+                batch.column(0).as_string::<i32>(),
+                batch.column(1).as_string::<i32>(),
+            );
+            for i in 0..batch.num_rows() {
+                departments.push((
+                    who.value(i).to_string(),
+                    department
+                        .is_valid(i)
+                        .then(|| department.value(i).to_string()),
+                ));
+            }
+        }
+        departments.sort();
+        let mut expected_departments = vec![
+            (subject(&alice), Some("Sales".to_string())),
+            (subject(&bob), None),
+        ];
+        expected_departments.sort();
+        assert_eq!(departments, expected_departments);
+
         // No raw employee or device id and no precise coordinate anywhere in the lake.
-        let mut forbidden: Vec<Vec<u8>> = [&alice, &bob, &mallory]
+        let mut forbidden: Vec<Vec<u8>> = [&alice, &bob, &mallory, &night_owl]
             .iter()
             .flat_map(|h| {
                 [

@@ -135,14 +135,23 @@ impl Standalone {
 
     /// Waits, within the guard, until the process exits.
     async fn exit_status(mut self) -> ExitStatus {
-        tokio::time::timeout(
+        let pid = self.child.id().to_string();
+        let waited = tokio::time::timeout(
             GUARD,
             tokio::task::spawn_blocking(move || self.child.wait()),
         )
-        .await
-        .expect("standalone exited")
-        .unwrap()
-        .unwrap()
+        .await;
+        match waited {
+            Ok(status) => status.unwrap().unwrap(),
+            Err(_) => {
+                // The blocking wait would keep the test's runtime alive:
+                // end the child, then fail.
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid])
+                    .status();
+                panic!("standalone did not exit within {GUARD:?}; killed it");
+            }
+        }
     }
 }
 
@@ -179,6 +188,8 @@ async fn standalone_turns_sealed_batches_into_a_kpi_and_stops_cleanly() {
             "acme",
             "--time-zone",
             "UTC",
+            // The test's hours fall on any weekday and hour.
+            "--track-outside-work-hours",
             "--bootstrap-token",
         ],
     );
@@ -260,7 +271,13 @@ async fn a_failing_lake_stops_standalone_and_a_restart_loses_nothing() {
     candor(
         data.path(),
         &secret_file,
-        &["tenant", "create", "--tenant", "acme"],
+        &[
+            "tenant",
+            "create",
+            "--tenant",
+            "acme",
+            "--track-outside-work-hours",
+        ],
     );
 
     let standalone = Standalone::start(data.path(), &secret_file);

@@ -1,5 +1,5 @@
 //! The tenant document: plan and retention, time zone, work-hours policy,
-//! the k of anonymized extracts, where AI extracts are delivered, where the
+//! app categories, the k of anonymized extracts, where AI extracts are delivered, where the
 //! tenant's lake lives (data residency), and whether it was cancelled.
 //! The extract signing secret is not stored: it is derived from the master
 //! secret like every other key.
@@ -62,6 +62,136 @@ fn minutes(hhmm: &str) -> Option<u32> {
     (h < 24 && m < 60).then_some(h * 60 + m)
 }
 
+impl WorkHours {
+    /// The window as the processor applies it, in `time_zone`.
+    pub fn window(&self, time_zone: chrono_tz::Tz) -> WorkWindow {
+        WorkWindow {
+            time_zone,
+            days: self
+                .days
+                .iter()
+                .fold(0u8, |mask, d| mask | 1u8.wrapping_shl(u32::from(*d))),
+            start_min: minutes(&self.start).unwrap_or(0),
+            end_min: minutes(&self.end).unwrap_or(24 * 60),
+        }
+    }
+}
+
+/// Work hours resolved against a time zone: which instants are inside.
+/// Local time comes from the zone's rules at that instant, so in Berlin a
+/// 09:00 start is 07:00 UTC in summer and 08:00 UTC in winter.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkWindow {
+    time_zone: chrono_tz::Tz,
+    /// Bit `d` set for ISO weekday `d`.
+    days: u8,
+    start_min: u32,
+    end_min: u32,
+}
+
+impl WorkWindow {
+    /// Whether `ts_ms` lies on a work day, at or after the start and before
+    /// the end, in the tenant's local time.
+    pub fn contains(&self, ts_ms: i64) -> bool {
+        use chrono::{Datelike, Timelike};
+        let Some(utc) = chrono::DateTime::from_timestamp_millis(ts_ms) else {
+            return false;
+        };
+        let local = utc.with_timezone(&self.time_zone);
+        let day = local.weekday().number_from_monday();
+        let minute = local.hour() * 60 + local.minute();
+        self.days & (1 << day) != 0 && (self.start_min..self.end_min).contains(&minute)
+    }
+}
+
+/// How a tenant rates applications and web hosts, for the productive share.
+/// Anything listed in neither is neutral.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppCategories {
+    /// Application names (compared without case) or host names (a host also
+    /// covers its subdomains: `github.com` covers `api.github.com`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub productive: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unproductive: Vec<String>,
+}
+
+/// Most entries in both category lists together.
+pub const MAX_APP_CATEGORY_ENTRIES: usize = 2000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    Productive,
+    Neutral,
+    Unproductive,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Productive => "productive",
+            Self::Neutral => "neutral",
+            Self::Unproductive => "unproductive",
+        }
+    }
+}
+
+impl AppCategories {
+    pub fn is_empty(&self) -> bool {
+        self.productive.is_empty() && self.unproductive.is_empty()
+    }
+
+    /// The category of an app (and, for a browser, the host it showed). A
+    /// listed host decides before the app name, so a browser is rated by
+    /// what it showed.
+    pub fn of(&self, app: &str, host: Option<&str>) -> Category {
+        let listed = |list: &[String], hit: &dyn Fn(&str) -> bool| list.iter().any(|e| hit(e));
+        if let Some(host) = host {
+            let covers = |entry: &str| {
+                host == entry
+                    || host
+                        .strip_suffix(entry)
+                        .is_some_and(|rest| rest.ends_with('.'))
+            };
+            if listed(&self.productive, &covers) {
+                return Category::Productive;
+            }
+            if listed(&self.unproductive, &covers) {
+                return Category::Unproductive;
+            }
+        }
+        let names = |entry: &str| entry.eq_ignore_ascii_case(app);
+        if listed(&self.productive, &names) {
+            Category::Productive
+        } else if listed(&self.unproductive, &names) {
+            Category::Unproductive
+        } else {
+            Category::Neutral
+        }
+    }
+
+    fn validate(&self) -> Result<(), TenantError> {
+        let bad = |reason: String| Err(TenantError::BadAppCategories(reason));
+        if self.productive.len() + self.unproductive.len() > MAX_APP_CATEGORY_ENTRIES {
+            return bad(format!("at most {MAX_APP_CATEGORY_ENTRIES} entries"));
+        }
+        for entry in self.productive.iter().chain(&self.unproductive) {
+            if entry.is_empty() || entry.len() > 253 || entry.chars().any(char::is_control) {
+                return bad(format!("{entry:?} must be 1-253 bytes of printable text"));
+            }
+        }
+        if let Some(both) = self
+            .productive
+            .iter()
+            .find(|p| self.unproductive.iter().any(|u| u.eq_ignore_ascii_case(p)))
+        {
+            return bad(format!("{both:?} is listed as productive and unproductive"));
+        }
+        Ok(())
+    }
+}
+
 fn default_extract_k() -> u32 {
     5
 }
@@ -81,6 +211,9 @@ pub struct Tenant {
     /// Keep activity outside work hours (otherwise the processor drops it).
     #[serde(default)]
     pub track_outside_work_hours: bool,
+    /// Productive and unproductive apps and hosts.
+    #[serde(default, skip_serializing_if = "AppCategories::is_empty")]
+    pub app_categories: AppCategories,
     /// Smallest group an AI extract may show.
     #[serde(default = "default_extract_k")]
     pub extract_k: u32,
@@ -104,6 +237,8 @@ pub enum TenantError {
     BadRetention(u32),
     #[error("work hours: {0}")]
     BadWorkHours(String),
+    #[error("app categories: {0}")]
+    BadAppCategories(String),
     #[error("extract k of {0}; it must be 2 to 1000")]
     BadExtractK(u32),
     #[error("{field}: {reason}")]
@@ -120,6 +255,7 @@ impl Tenant {
             time_zone: time_zone.into(),
             work_hours: WorkHours::default(),
             track_outside_work_hours: false,
+            app_categories: AppCategories::default(),
             extract_k: default_extract_k(),
             ai_delivery_url: None,
             lake_url: None,
@@ -134,6 +270,16 @@ impl Tenant {
 
     pub fn is_active(&self) -> bool {
         self.cancelled_at_ms.is_none()
+    }
+
+    /// The tenant's time zone (validated when the document was stored).
+    pub fn tz(&self) -> chrono_tz::Tz {
+        chrono_tz::Tz::from_str(&self.time_zone).unwrap_or(chrono_tz::UTC)
+    }
+
+    /// When activity is kept: `None` if the tenant tracks around the clock.
+    pub fn work_window(&self) -> Option<WorkWindow> {
+        (!self.track_outside_work_hours).then(|| self.work_hours.window(self.tz()))
     }
 
     pub fn validate(&self) -> Result<(), TenantError> {
@@ -158,6 +304,7 @@ impl Tenant {
                 ));
             }
         }
+        self.app_categories.validate()?;
         if !(2..=1000).contains(&self.extract_k) {
             return Err(TenantError::BadExtractK(self.extract_k));
         }
@@ -231,6 +378,13 @@ mod tests {
                 "https",
             ),
             (|t| t.lake_url = Some("ftp://x/y".into()), "lake_url"),
+            (
+                |t| {
+                    t.app_categories.productive = vec!["Slack".into()];
+                    t.app_categories.unproductive = vec!["slack".into()];
+                },
+                "app categories",
+            ),
         ];
         for (break_it, says) in cases {
             let mut t = tenant();
@@ -258,5 +412,50 @@ mod tests {
             serde_json::from_str::<Tenant>(r#"{"id":"acme","plan":"gold","time_zone":"UTC"}"#)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn work_hours_follow_the_zone_across_daylight_saving() {
+        let t = tenant(); // Europe/Berlin, Monday to Friday, 09:00-17:00
+        let w = t.work_window().unwrap();
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis()
+        };
+        // Friday 2026-03-27 is winter time (UTC+1); Monday 2026-03-30 summer (UTC+2).
+        assert!(!w.contains(at("2026-03-27T07:30:00Z")), "08:30 local");
+        assert!(w.contains(at("2026-03-27T08:00:00Z")), "09:00 local");
+        assert!(w.contains(at("2026-03-30T07:30:00Z")), "09:30 local");
+        assert!(!w.contains(at("2026-03-30T06:59:00Z")), "08:59 local");
+        assert!(w.contains(at("2026-03-30T14:59:59Z")), "16:59 local");
+        assert!(!w.contains(at("2026-03-30T15:00:00Z")), "17:00 local");
+        // Sunday is not a work day; nor, in Berlin, is Saturday 00:30 local
+        // even though it is still Friday in UTC.
+        assert!(!w.contains(at("2026-03-29T10:00:00Z")));
+        assert!(!w.contains(at("2026-03-27T23:30:00Z")));
+        let mut all_hours = tenant();
+        all_hours.track_outside_work_hours = true;
+        assert!(all_hours.work_window().is_none());
+    }
+
+    #[test]
+    fn hosts_decide_before_app_names() {
+        let c = AppCategories {
+            productive: vec!["github.com".into(), "Excel".into()],
+            unproductive: vec!["youtube.com".into(), "Solitaire".into()],
+        };
+        assert_eq!(c.of("excel", None), Category::Productive);
+        assert_eq!(c.of("Solitaire", None), Category::Unproductive);
+        assert_eq!(
+            c.of("Firefox", Some("api.github.com")),
+            Category::Productive
+        );
+        assert_eq!(c.of("Firefox", Some("notgithub.com")), Category::Neutral);
+        assert_eq!(
+            c.of("Excel", Some("www.youtube.com")),
+            Category::Unproductive
+        );
+        assert_eq!(c.of("Notepad", None), Category::Neutral);
     }
 }

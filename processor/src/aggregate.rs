@@ -1,6 +1,13 @@
 //! Aggregation of opened log records into lake rows: one row per subject,
 //! 15-minute slot and key columns, with additive measures only, so rows from
 //! late batches add up with earlier ones and compaction can merge them.
+//!
+//! The tenant's policy is applied here, per event: activity, app usage and
+//! GPS outside the tenant's work hours (in its time zone) are dropped unless
+//! the tenant tracks around the clock; attendance events are always kept,
+//! since they are what attendance is computed from. The department is the
+//! directory's at processing time, and each app-usage row carries the
+//! tenant's category for its app or host.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +17,7 @@ use arrow::array::{
     TimestampMillisecondArray,
 };
 use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
+use candor_control::tenant::{AppCategories, Category, Tenant, WorkWindow};
 use candor_schemas::datasets::{Dataset, slot_start};
 use candor_schemas::ids::TenantId;
 use candor_schemas::record::LogRecord;
@@ -64,19 +72,55 @@ struct AttendanceRow {
     last_at: i64,
 }
 
+/// Whose row: the pseudonymous subject and the department it belonged to
+/// when processed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Subject {
+    pub pseudonym: String,
+    pub department: Option<String>,
+}
+
+struct AppRow {
+    category: Category,
+    seconds: i64,
+}
+
 /// Rows of one partition, keyed by (subject, slot, key columns...).
 #[derive(Default)]
 struct Rows {
-    activity: BTreeMap<(String, i64), ActivityRow>,
-    app_usage: BTreeMap<(String, i64, String, Option<String>), i64>,
-    gps: BTreeMap<(String, i64), GpsRow>,
-    attendance: BTreeMap<(String, i64, String), AttendanceRow>,
+    activity: BTreeMap<(Subject, i64), ActivityRow>,
+    app_usage: BTreeMap<(Subject, i64, String, Option<String>), AppRow>,
+    gps: BTreeMap<(Subject, i64), GpsRow>,
+    attendance: BTreeMap<(Subject, i64, String), AttendanceRow>,
+}
+
+/// What the processor applies of a tenant's document.
+#[derive(Debug, Clone, Default)]
+pub struct TenantPolicy {
+    /// `None`: keep events at any hour.
+    pub work_window: Option<WorkWindow>,
+    pub categories: AppCategories,
+}
+
+impl TenantPolicy {
+    pub fn of(tenant: &Tenant) -> Self {
+        Self {
+            work_window: tenant.work_window(),
+            categories: tenant.app_categories.clone(),
+        }
+    }
+
+    fn keeps(&self, ts_ms: i64) -> bool {
+        self.work_window.is_none_or(|w| w.contains(ts_ms))
+    }
 }
 
 /// Collects rows from many records, then yields one batch per partition.
 #[derive(Default)]
 pub struct Aggregator {
     partitions: BTreeMap<PartitionKey, Rows>,
+    /// Events dropped because they lie outside the tenant's work hours.
+    pub outside_work_hours: u64,
 }
 
 impl Aggregator {
@@ -89,8 +133,8 @@ impl Aggregator {
         self.partitions.entry(key).or_default()
     }
 
-    /// Adds one opened record's events under pseudonym `subject`.
-    pub fn add(&mut self, record: &LogRecord, subject: &str) {
+    /// Adds one opened record's events for `subject`, under the tenant's policy.
+    pub fn add(&mut self, record: &LogRecord, subject: &Subject, policy: &TenantPolicy) {
         let e = &record.events;
         let ts = |i: usize| e.column(i).as_primitive::<TimestampMillisecondType>();
         let u32s = |i: usize| e.column(i).as_primitive::<UInt32Type>();
@@ -100,11 +144,15 @@ impl Aggregator {
             Dataset::Activity => {
                 let (start, active, idle) = (ts(0), u32s(1), u32s(2));
                 for i in 0..e.num_rows() {
+                    if !policy.keeps(start.value(i)) {
+                        self.outside_work_hours += 1;
+                        continue;
+                    }
                     let slot = slot_start(start.value(i));
                     let row = self
                         .rows(Dataset::Activity, tenant, slot)
                         .activity
-                        .entry((subject.to_string(), slot))
+                        .entry((subject.clone(), slot))
                         .or_default();
                     let (a, d) = (i64::from(active.value(i)), i64::from(idle.value(i)));
                     row.tracked_s += a + d;
@@ -120,13 +168,25 @@ impl Aggregator {
                     e.column(3).as_string::<i32>(),
                 );
                 for i in 0..e.num_rows() {
+                    if !policy.keeps(start.value(i)) {
+                        self.outside_work_hours += 1;
+                        continue;
+                    }
                     let slot = slot_start(start.value(i));
-                    let host = host.is_valid(i).then(|| host.value(i).to_string());
-                    *self
-                        .rows(Dataset::AppUsage, tenant, slot)
+                    let (app, host) = (app.value(i), host.is_valid(i).then(|| host.value(i)));
+                    self.rows(Dataset::AppUsage, tenant, slot)
                         .app_usage
-                        .entry((subject.to_string(), slot, app.value(i).to_string(), host))
-                        .or_default() += i64::from(duration.value(i));
+                        .entry((
+                            subject.clone(),
+                            slot,
+                            app.to_string(),
+                            host.map(str::to_string),
+                        ))
+                        .or_insert_with(|| AppRow {
+                            category: policy.categories.of(app, host),
+                            seconds: 0,
+                        })
+                        .seconds += i64::from(duration.value(i));
                 }
             }
             Dataset::Gps => {
@@ -135,12 +195,18 @@ impl Aggregator {
                 order.sort_by_key(|&i| at.value(i));
                 let mut previous: Option<(f64, f64)> = None;
                 for i in order {
+                    if !policy.keeps(at.value(i)) {
+                        // The route is cut: no distance across the gap.
+                        self.outside_work_hours += 1;
+                        previous = None;
+                        continue;
+                    }
                     let slot = slot_start(at.value(i));
                     let here = (lat.value(i), lon.value(i));
                     let row = self
                         .rows(Dataset::Gps, tenant, slot)
                         .gps
-                        .entry((subject.to_string(), slot))
+                        .entry((subject.clone(), slot))
                         .or_default();
                     row.points += 1;
                     row.lat_sum += here.0;
@@ -160,7 +226,7 @@ impl Aggregator {
                     let slot = slot_start(t);
                     self.rows(Dataset::Attendance, tenant, slot)
                         .attendance
-                        .entry((subject.to_string(), slot, kind.value(i).to_string()))
+                        .entry((subject.clone(), slot, kind.value(i).to_string()))
                         .and_modify(|r| {
                             r.events += 1;
                             r.first_at = r.first_at.min(t);
@@ -205,14 +271,11 @@ fn ints(values: impl Iterator<Item = i64>) -> ArrayRef {
 impl Rows {
     /// Columns in lake-schema order: subject, department, slot_start, measures.
     fn into_columns(self, dataset: Dataset) -> Vec<ArrayRef> {
-        // The directory (and so the department) arrives with the control plane;
-        // until then the column is null.
         macro_rules! common {
             ($map:expr) => {{
-                let n = $map.len();
                 vec![
-                    strings($map.keys().map(|k| Some(k.0.as_str()))),
-                    Arc::new(StringArray::new_null(n)) as ArrayRef,
+                    strings($map.keys().map(|k| Some(k.0.pseudonym.as_str()))),
+                    strings($map.keys().map(|k| k.0.department.as_deref())),
                     utc_ts($map.keys().map(|k| k.1).collect()),
                 ]
             }};
@@ -232,7 +295,8 @@ impl Rows {
                 let mut c = common!(m);
                 c.push(strings(m.keys().map(|k| Some(k.2.as_str()))));
                 c.push(strings(m.keys().map(|k| k.3.as_deref())));
-                c.push(ints(m.values().copied()));
+                c.push(strings(m.values().map(|r| Some(r.category.as_str()))));
+                c.push(ints(m.values().map(|r| r.seconds)));
                 c
             }
             Dataset::Gps => {
@@ -301,5 +365,105 @@ mod tests {
             key.object_path("part-x.parquet").as_ref(),
             "activity/tenant=acme/date=1970-01-01/part-x.parquet"
         );
+    }
+
+    fn record(json: &str, received_at_ms: i64) -> Vec<LogRecord> {
+        use candor_schemas::record::RecordMeta;
+        use candor_schemas::{DeviceId, EmployeeId, Limits, decode_json};
+        let decoded = decode_json(json.as_bytes(), &Limits::default(), received_at_ms).unwrap();
+        decoded
+            .datasets
+            .into_iter()
+            .map(|(dataset, events)| LogRecord {
+                dataset,
+                tenant: TenantId::new("acme").unwrap(),
+                key_version: 1,
+                meta: RecordMeta {
+                    employee: EmployeeId::new("e1").unwrap(),
+                    device: DeviceId::new("d1").unwrap(),
+                    batch_id: [1; 16],
+                    received_at_ms,
+                },
+                events,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn policy_drops_off_hours_and_rates_apps_and_rows_carry_the_department() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis()
+        };
+        // Monday 2026-03-30 in Berlin (UTC+2): 06:30 UTC is 08:30 local.
+        let (before, inside) = (at("2026-03-30T06:30:00Z"), at("2026-03-30T08:00:00Z"));
+        let json = format!(
+            r#"{{"v":1,"sent_at_ms":{inside},
+            "activity":[{{"start_ms":{before},"active_s":60,"idle_s":0}},{{"start_ms":{inside},"active_s":50,"idle_s":10}}],
+            "app_usage":[{{"start_ms":{inside},"duration_s":60,"app":"Firefox","host":"api.github.com"}},
+                         {{"start_ms":{inside},"duration_s":30,"app":"Solitaire"}},
+                         {{"start_ms":{before},"duration_s":30,"app":"Excel"}}],
+            "gps":[{{"at_ms":{before},"lat":52.0,"lon":13.0,"accuracy_m":5.0}},
+                   {{"at_ms":{inside},"lat":52.01,"lon":13.0,"accuracy_m":5.0}}],
+            "attendance":[{{"at_ms":{before},"kind":"clock_in"}}]}}"#
+        );
+        let mut tenant = Tenant::new(
+            TenantId::new("acme").unwrap(),
+            candor_control::tenant::Plan::Starter,
+            "Europe/Berlin",
+        );
+        tenant.app_categories = AppCategories {
+            productive: vec!["github.com".into()],
+            unproductive: vec!["solitaire".into()],
+        };
+        let policy = TenantPolicy::of(&tenant);
+        let subject = Subject {
+            pseudonym: "p1".into(),
+            department: Some("Sales".into()),
+        };
+        let mut agg = Aggregator::default();
+        for r in record(&json, inside) {
+            agg.add(&r, &subject, &policy);
+        }
+        assert_eq!(agg.outside_work_hours, 3, "activity, app and gps at 08:30");
+        let out = agg.finish();
+        let table = |d: Dataset| &out.iter().find(|(k, _)| k.dataset == d).unwrap().1;
+        let activity = table(Dataset::Activity);
+        assert_eq!(activity.num_rows(), 1);
+        assert_eq!(activity.column(1).as_string::<i32>().value(0), "Sales");
+        assert_eq!(
+            activity
+                .column(3)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            60
+        );
+        let apps = table(Dataset::AppUsage);
+        let categories: Vec<_> = (0..apps.num_rows())
+            .map(|i| {
+                (
+                    apps.column(3).as_string::<i32>().value(i),
+                    apps.column(5).as_string::<i32>().value(i),
+                )
+            })
+            .collect();
+        assert_eq!(
+            categories,
+            vec![("Firefox", "productive"), ("Solitaire", "unproductive")]
+        );
+        // The route starts again inside work hours: no distance from 08:30's point.
+        let gps = table(Dataset::Gps);
+        assert_eq!(gps.column(4).as_primitive::<Float64Type>().value(0), 0.0);
+        // Attendance is kept at any hour.
+        assert_eq!(table(Dataset::Attendance).num_rows(), 1);
+
+        let mut around_the_clock = tenant.clone();
+        around_the_clock.track_outside_work_hours = true;
+        let mut agg = Aggregator::default();
+        for r in record(&json, inside) {
+            agg.add(&r, &subject, &TenantPolicy::of(&around_the_clock));
+        }
+        assert_eq!(agg.outside_work_hours, 0);
     }
 }

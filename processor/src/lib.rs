@@ -17,7 +17,7 @@ use candor_schemas::TenantId;
 use candor_schemas::record::{open_record, read_header};
 use futures::FutureExt;
 
-pub use aggregate::{Aggregator, PartitionKey};
+pub use aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
 pub use lake::{Lake, LakeError};
 pub use metrics::ProcessorMetrics;
 
@@ -53,6 +53,8 @@ impl Default for ProcessorConfig {
 pub struct ProcessorStats {
     pub records: u64,
     pub events: u64,
+    /// Events outside the tenant's work hours, kept out of the lake.
+    pub events_outside_work_hours: u64,
     /// Records that could not be opened or decoded; logged and skipped.
     pub records_undecodable: u64,
     pub files_written: u64,
@@ -98,6 +100,10 @@ impl<C: LogConsumer> Processor<C> {
         ProcessorStats {
             records: m.records.get(),
             events: m.events.get(),
+            events_outside_work_hours: m
+                .events_dropped
+                .with_label_values(&["outside_work_hours"])
+                .get(),
             records_undecodable: m.records_undecodable.get(),
             files_written: m.files_written.get(),
             rows_written: m.rows_written.get(),
@@ -176,31 +182,46 @@ impl<C: LogConsumer> Processor<C> {
         let first = records.first().expect("chunks are non-empty").offset;
         let last = records.last().expect("chunks are non-empty").offset;
         let mut agg = Aggregator::default();
-        let mut tenants: HashMap<TenantId, Option<Arc<TenantView>>> = HashMap::new();
+        let mut tenants: HashMap<TenantId, Option<(Arc<TenantView>, TenantPolicy)>> =
+            HashMap::new();
         for d in records {
             self.metrics.records.inc();
-            // The tenant's view, looked up once per chunk. An unknown tenant or
-            // destroyed keys leave `keys` empty: the record does not open.
-            let view = match read_header(&d.value) {
+            // The tenant's view and policy, looked up once per chunk. An
+            // unknown tenant or destroyed keys leave `keys` empty: the record
+            // does not open.
+            let tenant = match read_header(&d.value) {
                 Ok(header) => match tenants.get(&header.tenant) {
-                    Some(view) => view.clone(),
+                    Some(known) => known.clone(),
                     None => {
-                        let view = self.tenant_view(&header.tenant).await?;
-                        tenants.insert(header.tenant, view.clone());
-                        view
+                        let known = self.tenant_view(&header.tenant).await?.map(|view| {
+                            let policy = TenantPolicy::of(&view.tenant.doc);
+                            (view, policy)
+                        });
+                        tenants.insert(header.tenant, known.clone());
+                        known
                     }
                 },
                 Err(_) => None,
             };
-            let keys = view.as_ref().and_then(|v| v.keys.clone());
+            let keys = tenant.as_ref().and_then(|(view, _)| view.keys.clone());
             let opened = open_record(&d.value, |_, version| {
                 keys.as_ref().and_then(|k| k.at_rest(version).cloned())
             });
             match opened {
                 Ok(record) => {
+                    let (view, policy) = tenant
+                        .as_ref()
+                        .expect("a record opened, so its tenant exists");
                     let keys = keys.as_ref().expect("a record opened, so its keys exist");
                     self.metrics.events.inc_by(record.events.num_rows() as u64);
-                    agg.add(&record, &keys.pseudonym().subject(&record.meta.employee));
+                    let subject = Subject {
+                        pseudonym: keys.pseudonym().subject(&record.meta.employee),
+                        department: view
+                            .directory
+                            .department_of(&record.meta.employee)
+                            .map(str::to_string),
+                    };
+                    agg.add(&record, &subject, policy);
                 }
                 Err(e) => {
                     self.metrics.records_undecodable.inc();
@@ -211,6 +232,10 @@ impl<C: LogConsumer> Processor<C> {
         // Named after the log positions covered: replaying the same records
         // rewrites the same objects instead of adding duplicates.
         let file_name = format!("part-{partition:05}-{first:020}-{last:020}.parquet");
+        self.metrics
+            .events_dropped
+            .with_label_values(&["outside_work_hours"])
+            .inc_by(agg.outside_work_hours);
         for (key, batch) in agg.finish() {
             self.metrics.rows_written.inc_by(batch.num_rows() as u64);
             self.lake

@@ -1,12 +1,14 @@
 //! Prometheus metrics of a processor, named `candor_processor_<name>_<unit>`.
 
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct ProcessorMetrics {
     pub records: IntCounter,
     pub events: IntCounter,
     pub records_undecodable: IntCounter,
+    /// Events the tenant's policy kept out of the lake, by reason.
+    pub events_dropped: IntCounterVec,
     pub files_written: IntCounter,
     pub rows_written: IntCounter,
     /// Records in the log not yet committed by this processor's group.
@@ -30,7 +32,19 @@ impl ProcessorMetrics {
         registry
             .register(Box::new(lag_records.clone()))
             .expect("unique metric name");
+        let events_dropped = IntCounterVec::new(
+            Opts::new(
+                "candor_processor_events_dropped_total",
+                "Events kept out of the lake by the tenant's policy, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(events_dropped.clone()))
+            .expect("unique metric name");
         Self {
+            events_dropped,
             records: counter("candor_processor_records_total", "Log records consumed"),
             events: counter(
                 "candor_processor_events_total",

@@ -101,6 +101,9 @@ impl Dataset {
             Self::AppUsage => vec![
                 field("app", DataType::Utf8, false),
                 field("host", DataType::Utf8, true),
+                // The tenant's rating at processing time: productive, neutral
+                // or unproductive.
+                field("category", DataType::Utf8, false),
                 field("seconds", DataType::Int64, false),
             ],
             Self::Gps => vec![

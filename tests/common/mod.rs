@@ -67,7 +67,8 @@ impl Control {
         }
     }
 
-    /// A local-directory control plane with these tenants (UTC, starter plan).
+    /// A local-directory control plane with these tenants (UTC, starter
+    /// plan, tracking around the clock).
     pub async fn local_with(master: &MasterSecret, tenants: &[&str]) -> Self {
         let control = Self::new(TestStore::local(), master);
         for t in tenants {
@@ -76,8 +77,15 @@ impl Control {
         control
     }
 
+    /// A tenant that tracks around the clock, so that tests of the pipeline
+    /// keep every event whatever hour they run at.
     pub async fn create_tenant(&self, id: &str) {
-        let tenant = Tenant::new(TenantId::new(id).unwrap(), Plan::Starter, "UTC");
+        let mut tenant = Tenant::new(TenantId::new(id).unwrap(), Plan::Starter, "UTC");
+        tenant.track_outside_work_hours = true;
+        self.create(tenant).await;
+    }
+
+    pub async fn create(&self, tenant: Tenant) {
         self.admin
             .create_tenant(&Actor::operator(), &tenant)
             .await
