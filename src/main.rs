@@ -270,6 +270,23 @@ struct ProcessorArgs {
     /// Directory of the Parquet lake.
     #[arg(long, env = "CANDOR_LAKE_DIR", default_value = "lake")]
     lake: PathBuf,
+    /// Most log records aggregated into one set of Parquet objects. Larger
+    /// flushes write fewer, bigger files; smaller ones commit sooner.
+    #[arg(
+        long,
+        env = "CANDOR_PROCESSOR_MAX_RECORDS_PER_FLUSH",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_records_per_flush: u32,
+    /// Topic that receives records the processor cannot open or decode,
+    /// each with its reason (created with one partition if missing).
+    #[arg(
+        long,
+        env = "CANDOR_DEAD_LETTER_TOPIC",
+        default_value = "candor.dead-letters"
+    )]
+    dead_letter_topic: String,
     /// Process everything already in the log, then exit.
     #[arg(long)]
     drain: bool,
@@ -587,6 +604,7 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let master = standalone_master_secret(&args.data_dir)?;
     let spool_dir = args.data_dir.join("spool");
+    let dead_letter_dir = args.data_dir.join("dead-letters");
     let lake_dir = args.data_dir.join("lake");
     let control_args = ControlArgs {
         url: args.data_dir.join("control").display().to_string(),
@@ -607,6 +625,13 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         Lake::local(&lake_dir)?,
         ProcessorConfig::default(),
     )
+    .with_dead_letters(Arc::new(
+        Spool::open(SpoolConfig {
+            partitions: 1,
+            ..SpoolConfig::new(&dead_letter_dir)
+        })?
+        .producer(),
+    ))
     .with_metrics(ProcessorMetrics::register(&registry));
     let query_state = Arc::new(QueryState {
         control: control.clone(),
@@ -680,6 +705,10 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         spool_dir.display()
     );
     println!("  lake     {}", lake_dir.display());
+    println!(
+        "  dead     {} (records the processor could not open)",
+        dead_letter_dir.display()
+    );
     candor_ingest::serve(listener, state, wait_for_stop(stopped)).await?;
     querying.await.context("query task")??;
     let stats = processing.await.context("processor task")??;
@@ -743,7 +772,20 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
         let control = control.clone();
         async move { control.run_refresher(std::future::pending()).await }
     });
-    let mut processor = Processor::new(consumer, control, lake, ProcessorConfig::default());
+    let config = ProcessorConfig {
+        group: args.group.clone(),
+        max_records_per_flush: args.max_records_per_flush as usize,
+        ..ProcessorConfig::default()
+    };
+    let dead_letters = KafkaConfig {
+        topic: args.dead_letter_topic.clone(),
+        ..kafka.clone()
+    };
+    ensure_topic(&dead_letters, 1)
+        .await
+        .with_context(|| format!("creating dead-letter topic {}", dead_letters.topic))?;
+    let mut processor = Processor::new(consumer, control, lake, config)
+        .with_dead_letters(Arc::new(KafkaProducer::new(&dead_letters)?));
     tracing::info!(lake = %args.lake.display(), group = %args.group, topic = %kafka.topic, "processor started");
     if args.drain {
         processor.drain().await?;

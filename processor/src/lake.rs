@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -18,6 +18,8 @@ pub enum LakeError {
     Store(#[from] object_store::Error),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    #[error("lake holds an unreadable object: {0}")]
+    Corrupt(String),
     #[error("lake directory {path}: {source}")]
     Io {
         path: PathBuf,
@@ -53,12 +55,13 @@ impl Lake {
         self.store.clone()
     }
 
-    /// Writes `batch` as one Parquet object and returns once it is durable.
+    /// Writes `batch` as one Parquet object and returns, once it is durable,
+    /// its size in bytes.
     pub async fn write_parquet(
         &self,
         path: &ObjectPath,
         batch: &RecordBatch,
-    ) -> Result<(), LakeError> {
+    ) -> Result<usize, LakeError> {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .set_statistics_enabled(EnabledStatistics::Page)
@@ -67,12 +70,54 @@ impl Lake {
         let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
         writer.write(batch)?;
         writer.close()?;
-        self.store.put(path, buf.into()).await?;
+        let size = buf.len();
+        self.put_durable(path, buf.into()).await?;
+        Ok(size)
+    }
+
+    /// Writes one object and returns once it is durable.
+    pub async fn put_durable(&self, path: &ObjectPath, bytes: PutPayload) -> Result<(), LakeError> {
+        self.store.put(path, bytes).await?;
         if let Some(root) = &self.local_root {
             sync_local(root, path).await?;
         }
         Ok(())
     }
+
+    /// An object's bytes, or `None` if there is no such object.
+    pub async fn get_optional(&self, path: &ObjectPath) -> Result<Option<bytes::Bytes>, LakeError> {
+        match self.store.get(path).await {
+            Ok(found) => Ok(Some(found.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes an object (a missing one is already deleted) and returns once
+    /// the deletion is durable.
+    pub async fn delete_durable(&self, path: &ObjectPath) -> Result<(), LakeError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(root) = &self.local_root {
+            let dir = root.join(path.as_ref());
+            if let Some(parent) = dir.parent().filter(|p| p.exists()) {
+                fsync_path(parent)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// fsyncs one file or directory.
+fn fsync_path(path: &Path) -> Result<(), LakeError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| LakeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// fsyncs a file written under `root` and every directory from it up to
@@ -81,18 +126,10 @@ async fn sync_local(root: &Path, path: &ObjectPath) -> Result<(), LakeError> {
     let file = root.join(path.as_ref());
     let root = root.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let sync = |p: &Path| {
-            std::fs::File::open(p)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| LakeError::Io {
-                    path: p.to_path_buf(),
-                    source,
-                })
-        };
-        sync(&file)?;
+        fsync_path(&file)?;
         let mut dir = file.parent();
         while let Some(d) = dir {
-            sync(d)?;
+            fsync_path(d)?;
             if d == root {
                 break;
             }

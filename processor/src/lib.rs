@@ -4,6 +4,7 @@
 //! cover them are durable.
 
 mod aggregate;
+mod intent;
 mod lake;
 mod metrics;
 
@@ -12,12 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candor_control::{CacheError, ControlCache, TenantView};
-use candor_log::{Delivered, LogConsumer, LogError, Resume};
+use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Record, Resume};
 use candor_schemas::TenantId;
 use candor_schemas::record::{open_record, read_header};
 use futures::FutureExt;
 
 pub use aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
+pub use intent::{FlushIntent, Intents};
 pub use lake::{Lake, LakeError};
 pub use metrics::ProcessorMetrics;
 
@@ -33,6 +35,8 @@ pub enum ProcessorError {
 
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
+    /// The consumer group; names where its flush intents live in the lake.
+    pub group: String,
     /// Most records turned into one set of files.
     pub max_records_per_flush: usize,
     /// How long a poll waits for the first record.
@@ -42,6 +46,7 @@ pub struct ProcessorConfig {
 impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
+            group: "candor-processor".into(),
             max_records_per_flush: 10_000,
             poll_wait: Duration::from_millis(500),
         }
@@ -55,10 +60,13 @@ pub struct ProcessorStats {
     pub events: u64,
     /// Events outside the tenant's work hours, kept out of the lake.
     pub events_outside_work_hours: u64,
-    /// Records that could not be opened or decoded; logged and skipped.
+    /// Records that could not be opened or decoded: sent to the dead-letter
+    /// log (when one is configured), counted and skipped.
     pub records_undecodable: u64,
     pub files_written: u64,
     pub rows_written: u64,
+    /// Objects of flushes that never committed, deleted before a replay.
+    pub leftover_objects_deleted: u64,
 }
 
 pub struct Processor<C> {
@@ -66,6 +74,9 @@ pub struct Processor<C> {
     /// Tenants' keys (at rest, pseudonyms) and policy.
     control: Arc<ControlCache>,
     lake: Lake,
+    intents: Intents,
+    /// Where records that cannot be opened or decoded go, with their reason.
+    dead_letters: Option<Arc<dyn LogProducer>>,
     config: ProcessorConfig,
     metrics: ProcessorMetrics,
     /// When lag was last measured; it costs a round trip to the log.
@@ -82,11 +93,20 @@ impl<C: LogConsumer> Processor<C> {
         Self {
             consumer,
             control,
+            intents: Intents::new(lake.clone(), &config.group),
             lake,
+            dead_letters: None,
             config,
             metrics: ProcessorMetrics::default(),
             lag_measured: None,
         }
+    }
+
+    /// Sends records that cannot be opened or decoded to `log` (a
+    /// dead-letter topic or spool), each with its reason and position.
+    pub fn with_dead_letters(mut self, log: Arc<dyn LogProducer>) -> Self {
+        self.dead_letters = Some(log);
+        self
     }
 
     /// Counts into `metrics` (registered where the process exports them).
@@ -107,6 +127,7 @@ impl<C: LogConsumer> Processor<C> {
             records_undecodable: m.records_undecodable.get(),
             files_written: m.files_written.get(),
             rows_written: m.rows_written.get(),
+            leftover_objects_deleted: m.leftover_objects_deleted.get(),
         }
     }
 
@@ -161,15 +182,32 @@ impl<C: LogConsumer> Processor<C> {
         }
         let mut positions = Vec::with_capacity(by_partition.len());
         for (partition, records) in by_partition {
+            let timer = Instant::now();
             let last = self.write_partition_chunk(partition, &records).await?;
+            self.metrics
+                .flush_seconds
+                .observe(timer.elapsed().as_secs_f64());
             positions.push(Resume {
                 partition,
                 next_offset: last + 1,
             });
         }
         // Only now, with every object durable, may the log forget the records.
-        self.consumer.commit(&positions).await?;
+        self.commit(&positions).await?;
         Ok(count)
+    }
+
+    /// Commits, retrying while the log is unavailable: the next flush of a
+    /// partition may start only once this one is committed (see `intent`).
+    async fn commit(&mut self, positions: &[Resume]) -> Result<(), ProcessorError> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.consumer.commit(positions).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => backoff.wait("commit", &e).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Aggregates one partition's records and writes one object per dataset,
@@ -182,6 +220,7 @@ impl<C: LogConsumer> Processor<C> {
         let first = records.first().expect("chunks are non-empty").offset;
         let last = records.last().expect("chunks are non-empty").offset;
         let mut agg = Aggregator::default();
+        let mut dead = Vec::new();
         let mut tenants: HashMap<TenantId, Option<(Arc<TenantView>, TenantPolicy)>> =
             HashMap::new();
         for d in records {
@@ -225,7 +264,8 @@ impl<C: LogConsumer> Processor<C> {
                 }
                 Err(e) => {
                     self.metrics.records_undecodable.inc();
-                    tracing::error!(partition, offset = d.offset, error = %e, "skipping undecodable log record");
+                    tracing::error!(partition, offset = d.offset, error = %e, "undecodable log record: dead-lettered and skipped");
+                    dead.push(DeadLetter::of(d, &e.to_string()).record());
                 }
             }
         }
@@ -236,12 +276,34 @@ impl<C: LogConsumer> Processor<C> {
             .events_dropped
             .with_label_values(&["outside_work_hours"])
             .inc_by(agg.outside_work_hours);
-        for (key, batch) in agg.finish() {
+        let objects: Vec<_> = agg
+            .finish()
+            .into_iter()
+            .map(|(key, batch)| (key.object_path(&file_name), batch))
+            .collect();
+        let intent = FlushIntent {
+            partition,
+            first,
+            last,
+            objects: objects.iter().map(|(path, _)| path.to_string()).collect(),
+        };
+        let deleted = self.intents.begin(&intent).await?;
+        self.metrics.leftover_objects_deleted.inc_by(deleted as u64);
+        for (path, batch) in objects {
+            let bytes = self.lake.write_parquet(&path, &batch).await?;
             self.metrics.rows_written.inc_by(batch.num_rows() as u64);
-            self.lake
-                .write_parquet(&key.object_path(&file_name), &batch)
-                .await?;
+            self.metrics.bytes_written.inc_by(bytes as u64);
             self.metrics.files_written.inc();
+        }
+        // Dead letters are durable before the commit that skips their records.
+        if let (Some(log), false) = (&self.dead_letters, dead.is_empty()) {
+            let mut backoff = Backoff::default();
+            while let Err(e) = log.append(dead.clone()).await {
+                if !e.is_transient() {
+                    return Err(e.into());
+                }
+                backoff.wait("dead-letter append", &e).await;
+            }
         }
         Ok(last)
     }
@@ -309,5 +371,54 @@ impl<C: LogConsumer> Processor<C> {
             }
         }
         Ok(())
+    }
+}
+
+/// Waits between retries of a log call that failed transiently: 100 ms,
+/// doubling up to 5 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    async fn wait(&mut self, what: &str, error: &LogError) {
+        tracing::warn!(%error, "{what} failed; retrying");
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A record the processor could not open or decode, as it goes to the
+/// dead-letter log: the reason, where it was, and the sealed bytes untouched
+/// (hex), so an operator can inspect or replay it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub reason: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value_hex: String,
+}
+
+impl DeadLetter {
+    fn of(d: &Delivered, reason: &str) -> Self {
+        Self {
+            reason: reason.to_string(),
+            partition: d.partition,
+            offset: d.offset,
+            key: String::from_utf8_lossy(&d.key).into_owned(),
+            value_hex: hex::encode(&d.value),
+        }
+    }
+
+    fn record(&self) -> Record {
+        Record {
+            key: self.key.clone(),
+            value: serde_json::to_vec(self).expect("a dead letter serializes"),
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics of a processor, named `candor_processor_<name>_<unit>`.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct ProcessorMetrics {
@@ -11,6 +11,11 @@ pub struct ProcessorMetrics {
     pub events_dropped: IntCounterVec,
     pub files_written: IntCounter,
     pub rows_written: IntCounter,
+    pub bytes_written: IntCounter,
+    /// Objects of flushes that never committed, deleted before a replay.
+    pub leftover_objects_deleted: IntCounter,
+    /// One partition's flush: aggregate, record the intent, write the objects.
+    pub flush_seconds: Histogram,
     /// Records in the log not yet committed by this processor's group.
     pub lag_records: IntGauge,
 }
@@ -43,8 +48,28 @@ impl ProcessorMetrics {
         registry
             .register(Box::new(events_dropped.clone()))
             .expect("unique metric name");
+        let flush_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "candor_processor_flush_seconds",
+                "Time to aggregate one partition's chunk and make its objects durable",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(flush_seconds.clone()))
+            .expect("unique metric name");
         Self {
             events_dropped,
+            flush_seconds,
+            bytes_written: counter(
+                "candor_processor_bytes_written_total",
+                "Bytes of Parquet objects written",
+            ),
+            leftover_objects_deleted: counter(
+                "candor_processor_leftover_objects_deleted_total",
+                "Objects of flushes that never committed, deleted before their records were written again",
+            ),
             records: counter("candor_processor_records_total", "Log records consumed"),
             events: counter(
                 "candor_processor_events_total",

@@ -1,0 +1,96 @@
+//! Exactly once into the lake, across crashes and rebalances.
+//!
+//! Objects are named after the log positions they cover, so replaying the
+//! same chunk of records rewrites the same objects. But a replay need not
+//! cut the same chunks: after a crash the next poll may return more or fewer
+//! records than the flush that was cut short, and its objects get other
+//! names. So before a flush writes anything, it records its intent durably
+//! in the lake: the partition, the first and last offset, and every object
+//! it will write.
+//!
+//! A processor commits each flush before it starts the next (a failed
+//! commit is retried, never skipped), and after a crash or rebalance a
+//! partition resumes from its last commit. So when a flush of partition `p`
+//! starts at offset `F`, everything before `F` is committed, and an intent of
+//! `p` that starts at `F` or later is the leftover of a flush that never
+//! committed: its objects are deleted before the new flush writes, and the
+//! new flush (or a later one) holds its records.
+//!
+//! Known limit: a processor that lost its partition but is still writing (it
+//! stalled for longer than the group's session timeout) can write after its
+//! successor cleaned up. Its commit then fails and it stops, but what it
+//! wrote stays. Keep flushes well under the session timeout.
+
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+
+use crate::lake::{Lake, LakeError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushIntent {
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+    /// Lake paths of every object the flush writes.
+    pub objects: Vec<String>,
+}
+
+/// The intents of one consumer group, kept in the lake under
+/// `_processor/<group>/`, where no dataset's listing looks.
+pub struct Intents {
+    lake: Lake,
+    group: String,
+}
+
+impl Intents {
+    pub fn new(lake: Lake, group: &str) -> Self {
+        Self {
+            lake,
+            group: group.to_string(),
+        }
+    }
+
+    fn path(&self, partition: i32) -> ObjectPath {
+        ObjectPath::from(format!(
+            "_processor/{}/partition-{partition:05}.json",
+            self.group
+        ))
+    }
+
+    /// Records `intent` before its flush writes anything, first deleting
+    /// the objects of an uncommitted earlier flush of the same partition
+    /// that the new one does not rewrite. Returns how many were deleted.
+    pub async fn begin(&self, intent: &FlushIntent) -> Result<usize, LakeError> {
+        let path = self.path(intent.partition);
+        let mut deleted = 0;
+        if let Some(bytes) = self.lake.get_optional(&path).await? {
+            let earlier: FlushIntent = serde_json::from_slice(&bytes).map_err(|e| {
+                // Objects are written whole (a rename or an S3 PUT), so this
+                // is not a torn write; guessing could lose or double rows.
+                LakeError::Corrupt(format!("{path}: {e}"))
+            })?;
+            if earlier.first >= intent.first {
+                for object in &earlier.objects {
+                    if !intent.objects.contains(object) {
+                        self.lake
+                            .delete_durable(&ObjectPath::from(object.as_str()))
+                            .await?;
+                        deleted += 1;
+                    }
+                }
+                if deleted > 0 {
+                    tracing::warn!(
+                        partition = intent.partition,
+                        first = earlier.first,
+                        last = earlier.last,
+                        deleted,
+                        "deleted the objects of a flush that was never committed"
+                    );
+                }
+            }
+        }
+        let body = serde_json::to_vec(intent).expect("an intent serializes");
+        self.lake.put_durable(&path, body.into()).await?;
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,339 @@
+//! The processor's faults: every accepted row lands in the lake exactly
+//! once, even when a processor dies between writing its objects and
+//! committing their log positions and the replay cuts its chunks
+//! differently; a record that cannot be opened goes to the dead-letter log
+//! and never stops its partition.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use async_trait::async_trait;
+use candor_control::testkit::TestStore;
+use candor_log::Record;
+use candor_log::spool::{Spool, SpoolConfig};
+use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Resume};
+use candor_processor::{DeadLetter, Lake, Processor, ProcessorConfig, ProcessorError};
+use candor_query::TenantLake;
+use candor_schemas::TenantId;
+use candor_schemas::keys::MasterSecret;
+use chrono::{Days, Utc};
+use common::{Control, activity_batch, header, ms, post, random_master, samples, seal_batch};
+
+/// Hang guard: a stuck processor fails the test instead of stalling CI.
+const GUARD: Duration = Duration::from_secs(180);
+const BATCH: &str = "application/vnd.candor.batch";
+
+/// Posts `batches` one-record batches for three employees of acme; returns
+/// the active seconds each employee's subject must end with.
+async fn post_batches(
+    url: &str,
+    master: &MasterSecret,
+    control: &Control,
+    batches: usize,
+) -> BTreeMap<String, i64> {
+    let day = Utc::now().date_naive() - Days::new(1);
+    let acme = TenantId::new("acme").unwrap();
+    let mut expected = BTreeMap::new();
+    for i in 0..batches {
+        let employee = format!("employee-{:04}", i % 3);
+        let h = header("acme", &employee, &format!("laptop-{:04}", i % 3));
+        // Each batch its own minutes, and a distinct activity level, so a
+        // lost or doubled batch changes the sums.
+        let active = 1 + (i % 50) as u32;
+        let batch = activity_batch(samples(ms(day, 8, 0) + i as i64 * 120_000, 2, active, 0));
+        let (status, answer) = post(url, BATCH, seal_batch(master, &h, &batch)).await;
+        assert_eq!(status, 202, "{answer}");
+        *expected
+            .entry(control.subject(&acme, &h.employee).await)
+            .or_insert(0) += 2 * i64::from(active);
+    }
+    expected
+}
+
+/// Active seconds per subject over acme's whole lake.
+async fn active_by_subject(lake: &Path) -> BTreeMap<String, i64> {
+    let lake = TenantLake::open_local(lake, &TenantId::new("acme").unwrap())
+        .await
+        .unwrap();
+    let batches = lake
+        .session()
+        .sql("SELECT subject, sum(active_s) FROM activity GROUP BY subject")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for b in &batches {
+        let (subject, active) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_primitive::<Int64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            out.insert(subject.value(i).to_string(), active.value(i));
+        }
+    }
+    out
+}
+
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(parquet_files(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A consumer whose first commit fails for good: the processor stops after
+/// its objects are durable and before the log hears of it, as if it died.
+struct DiesBeforeCommit<C>(C);
+
+#[async_trait]
+impl<C: LogConsumer + Sync> LogConsumer for DiesBeforeCommit<C> {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivered>, LogError> {
+        self.0.poll(max, wait).await
+    }
+    async fn commit(&mut self, _: &[Resume]) -> Result<(), LogError> {
+        Err(LogError::Fatal("the process died here".into()))
+    }
+    async fn end_offsets(&self) -> Result<Vec<Resume>, LogError> {
+        self.0.end_offsets().await
+    }
+    async fn committed(&self) -> Result<Vec<Resume>, LogError> {
+        self.0.committed().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_with_other_chunks_rewrites_instead_of_doubling() {
+    tokio::time::timeout(GUARD, async {
+        let dir = tempfile::tempdir().unwrap();
+        let master = random_master();
+        let control = Control::local_with(&master, &["acme"]).await;
+        let spool = Spool::open(SpoolConfig {
+            partitions: 1,
+            ..SpoolConfig::new(dir.path().join("spool"))
+        })
+        .unwrap();
+        let producer: Arc<dyn LogProducer> = Arc::new(spool.producer());
+        let url = common::start_ingest_on(
+            master.clone(),
+            control.cache.clone(),
+            producer,
+            Default::default(),
+        )
+        .await;
+        let expected = post_batches(&url, &master, &control, 12).await;
+        let lake_dir = dir.path().join("lake");
+        let config = |max_records_per_flush| ProcessorConfig {
+            group: "g".into(),
+            max_records_per_flush,
+            poll_wait: Duration::from_millis(100),
+        };
+
+        // The first processor writes a chunk of 5 records and dies.
+        let mut doomed = Processor::new(
+            DiesBeforeCommit(spool.consumer("g").unwrap()),
+            control.cache.clone(),
+            Lake::local(&lake_dir).unwrap(),
+            config(5),
+        );
+        assert!(matches!(doomed.step().await, Err(ProcessorError::Log(_))));
+        assert_eq!(doomed.stats().files_written, 1);
+        let leftover = parquet_files(&lake_dir);
+        assert_eq!(leftover.len(), 1);
+        drop(doomed);
+
+        // Its successor cuts chunks of 7: other object names, same records.
+        let mut successor = Processor::new(
+            spool.consumer("g").unwrap(),
+            control.cache.clone(),
+            Lake::local(&lake_dir).unwrap(),
+            config(7),
+        );
+        successor.drain().await.unwrap();
+        assert_eq!(successor.stats().records, 12);
+        assert_eq!(successor.stats().leftover_objects_deleted, 1);
+        assert!(!leftover[0].exists(), "the uncommitted object is gone");
+        assert_eq!(active_by_subject(&lake_dir).await, expected);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+/// A child process killed when dropped, so a failed assertion leaves no
+/// processor running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unopenable_record_is_dead_lettered_and_the_partition_moves_on() {
+    tokio::time::timeout(GUARD, async {
+        let dir = tempfile::tempdir().unwrap();
+        let master = random_master();
+        let control = Control::local_with(&master, &["acme"]).await;
+        let spool = Spool::open(SpoolConfig {
+            partitions: 1,
+            ..SpoolConfig::new(dir.path().join("spool"))
+        })
+        .unwrap();
+        let dead = Spool::open(SpoolConfig {
+            partitions: 1,
+            ..SpoolConfig::new(dir.path().join("dead-letters"))
+        })
+        .unwrap();
+        // A record no key opens, first in the partition, then real batches.
+        spool
+            .producer()
+            .append(vec![Record {
+                key: "acme/laptop-0000".into(),
+                value: b"CNDL not a sealed record".to_vec(),
+            }])
+            .await
+            .unwrap();
+        let url = common::start_ingest_on(
+            master.clone(),
+            control.cache.clone(),
+            Arc::new(spool.producer()),
+            Default::default(),
+        )
+        .await;
+        let expected = post_batches(&url, &master, &control, 4).await;
+
+        let lake_dir = dir.path().join("lake");
+        let mut processor = Processor::new(
+            spool.consumer("g").unwrap(),
+            control.cache.clone(),
+            Lake::local(&lake_dir).unwrap(),
+            ProcessorConfig::default(),
+        )
+        .with_dead_letters(Arc::new(dead.producer()));
+        processor.drain().await.unwrap();
+        assert_eq!(processor.stats().records, 5);
+        assert_eq!(processor.stats().records_undecodable, 1);
+        assert_eq!(active_by_subject(&lake_dir).await, expected);
+
+        let mut letters = dead.consumer("operator").unwrap();
+        let got = letters.poll(10, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        let letter: DeadLetter = serde_json::from_slice(&got[0].value).unwrap();
+        assert_eq!((letter.partition, letter.offset), (0, 0));
+        assert_eq!(letter.key, "acme/laptop-0000");
+        assert_eq!(letter.value_hex, hex::encode(b"CNDL not a sealed record"));
+        assert!(letter.reason.contains("malformed"), "{}", letter.reason);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+/// A `candor processor` child on the test broker.
+fn processor_child(
+    kafka: &candor_log::kafka::KafkaConfig,
+    control: &Path,
+    lake: &Path,
+    master_hex: &str,
+    extra: &[&str],
+) -> KillOnDrop {
+    let child = Command::new(env!("CARGO_BIN_EXE_candor"))
+        .arg("processor")
+        .args(["--brokers", &kafka.brokers])
+        .args(["--topic", &kafka.topic])
+        .args(["--group", &format!("{}-processor", kafka.topic)])
+        .args(["--lake", lake.to_str().unwrap()])
+        .args(["--control", control.to_str().unwrap()])
+        .args(["--max-records-per-flush", "3"])
+        // A killed member holds its partitions until its session times out;
+        // the broker's minimum keeps the test's restarts quick.
+        .args(["--kafka-set", "session.timeout.ms=6000"])
+        .args(extra)
+        .env("CANDOR_MASTER_SECRET", master_hex)
+        .env_remove("CANDOR_MASTER_SECRET_FILE")
+        .env("CANDOR_LOG", "warn")
+        .spawn()
+        .expect("candor processor starts");
+    KillOnDrop(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_flush_then_restart_keeps_every_row_exactly_once() {
+    tokio::time::timeout(GUARD, async {
+        let kafka = common::fresh_topic("kill-processor", 2).await;
+        let master_hex = hex::encode(rand::random::<[u8; 32]>());
+        let master = MasterSecret::from_hex(&master_hex).unwrap();
+        let store = TestStore::local();
+        let TestStore::Local(control_dir, _) = &store else {
+            unreachable!("a local store")
+        };
+        // The documents live under the test deployment's prefix.
+        let control_dir = control_dir.path().join(TestStore::prefix().as_ref());
+        let control = Control::new(store, &master);
+        control.create_tenant("acme").await;
+        let url = common::start_ingest(
+            master.clone(),
+            control.cache.clone(),
+            &kafka,
+            Default::default(),
+        )
+        .await;
+        let expected = post_batches(&url, &master, &control, 90).await;
+        let lake = tempfile::tempdir().unwrap();
+
+        // Kill the processor three times while it works, each time once it
+        // has written more objects than before, so it dies in the middle of
+        // its stream of flushes: between an intent and its objects, between
+        // objects, or between the objects and the commit.
+        let mut seen = 0;
+        for _ in 0..3 {
+            let mut child = processor_child(&kafka, &control_dir, lake.path(), &master_hex, &[]);
+            loop {
+                let now = parquet_files(lake.path()).len();
+                if now > seen {
+                    seen = now;
+                    break;
+                }
+                assert!(
+                    child.0.try_wait().unwrap().is_none(),
+                    "the processor died by itself"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // SIGKILL: no shutdown path runs.
+            drop(child);
+        }
+        let mut last =
+            processor_child(&kafka, &control_dir, lake.path(), &master_hex, &["--drain"]);
+        let status = tokio::task::spawn_blocking(move || {
+            let status = last.0.wait();
+            (status, last)
+        })
+        .await
+        .unwrap()
+        .0
+        .unwrap();
+        assert!(status.success(), "{status}");
+        assert_eq!(active_by_subject(lake.path()).await, expected);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
