@@ -267,9 +267,11 @@ struct ProcessorArgs {
         default_value = "candor-processor"
     )]
     group: String,
-    /// Directory of the Parquet lake.
-    #[arg(long, env = "CANDOR_LAKE_DIR", default_value = "lake")]
-    lake: PathBuf,
+    /// Where the Parquet lake lives: a directory (or `file:///path`), or
+    /// `s3://bucket/prefix` with S3 settings from `AWS_*` variables
+    /// (`AWS_ENDPOINT_URL` for an S3-compatible server such as MinIO).
+    #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
+    lake: String,
     /// Most log records aggregated into one set of Parquet objects. Larger
     /// flushes write fewer, bigger files; smaller ones commit sooner.
     #[arg(
@@ -764,7 +766,7 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
     let master = master_secret()?;
     let kafka = args.kafka.config();
     let consumer = KafkaConsumer::new(&kafka, &args.group)?;
-    let lake = Lake::local(&args.lake)?;
+    let lake = Lake::open(&args.lake)?;
     let control = args
         .control
         .cache(&master, &prometheus::Registry::new(), false)?;
@@ -786,7 +788,7 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
         .with_context(|| format!("creating dead-letter topic {}", dead_letters.topic))?;
     let mut processor = Processor::new(consumer, control, lake, config)
         .with_dead_letters(Arc::new(KafkaProducer::new(&dead_letters)?));
-    tracing::info!(lake = %args.lake.display(), group = %args.group, topic = %kafka.topic, "processor started");
+    tracing::info!(lake = %args.lake, group = %args.group, topic = %kafka.topic, "processor started");
     if args.drain {
         processor.drain().await?;
     } else {

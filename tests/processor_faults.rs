@@ -20,11 +20,14 @@ use candor_log::Record;
 use candor_log::spool::{Spool, SpoolConfig};
 use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Resume};
 use candor_processor::{DeadLetter, Lake, Processor, ProcessorConfig, ProcessorError};
-use candor_query::TenantLake;
 use candor_schemas::TenantId;
 use candor_schemas::keys::MasterSecret;
 use chrono::{Days, Utc};
 use common::{Control, activity_batch, header, ms, post, random_master, samples, seal_batch};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// Hang guard: a stuck processor fails the test instead of stalling CI.
 const GUARD: Duration = Duration::from_secs(180);
@@ -57,30 +60,38 @@ async fn post_batches(
     expected
 }
 
-/// Active seconds per subject over acme's whole lake.
-async fn active_by_subject(lake: &Path) -> BTreeMap<String, i64> {
-    let lake = TenantLake::open_local(lake, &TenantId::new("acme").unwrap())
-        .await
-        .unwrap();
-    let batches = lake
-        .session()
-        .sql("SELECT subject, sum(active_s) FROM activity GROUP BY subject")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+/// Active seconds per subject over acme's whole lake, read object by
+/// object through the lake's store (a local directory or S3 alike).
+async fn active_by_subject(lake: &Lake) -> BTreeMap<String, i64> {
+    let store = lake.store();
     let mut out = BTreeMap::new();
-    for b in &batches {
-        let (subject, active) = (
-            b.column(0).as_string::<i32>(),
-            b.column(1).as_primitive::<Int64Type>(),
-        );
-        for i in 0..b.num_rows() {
-            out.insert(subject.value(i).to_string(), active.value(i));
+    for path in objects(lake, "activity/tenant=acme").await {
+        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let (subject, active) = (
+                b.column(0).as_string::<i32>(),
+                b.column(4).as_primitive::<Int64Type>(),
+            );
+            for i in 0..b.num_rows() {
+                *out.entry(subject.value(i).to_string()).or_insert(0) += active.value(i);
+            }
         }
     }
     out
+}
+
+/// Every object under `prefix` of the lake.
+async fn objects(lake: &Lake, prefix: &str) -> Vec<ObjectPath> {
+    lake.store()
+        .list(Some(&ObjectPath::from(prefix)))
+        .map(|meta| meta.unwrap().location)
+        .collect()
+        .await
 }
 
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {
@@ -119,8 +130,10 @@ impl<C: LogConsumer + Sync> LogConsumer for DiesBeforeCommit<C> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_with_other_chunks_rewrites_instead_of_doubling() {
+/// A processor dies after writing a chunk of 5 records and before its
+/// commit; its successor cuts chunks of 7. Without the flush intents, the
+/// first 5 records would be in the lake twice.
+async fn replay_with_other_chunks(lake: impl Fn() -> Lake) {
     tokio::time::timeout(GUARD, async {
         let dir = tempfile::tempdir().unwrap();
         let master = random_master();
@@ -139,52 +152,56 @@ async fn a_replay_with_other_chunks_rewrites_instead_of_doubling() {
         )
         .await;
         let expected = post_batches(&url, &master, &control, 12).await;
-        let lake_dir = dir.path().join("lake");
         let config = |max_records_per_flush| ProcessorConfig {
             group: "g".into(),
             max_records_per_flush,
             poll_wait: Duration::from_millis(100),
         };
 
-        // The first processor writes a chunk of 5 records and dies.
         let mut doomed = Processor::new(
             DiesBeforeCommit(spool.consumer("g").unwrap()),
             control.cache.clone(),
-            Lake::local(&lake_dir).unwrap(),
+            lake(),
             config(5),
         );
         assert!(matches!(doomed.step().await, Err(ProcessorError::Log(_))));
         assert_eq!(doomed.stats().files_written, 1);
-        let leftover = parquet_files(&lake_dir);
-        assert_eq!(leftover.len(), 1);
         drop(doomed);
+        let leftover = objects(&lake(), "activity").await;
+        assert_eq!(leftover.len(), 1);
 
-        // Its successor cuts chunks of 7: other object names, same records.
         let mut successor = Processor::new(
             spool.consumer("g").unwrap(),
             control.cache.clone(),
-            Lake::local(&lake_dir).unwrap(),
+            lake(),
             config(7),
         );
         successor.drain().await.unwrap();
         assert_eq!(successor.stats().records, 12);
         assert_eq!(successor.stats().leftover_objects_deleted, 1);
-        assert!(!leftover[0].exists(), "the uncommitted object is gone");
-        assert_eq!(active_by_subject(&lake_dir).await, expected);
+        let now = objects(&lake(), "activity").await;
+        assert!(
+            !now.contains(&leftover[0]),
+            "the uncommitted object is gone: {now:?}"
+        );
+        assert_eq!(now.len(), 2, "chunks 0-6 and 7-11");
+        assert_eq!(active_by_subject(&lake()).await, expected);
     })
     .await
     .expect("test finished within its hang guard");
 }
 
-/// A child process killed when dropped, so a failed assertion leaves no
-/// processor running.
-struct KillOnDrop(Child);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_with_other_chunks_rewrites_instead_of_doubling() {
+    let dir = tempfile::tempdir().unwrap();
+    replay_with_other_chunks(|| Lake::local(dir.path()).unwrap()).await;
+}
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_on_an_s3_lake_rewrites_instead_of_doubling() {
+    // A real S3-compatible server (moto, started by scripts/test or here).
+    let bucket = candor_control::testkit::fresh_bucket("lake");
+    replay_with_other_chunks(|| Lake::on_store(bucket.clone(), ObjectPath::from("lake/eu"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +249,10 @@ async fn an_unopenable_record_is_dead_lettered_and_the_partition_moves_on() {
         processor.drain().await.unwrap();
         assert_eq!(processor.stats().records, 5);
         assert_eq!(processor.stats().records_undecodable, 1);
-        assert_eq!(active_by_subject(&lake_dir).await, expected);
+        assert_eq!(
+            active_by_subject(&Lake::local(&lake_dir).unwrap()).await,
+            expected
+        );
 
         let mut letters = dead.consumer("operator").unwrap();
         let got = letters.poll(10, Duration::from_secs(5)).await.unwrap();
@@ -245,6 +265,17 @@ async fn an_unopenable_record_is_dead_lettered_and_the_partition_moves_on() {
     })
     .await
     .expect("test finished within its hang guard");
+}
+
+/// A child process killed when dropped, so a failed assertion leaves no
+/// processor running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A `candor processor` child on the test broker.
@@ -332,7 +363,10 @@ async fn sigkill_mid_flush_then_restart_keeps_every_row_exactly_once() {
         .0
         .unwrap();
         assert!(status.success(), "{status}");
-        assert_eq!(active_by_subject(lake.path()).await, expected);
+        assert_eq!(
+            active_by_subject(&Lake::local(lake.path()).unwrap()).await,
+            expected
+        );
     })
     .await
     .expect("test finished within its hang guard");

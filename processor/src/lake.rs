@@ -1,5 +1,5 @@
-//! The lake: Parquet objects on an object store (a local directory here, S3
-//! or any store `object_store` speaks at scale).
+//! The lake: Parquet objects on an object store: a local directory on one
+//! machine, S3 (or any S3-compatible server) across machines.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -20,6 +21,8 @@ pub enum LakeError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("lake holds an unreadable object: {0}")]
     Corrupt(String),
+    #[error("lake location: {0}")]
+    Location(#[from] candor_control::StoreError),
     #[error("lake directory {path}: {source}")]
     Io {
         path: PathBuf,
@@ -49,6 +52,35 @@ impl Lake {
             store: Arc::new(LocalFileSystem::new_with_prefix(&root)?),
             local_root: Some(root),
         })
+    }
+
+    /// The lake at `location`: a path or `file:///path` (a local directory,
+    /// created if missing), or `s3://bucket/prefix` with the S3 settings in
+    /// `AWS_*` variables (`AWS_ENDPOINT_URL` for an S3-compatible server).
+    pub fn open(location: &str) -> Result<Self, LakeError> {
+        if let Some(path) = location.strip_prefix("file://") {
+            return Self::local(path);
+        }
+        if !location.contains("://") {
+            return Self::local(location);
+        }
+        let (store, prefix) = candor_control::open_store(location)?;
+        Ok(Self::on_store(store, prefix))
+    }
+
+    /// A lake under `prefix` of an object store whose writes are durable
+    /// once they return (S3 and its kin; not a local directory, which needs
+    /// [`Lake::local`] for its fsyncs).
+    pub fn on_store(store: Arc<dyn ObjectStore>, prefix: ObjectPath) -> Self {
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            store
+        } else {
+            Arc::new(PrefixStore::new(store, prefix))
+        };
+        Self {
+            store,
+            local_root: None,
+        }
     }
 
     pub fn store(&self) -> Arc<dyn ObjectStore> {

@@ -1030,10 +1030,10 @@ mod tests {
     #[test]
     fn duplicate_missing_and_null_fields() {
         let cases = [
-            format!(r#"{{"v":1,"v":1,"sent_at_ms":0,"gps":[]}}"#),
-            format!(r#"{{"v":1,"sent_at_ms":0,"gps":[],"gps":[]}}"#),
-            format!(r#"{{"sent_at_ms":0,"activity":[]}}"#),
-            format!(r#"{{"v":1,"activity":[]}}"#),
+            r#"{"v":1,"v":1,"sent_at_ms":0,"gps":[]}"#.to_string(),
+            r#"{"v":1,"sent_at_ms":0,"gps":[],"gps":[]}"#.to_string(),
+            r#"{"sent_at_ms":0,"activity":[]}"#.to_string(),
+            r#"{"v":1,"activity":[]}"#.to_string(),
             format!(
                 r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{NOW},"start_ms":{NOW},"active_s":1,"idle_s":0}}]}}"#
             ),
@@ -1047,8 +1047,8 @@ mod tests {
             format!(
                 r#"{{"v":1,"sent_at_ms":0,"app_usage":[{{"start_ms":{NOW},"duration_s":5,"app":"a","app":"b"}}]}}"#
             ),
-            format!(r#"{{"v":1,"sent_at_ms":0,"gps":null}}"#),
-            format!(r#"{{"v":1,"sent_at_ms":0,"activity":[]}} trailing"#),
+            r#"{"v":1,"sent_at_ms":0,"gps":null}"#.to_string(),
+            r#"{"v":1,"sent_at_ms":0,"activity":[]} trailing"#.to_string(),
         ];
         for json in cases {
             assert_eq!(reason(&json), RejectReason::InvalidJson, "{json}");
@@ -1119,11 +1119,7 @@ mod tests {
             .prop_filter("at least one event", |b| b.event_count() > 0)
     }
 
-    fn column<'a>(
-        b: &'a DecodedBatch,
-        dataset: Dataset,
-        i: usize,
-    ) -> Option<&'a arrow::array::ArrayRef> {
+    fn column(b: &DecodedBatch, dataset: Dataset, i: usize) -> Option<&arrow::array::ArrayRef> {
         b.datasets
             .iter()
             .find(|(d, _)| *d == dataset)
