@@ -17,6 +17,7 @@ use candor_log::kafka::{
     Acks, Compression, KafkaConfig, KafkaConsumer, KafkaProducer, ProducerStats, ensure_topic,
 };
 use candor_log::spool::{Spool, SpoolConfig};
+use candor_processor::retention::{self, RetentionConfig};
 use candor_processor::{Lake, Processor, ProcessorConfig, ProcessorMetrics};
 use candor_query::TenantLake;
 use candor_query::api::QueryState;
@@ -76,6 +77,11 @@ enum Command {
     /// Print KPIs computed over the lake.
     #[command(subcommand)]
     Kpi(KpiCommand),
+    /// Delete lake partitions older than each tenant's retention, and purge
+    /// cancelled tenants after their grace period; every deletion is
+    /// written to the tenant's audit trail first.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Print the hex key a device seals its batches with (see schemas/WIRE.md).
     DeviceKey(DeviceKeyArgs),
 }
@@ -102,6 +108,11 @@ struct StandaloneArgs {
     /// Seconds between control-plane refreshes (how soon a revocation bites).
     #[arg(long, env = "CANDOR_CONTROL_REFRESH_SECS", default_value_t = 10)]
     control_refresh_secs: u64,
+    /// Hours between retention runs (the first at start); 0 turns them off.
+    #[arg(long, env = "CANDOR_RETENTION_EVERY_HOURS", default_value_t = 6)]
+    retention_every_hours: u64,
+    #[command(flatten)]
+    retention: RetentionArgs,
     #[command(flatten)]
     ingest: IngestNodeArgs,
 }
@@ -289,6 +300,13 @@ struct ProcessorArgs {
         default_value = "candor.dead-letters"
     )]
     dead_letter_topic: String,
+    /// Hours between retention runs of this processor (the first at start);
+    /// 0, the default, leaves retention to `candor retention run` or to one
+    /// processor of the group.
+    #[arg(long, env = "CANDOR_RETENTION_EVERY_HOURS", default_value_t = 0)]
+    retention_every_hours: u64,
+    #[command(flatten)]
+    retention: RetentionArgs,
     /// Process everything already in the log, then exit.
     #[arg(long)]
     drain: bool,
@@ -484,6 +502,74 @@ struct ActivityArgs {
     to: NaiveDate,
 }
 
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Apply retention once, now, to every tenant.
+    Run {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
+        /// The lake: a directory or `s3://bucket/prefix` (as the processor's).
+        #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
+        lake: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct RetentionArgs {
+    /// Days a cancelled tenant's data is kept before it is purged.
+    #[arg(long, env = "CANDOR_PURGE_GRACE_DAYS", default_value_t = 30)]
+    purge_grace_days: u32,
+}
+
+impl RetentionArgs {
+    fn config(&self) -> RetentionConfig {
+        RetentionConfig {
+            purge_grace: std::time::Duration::from_secs(u64::from(self.purge_grace_days) * 86_400),
+        }
+    }
+}
+
+/// Applies retention now and then every `every` until `stop`; a failed run
+/// is logged and retried at the next one.
+async fn retention_schedule(
+    lake: Lake,
+    control: ControlArgs,
+    master: MasterSecret,
+    config: RetentionConfig,
+    every: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        match retention_once(&lake, &control, &master, &config).await {
+            Ok(n) => tracing::info!(partitions_deleted = n, "retention applied"),
+            Err(e) => tracing::error!(error = %e, "retention failed; retrying at the next run"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = &mut stop => return,
+        }
+    }
+}
+
+async fn retention_once(
+    lake: &Lake,
+    control: &ControlArgs,
+    master: &MasterSecret,
+    config: &RetentionConfig,
+) -> Result<usize> {
+    let (docs, store, prefix) = control.documents()?;
+    let audit = AuditLog::new(store, &prefix, master.clone());
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let deleted = retention::run(lake, &docs, &audit, config, now_ms).await?;
+    for d in &deleted {
+        tracing::info!(tenant = %d.tenant, dataset = d.dataset.name(), date = %d.date, objects = d.objects, bytes = d.bytes, "partition deleted");
+    }
+    Ok(deleted.len())
+}
+
 #[derive(Args)]
 struct DeviceKeyArgs {
     #[arg(long)]
@@ -555,6 +641,21 @@ async fn main() -> Result<()> {
         Command::Keys(cmd) => keys_command(cmd).await,
         Command::Audit(cmd) => audit_command(cmd).await,
         Command::Kpi(KpiCommand::Activity(args)) => print_activity(args).await,
+        Command::Retention(RetentionCommand::Run {
+            control,
+            retention,
+            lake,
+        }) => {
+            let n = retention_once(
+                &Lake::open(&lake)?,
+                &control,
+                &master_secret()?,
+                &retention.config(),
+            )
+            .await?;
+            println!("retention: {n} partitions deleted");
+            Ok(())
+        }
         Command::DeviceKey(args) => {
             let key = master_secret()?.device_key(
                 &args.tenant,
@@ -644,7 +745,7 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     let scheme = ingest_config.serve.scheme();
     let state = Arc::new(
         IngestState::new(
-            master,
+            master.clone(),
             ingest_config,
             control.clone(),
             Arc::new(spool.producer()),
@@ -669,6 +770,16 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     let wait_for_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    if args.retention_every_hours > 0 {
+        tokio::spawn(retention_schedule(
+            Lake::local(&lake_dir)?,
+            control_args.clone(),
+            master.clone(),
+            args.retention.config(),
+            std::time::Duration::from_secs(args.retention_every_hours * 3600),
+            wait_for_stop(stopped.clone()),
+        ));
+    }
     let processing = tokio::spawn({
         let (stopped, stop) = (wait_for_stop(stopped.clone()), stop.clone());
         async move {
@@ -786,6 +897,16 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
     ensure_topic(&dead_letters, 1)
         .await
         .with_context(|| format!("creating dead-letter topic {}", dead_letters.topic))?;
+    if args.retention_every_hours > 0 && !args.drain {
+        tokio::spawn(retention_schedule(
+            lake.clone(),
+            args.control.clone(),
+            master.clone(),
+            args.retention.config(),
+            std::time::Duration::from_secs(args.retention_every_hours * 3600),
+            std::future::pending(),
+        ));
+    }
     let mut processor = Processor::new(consumer, control, lake, config)
         .with_dead_letters(Arc::new(KafkaProducer::new(&dead_letters)?));
     tracing::info!(lake = %args.lake, group = %args.group, topic = %kafka.topic, "processor started");

@@ -143,6 +143,23 @@ impl Lake {
 }
 
 /// fsyncs one file or directory.
+impl Lake {
+    /// Removes a local lake's folder for `prefix` once it is empty, so an
+    /// emptied partition does not linger as a folder. Object stores have no
+    /// folders; there this does nothing.
+    pub fn remove_empty_folder(&self, prefix: &ObjectPath) -> Result<(), LakeError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let dir = root.join(prefix.as_ref());
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => dir.parent().map_or(Ok(()), fsync_path),
+            // Not there, or not empty (a write raced in): leave it.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
 fn fsync_path(path: &Path) -> Result<(), LakeError> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())

@@ -7,6 +7,7 @@ mod aggregate;
 mod intent;
 mod lake;
 mod metrics;
+pub mod retention;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

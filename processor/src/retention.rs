@@ -1,0 +1,185 @@
+//! Retention: date partitions older than a tenant's retention are deleted
+//! from the lake, and a cancelled tenant's whole lake is purged once its
+//! grace period is over. Every partition deleted is first written to the
+//! tenant's audit trail with what it holds (objects and bytes), so a
+//! deletion can be interrupted but never goes unrecorded; the next run
+//! finishes it.
+//!
+//! A partition `date=D` is deleted once all of `D` is older than the
+//! retention: `D < today (UTC) - retention_days`. Ingest accepts events back
+//! to exactly `now - retention_days`, which falls on `today - retention_days`
+//! or later, so nothing ingest accepts is deleted on arrival.
+
+use std::time::Duration;
+
+use candor_control::documents::Kind;
+use candor_control::{AuditEvent, AuditLog, DocumentStore, Tenant};
+use candor_schemas::{Dataset, TenantId};
+use chrono::NaiveDate;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+
+use crate::lake::{Lake, LakeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("control plane: {0}")]
+    Control(#[from] candor_control::DocumentError),
+    #[error("audit trail: {0}")]
+    Audit(#[from] candor_control::AuditError),
+}
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// How long a cancelled tenant's data is kept before it is purged.
+    pub purge_grace: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            purge_grace: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// One partition removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub tenant: TenantId,
+    pub dataset: Dataset,
+    pub date: NaiveDate,
+    pub objects: usize,
+    pub bytes: u64,
+}
+
+/// Applies retention to every tenant of the control plane. `now_ms` is the
+/// wall clock; a tenant whose rules cannot be read is skipped and logged,
+/// so one bad document does not stop the others' deletions.
+pub async fn run(
+    lake: &Lake,
+    docs: &DocumentStore,
+    audit: &AuditLog,
+    config: &RetentionConfig,
+    now_ms: i64,
+) -> Result<Vec<Deleted>, RetentionError> {
+    let mut deleted = Vec::new();
+    for id in docs.ids(Kind::Tenant).await? {
+        let Some(tenant) = docs.get::<Tenant>(Kind::Tenant, &id).await? else {
+            continue;
+        };
+        match expire_tenant(lake, audit, &tenant.doc, config, now_ms).await {
+            Ok(done) => deleted.extend(done),
+            Err(e) => tracing::error!(tenant = %id, error = %e, "retention skipped this tenant"),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes one tenant's expired partitions (all of them once a cancelled
+/// tenant's grace period is over).
+pub async fn expire_tenant(
+    lake: &Lake,
+    audit: &AuditLog,
+    tenant: &Tenant,
+    config: &RetentionConfig,
+    now_ms: i64,
+) -> Result<Vec<Deleted>, RetentionError> {
+    let today = chrono::DateTime::from_timestamp_millis(now_ms)
+        .expect("the clock is in range")
+        .date_naive();
+    let purge = tenant
+        .cancelled_at_ms
+        .is_some_and(|at| now_ms - at >= config.purge_grace.as_millis() as i64);
+    let keep_from = today - chrono::Days::new(u64::from(tenant.retention_days()));
+    let mut deleted = Vec::new();
+    for dataset in Dataset::ALL {
+        for date in partition_dates(lake, dataset, &tenant.id).await? {
+            if purge || date < keep_from {
+                let gone =
+                    delete_partition(lake, audit, tenant, dataset, date, purge, now_ms).await?;
+                deleted.extend(gone);
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+fn tenant_prefix(dataset: Dataset, tenant: &TenantId) -> ObjectPath {
+    ObjectPath::from(format!("{}/tenant={tenant}", dataset.name()))
+}
+
+/// The dates of a tenant's partitions of one dataset.
+async fn partition_dates(
+    lake: &Lake,
+    dataset: Dataset,
+    tenant: &TenantId,
+) -> Result<Vec<NaiveDate>, LakeError> {
+    let listing = lake
+        .store()
+        .list_with_delimiter(Some(&tenant_prefix(dataset, tenant)))
+        .await?;
+    Ok(listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename()?.strip_prefix("date=")?.parse().ok())
+        .collect())
+}
+
+async fn delete_partition(
+    lake: &Lake,
+    audit: &AuditLog,
+    tenant: &Tenant,
+    dataset: Dataset,
+    date: NaiveDate,
+    purge: bool,
+    now_ms: i64,
+) -> Result<Option<Deleted>, RetentionError> {
+    let prefix = tenant_prefix(dataset, &tenant.id).join(format!("date={date}"));
+    let objects: Vec<_> = lake
+        .store()
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(LakeError::from)?;
+    if objects.is_empty() {
+        lake.remove_empty_folder(&prefix)?;
+        return Ok(None);
+    }
+    let bytes = objects.iter().map(|o| o.size).sum();
+    let event = AuditEvent {
+        actor: "retention".into(),
+        role: "system".into(),
+        action: if purge {
+            "lake.purge"
+        } else {
+            "lake.retention"
+        }
+        .into(),
+        target: prefix.to_string(),
+        source: "processor".into(),
+        detail: serde_json::json!({
+            "objects": objects.len(),
+            "bytes": bytes,
+            "retention_days": tenant.retention_days(),
+            "cancelled_at_ms": tenant.cancelled_at_ms,
+        }),
+    };
+    // Recorded before anything is deleted: an interrupted run leaves an
+    // entry and some objects, which the next run deletes (and records again).
+    audit.append(&tenant.id, event, now_ms).await?;
+    for object in &objects {
+        lake.delete_durable(&object.location).await?;
+    }
+    lake.remove_empty_folder(&prefix)?;
+    tracing::info!(tenant = %tenant.id, partition = %prefix, objects = objects.len(), bytes, "deleted an expired partition");
+    Ok(Some(Deleted {
+        tenant: tenant.id.clone(),
+        dataset,
+        date,
+        objects: objects.len(),
+        bytes,
+    }))
+}

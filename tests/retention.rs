@@ -1,0 +1,156 @@
+//! Retention on a real lake directory and control plane: expired date
+//! partitions are deleted per tenant plan, a cancelled tenant is purged
+//! after its grace period, each deletion is in the tenant's audit trail
+//! (which still verifies), and a second run finds nothing more to do.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use candor_control::{AuditLog, Plan, Tenant};
+use candor_processor::Lake;
+use candor_processor::retention::{self, RetentionConfig};
+use candor_schemas::TenantId;
+use chrono::{Days, NaiveDate, Utc};
+use common::{Control, random_master};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+
+const DAY_MS: i64 = 86_400_000;
+
+async fn put(lake: &Lake, dataset: &str, tenant: &str, date: NaiveDate) -> String {
+    let path = format!("{dataset}/tenant={tenant}/date={date}/part-00000-1-2.parquet");
+    lake.put_durable(&ObjectPath::from(path.as_str()), b"rows".to_vec().into())
+        .await
+        .unwrap();
+    path
+}
+
+async fn all_objects(lake: &Lake) -> BTreeSet<String> {
+    lake.store()
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_partitions_and_cancelled_tenants_go_and_each_deletion_is_audited() {
+    let master = random_master();
+    let control = Control::local_with(&master, &["acme"]).await; // starter: 30 days
+    let now_ms = Utc::now().timestamp_millis();
+    control
+        .create(Tenant::new(
+            TenantId::new("initech").unwrap(),
+            Plan::Free,
+            "UTC",
+        )) // 7 days
+        .await;
+    control
+        .create(Tenant {
+            cancelled_at_ms: Some(now_ms - 40 * DAY_MS),
+            ..Tenant::new(TenantId::new("globex").unwrap(), Plan::Enterprise, "UTC")
+        })
+        .await;
+    control
+        .create(Tenant {
+            // Cancelled, but still within the 30-day grace period.
+            cancelled_at_ms: Some(now_ms - 10 * DAY_MS),
+            ..Tenant::new(TenantId::new("hooli").unwrap(), Plan::Enterprise, "UTC")
+        })
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let today = Utc::now().date_naive();
+    let ago = |days| today - Days::new(days);
+
+    let acme_expired = put(&lake, "activity", "acme", ago(31)).await;
+    let acme_expired_apps = put(&lake, "app_usage", "acme", ago(45)).await;
+    let acme_kept = put(&lake, "activity", "acme", ago(30)).await;
+    let initech_expired = put(&lake, "gps", "initech", ago(8)).await;
+    let initech_kept = put(&lake, "gps", "initech", ago(7)).await;
+    let globex_purged = put(&lake, "activity", "globex", ago(1)).await;
+    let hooli_kept = put(&lake, "activity", "hooli", ago(1)).await;
+    // The processor's own state is not a dataset and is never touched.
+    lake.put_durable(
+        &ObjectPath::from("_processor/g/partition-00000.json"),
+        b"{}".to_vec().into(),
+    )
+    .await
+    .unwrap();
+
+    let (store, prefix) = (
+        control.store.raw(),
+        candor_control::testkit::TestStore::prefix(),
+    );
+    let audit = AuditLog::new(store, &prefix, master.clone());
+    let docs = control.store.documents();
+    let config = RetentionConfig::default();
+    let deleted = retention::run(&lake, &docs, &audit, &config, now_ms)
+        .await
+        .unwrap();
+    let gone: BTreeSet<_> = deleted
+        .iter()
+        .map(|d| format!("{}/{}/{}", d.tenant, d.dataset.name(), d.date))
+        .collect();
+    assert_eq!(
+        gone,
+        BTreeSet::from([
+            format!("acme/activity/{}", ago(31)),
+            format!("acme/app_usage/{}", ago(45)),
+            format!("globex/activity/{}", ago(1)),
+            format!("initech/gps/{}", ago(8)),
+        ])
+    );
+    assert!(deleted.iter().all(|d| d.objects == 1 && d.bytes == 4));
+    let left = all_objects(&lake).await;
+    for path in [
+        &acme_expired,
+        &acme_expired_apps,
+        &initech_expired,
+        &globex_purged,
+    ] {
+        assert!(!left.contains(path.as_str()), "{path} survived");
+    }
+    for path in [&acme_kept, &initech_kept, &hooli_kept] {
+        assert!(left.contains(path.as_str()), "{path} was deleted");
+    }
+    assert!(left.contains("_processor/g/partition-00000.json"));
+    assert!(
+        !dir.path()
+            .join(format!("activity/tenant=acme/date={}", ago(31)))
+            .exists(),
+        "an emptied partition leaves no folder"
+    );
+
+    // Each deletion is in its tenant's trail, with what it removed.
+    let acme = TenantId::new("acme").unwrap();
+    let entries = audit.entries(&acme).await.unwrap();
+    let retention_entries: Vec<_> = entries
+        .iter()
+        .filter(|e| e.event.action == "lake.retention")
+        .collect();
+    assert_eq!(retention_entries.len(), 2);
+    assert!(retention_entries.iter().any(|e| e.event.target
+        == format!("activity/tenant=acme/date={}", ago(31))
+        && e.event.detail["objects"] == 1
+        && e.event.detail["bytes"] == 4));
+    let globex = TenantId::new("globex").unwrap();
+    assert!(
+        audit
+            .entries(&globex)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.event.action == "lake.purge")
+    );
+    assert!(audit.verify(&acme).await.unwrap().first_problem.is_none());
+
+    // A second run has nothing left to delete and records nothing.
+    let again = retention::run(&lake, &docs, &audit, &config, now_ms)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(audit.entries(&acme).await.unwrap().len(), entries.len());
+}
