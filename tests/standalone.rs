@@ -102,6 +102,28 @@ impl Standalone {
         }
     }
 
+    /// A metric's current value, if the node answers and exports it.
+    async fn metric(&self, name: &str) -> Option<u64> {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric(&text, name)
+    }
+
+    /// Waits, within the guard, until a metric satisfies `ok`.
+    async fn wait_for_metric(&self, name: &str, ok: impl Fn(u64) -> bool) {
+        tokio::time::timeout(GUARD, async {
+            while !self.metric(name).await.is_some_and(&ok) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} never reached the expected value"));
+    }
+
     /// Waits, within the guard, until the processor has taken in `events`.
     async fn wait_for_events(&self, events: u64) {
         let url = format!("{}/metrics", self.url);
@@ -261,7 +283,7 @@ async fn standalone_turns_sealed_batches_into_a_kpi_and_stops_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_lake_stops_standalone_and_a_restart_loses_nothing() {
+async fn a_lake_that_fails_is_retried_and_caught_up_without_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let (master, secret_file) = secret_in(data.path());
     // A file where the `activity` folder must go: every activity write fails.
@@ -286,16 +308,22 @@ async fn a_failing_lake_stops_standalone_and_a_restart_loses_nothing() {
     let batch = activity_batch(samples(ms(day, 9, 0), 8, 30, 30));
     let (status, answer) = post(&standalone.url, BATCH, seal_batch(&master, &alice, &batch)).await;
     assert_eq!(status, 202, "{answer}");
-    let status = standalone.exit_status().await;
-    assert!(
-        !status.success(),
-        "a processor that cannot write must stop the process"
+
+    // While the lake refuses the write, the processor retries and commits
+    // nothing; the process stays up.
+    standalone
+        .wait_for_metric("candor_processor_lake_retries_total", |n| n >= 2)
+        .await;
+    assert_eq!(
+        standalone.metric("candor_processor_commits_total").await,
+        Some(0)
     );
 
-    // Once the lake is writable again, a restart processes the accepted batch.
+    // Once the lake is writable again, it catches up by itself.
     std::fs::remove_file(&obstacle).unwrap();
-    let standalone = Standalone::start(data.path(), &secret_file);
-    standalone.wait_for_events(8).await;
+    standalone
+        .wait_for_metric("candor_processor_commits_total", |n| n >= 1)
+        .await;
     standalone.terminate();
     assert!(standalone.exit_status().await.success());
 

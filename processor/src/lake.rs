@@ -13,6 +13,15 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
+impl LakeError {
+    /// Whether the same write may succeed later: the store or the disk was
+    /// unavailable (a network error, a full or read-only disk, a missing
+    /// folder). Encoding errors and unreadable objects are not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LakeError::Store(_) | LakeError::Io { .. })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
     #[error("object store: {0}")]

@@ -17,7 +17,6 @@ use candor_control::{CacheError, ControlCache, TenantView};
 use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Record, Resume};
 use candor_schemas::TenantId;
 use candor_schemas::record::{open_record, read_header};
-use futures::FutureExt;
 
 pub use aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
 pub use intent::{FlushIntent, Intents};
@@ -204,7 +203,10 @@ impl<C: LogConsumer> Processor<C> {
         let mut backoff = Backoff::default();
         loop {
             match self.consumer.commit(positions).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.metrics.commits.inc();
+                    return Ok(());
+                }
                 Err(e) if e.is_transient() => backoff.wait("commit", &e).await,
                 Err(e) => return Err(e.into()),
             }
@@ -288,13 +290,21 @@ impl<C: LogConsumer> Processor<C> {
             last,
             objects: objects.iter().map(|(path, _)| path.to_string()).collect(),
         };
-        let deleted = self.intents.begin(&intent).await?;
-        self.metrics.leftover_objects_deleted.inc_by(deleted as u64);
-        for (path, batch) in objects {
-            let bytes = self.lake.write_parquet(&path, &batch).await?;
-            self.metrics.rows_written.inc_by(batch.num_rows() as u64);
-            self.metrics.bytes_written.inc_by(bytes as u64);
-            self.metrics.files_written.inc();
+        // While the lake cannot be written, the flush is retried as a whole
+        // (its intent first, so a half-written try is cleaned up) and
+        // nothing is committed: the log keeps the records meanwhile.
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.write_flush(&intent, &objects).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    self.metrics.lake_retries.inc();
+                    tracing::warn!(error = %e, partition, "lake unavailable; retrying the flush");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         // Dead letters are durable before the commit that skips their records.
         if let (Some(log), false) = (&self.dead_letters, dead.is_empty()) {
@@ -307,6 +317,23 @@ impl<C: LogConsumer> Processor<C> {
             }
         }
         Ok(last)
+    }
+
+    /// Records the flush's intent, then writes its objects durably.
+    async fn write_flush(
+        &self,
+        intent: &FlushIntent,
+        objects: &[(object_store::path::Path, arrow::array::RecordBatch)],
+    ) -> Result<(), LakeError> {
+        let deleted = self.intents.begin(intent).await?;
+        self.metrics.leftover_objects_deleted.inc_by(deleted as u64);
+        for (path, batch) in objects {
+            let bytes = self.lake.write_parquet(path, batch).await?;
+            self.metrics.rows_written.inc_by(batch.num_rows() as u64);
+            self.metrics.bytes_written.inc_by(bytes as u64);
+            self.metrics.files_written.inc();
+        }
+        Ok(())
     }
 
     /// A tenant's view, retried with backoff while the control plane cannot
@@ -344,21 +371,27 @@ impl<C: LogConsumer> Processor<C> {
         }
     }
 
-    /// Processes until `shutdown` resolves; the round in progress finishes first.
+    /// Processes until `shutdown` resolves.
     ///
-    /// A transient log error is retried: a failed poll loses nothing, and a
-    /// failed commit is covered by the next one. Any other error ends the
-    /// run: records already read could not be written, and only a restart
-    /// (which resumes from the last commit) brings them back.
+    /// Unavailability is waited out, never skipped: a failed poll is
+    /// retried (it lost nothing), a commit is retried until it lands, and a
+    /// flush the lake refuses is retried with backoff while the log keeps
+    /// the records. Any other error (a fatal log error, a lake object that
+    /// cannot be read) ends the run; a restart resumes from the last commit.
     pub async fn run(
         &mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ProcessorError> {
         let mut shutdown = std::pin::pin!(shutdown);
-        // Checked between rounds, never during one: a round is not cut off
-        // between writing its objects and committing their positions.
-        while (&mut shutdown).now_or_never().is_none() {
-            match self.step().await {
+        loop {
+            // A shutdown may cut a round short, even one waiting for the
+            // lake: nothing is committed before its objects are durable, and
+            // the flush intents clean up a cut flush at the next start.
+            let stepped = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                stepped = self.step() => stepped,
+            };
+            match stepped {
                 Ok(_) => {
                     if let Err(e) = self.measure_lag().await {
                         tracing::warn!(error = %e, "could not measure lag");
@@ -371,7 +404,6 @@ impl<C: LogConsumer> Processor<C> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
     }
 }
 

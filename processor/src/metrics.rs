@@ -14,6 +14,10 @@ pub struct ProcessorMetrics {
     pub bytes_written: IntCounter,
     /// Objects of flushes that never committed, deleted before a replay.
     pub leftover_objects_deleted: IntCounter,
+    /// Log positions committed (each after its objects were durable).
+    pub commits: IntCounter,
+    /// Flushes retried because the lake could not be written.
+    pub lake_retries: IntCounter,
     /// One partition's flush: aggregate, record the intent, write the objects.
     pub flush_seconds: Histogram,
     /// Records in the log not yet committed by this processor's group.
@@ -65,6 +69,14 @@ impl ProcessorMetrics {
             bytes_written: counter(
                 "candor_processor_bytes_written_total",
                 "Bytes of Parquet objects written",
+            ),
+            commits: counter(
+                "candor_processor_commits_total",
+                "Commits of log positions, each after the objects covering them were durable",
+            ),
+            lake_retries: counter(
+                "candor_processor_lake_retries_total",
+                "Flushes retried because the lake could not be written",
             ),
             leftover_objects_deleted: counter(
                 "candor_processor_leftover_objects_deleted_total",
