@@ -156,6 +156,7 @@ async fn replay_with_other_chunks(lake: impl Fn() -> Lake) {
             group: "g".into(),
             max_records_per_flush,
             poll_wait: Duration::from_millis(100),
+            ..ProcessorConfig::default()
         };
 
         let mut doomed = Processor::new(
@@ -178,7 +179,8 @@ async fn replay_with_other_chunks(lake: impl Fn() -> Lake) {
         );
         successor.drain().await.unwrap();
         assert_eq!(successor.stats().records, 12);
-        assert_eq!(successor.stats().leftover_objects_deleted, 1);
+        // The uncommitted activity object and the batch ids that came with it.
+        assert_eq!(successor.stats().leftover_objects_deleted, 2);
         let now = objects(&lake(), "activity").await;
         assert!(
             !now.contains(&leftover[0]),
@@ -262,6 +264,77 @@ async fn an_unopenable_record_is_dead_lettered_and_the_partition_moves_on() {
         assert_eq!(letter.key, "acme/laptop-0000");
         assert_eq!(letter.value_hex, hex::encode(b"CNDL not a sealed record"));
         assert!(letter.reason.contains("malformed"), "{}", letter.reason);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_in_the_log_twice_is_counted_once_even_across_a_restart() {
+    tokio::time::timeout(GUARD, async {
+        let dir = tempfile::tempdir().unwrap();
+        let master = random_master();
+        let control = Control::local_with(&master, &["acme"]).await;
+        let spool = Spool::open(SpoolConfig {
+            partitions: 1,
+            ..SpoolConfig::new(dir.path().join("spool"))
+        })
+        .unwrap();
+        let url = common::start_ingest_on(
+            master.clone(),
+            control.cache.clone(),
+            Arc::new(spool.producer()),
+            Default::default(),
+        )
+        .await;
+        let expected = post_batches(&url, &master, &control, 6).await;
+        // Every record appended a second time, as when ingest answered 503
+        // for an append that in fact landed and the agent sent it again.
+        let copy_all = || async {
+            let mut reader = spool.consumer(&format!("copy-{}", rand::random::<u32>())).unwrap();
+            let mut records = Vec::new();
+            loop {
+                let got = reader.poll(100, Duration::from_millis(100)).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                records.extend(got.into_iter().map(|d| Record {
+                    key: String::from_utf8(d.key).unwrap(),
+                    value: d.value,
+                }));
+            }
+            spool.producer().append(records).await.unwrap();
+        };
+        let lake_dir = dir.path().join("lake");
+        let processor = || {
+            Processor::new(
+                spool.consumer("g").unwrap(),
+                control.cache.clone(),
+                Lake::local(&lake_dir).unwrap(),
+                ProcessorConfig {
+                    max_records_per_flush: 4,
+                    ..ProcessorConfig::default()
+                },
+            )
+        };
+        let sums = || async { active_by_subject(&Lake::local(&lake_dir).unwrap()).await };
+
+        // Copies within one processor's run: caught from memory.
+        copy_all().await;
+        let mut first = processor();
+        first.drain().await.unwrap();
+        assert_eq!(first.stats().records, 12);
+        assert_eq!(first.stats().events_duplicate, 12, "6 batches of 2 events");
+        assert_eq!(sums().await, expected);
+        drop(first);
+
+        // Copies after a restart: the new processor reloads the ids from the lake.
+        copy_all().await;
+        let mut second = processor();
+        second.drain().await.unwrap();
+        assert_eq!(second.stats().records, 12);
+        assert_eq!(second.stats().events_duplicate, 24);
+        assert_eq!(sums().await, expected);
     })
     .await
     .expect("test finished within its hang guard");

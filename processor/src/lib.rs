@@ -4,6 +4,7 @@
 //! cover them are durable.
 
 mod aggregate;
+mod dedup;
 mod intent;
 mod lake;
 mod metrics;
@@ -19,6 +20,7 @@ use candor_schemas::TenantId;
 use candor_schemas::record::{open_record, read_header};
 
 pub use aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
+pub use dedup::{ChunkIds, SeenBatches};
 pub use intent::{FlushIntent, Intents};
 pub use lake::{Lake, LakeError};
 pub use metrics::ProcessorMetrics;
@@ -39,6 +41,9 @@ pub struct ProcessorConfig {
     pub group: String,
     /// Most records turned into one set of files.
     pub max_records_per_flush: usize,
+    /// How long a batch id is remembered to drop a second copy of the
+    /// batch (see `dedup`), counted back from the newest batch seen.
+    pub dedup_window: Duration,
     /// How long a poll waits for the first record.
     pub poll_wait: Duration,
 }
@@ -48,6 +53,7 @@ impl Default for ProcessorConfig {
         Self {
             group: "candor-processor".into(),
             max_records_per_flush: 10_000,
+            dedup_window: Duration::from_secs(48 * 3600),
             poll_wait: Duration::from_millis(500),
         }
     }
@@ -60,6 +66,8 @@ pub struct ProcessorStats {
     pub events: u64,
     /// Events outside the tenant's work hours, kept out of the lake.
     pub events_outside_work_hours: u64,
+    /// Events of a batch already in the lake (a second copy in the log).
+    pub events_duplicate: u64,
     /// Records that could not be opened or decoded: sent to the dead-letter
     /// log (when one is configured), counted and skipped.
     pub records_undecodable: u64,
@@ -75,6 +83,7 @@ pub struct Processor<C> {
     control: Arc<ControlCache>,
     lake: Lake,
     intents: Intents,
+    seen: SeenBatches,
     /// Where records that cannot be opened or decoded go, with their reason.
     dead_letters: Option<Arc<dyn LogProducer>>,
     config: ProcessorConfig,
@@ -94,6 +103,7 @@ impl<C: LogConsumer> Processor<C> {
             consumer,
             control,
             intents: Intents::new(lake.clone(), &config.group),
+            seen: SeenBatches::new(lake.clone(), &config.group, config.dedup_window),
             lake,
             dead_letters: None,
             config,
@@ -123,6 +133,10 @@ impl<C: LogConsumer> Processor<C> {
             events_outside_work_hours: m
                 .events_dropped
                 .with_label_values(&["outside_work_hours"])
+                .get(),
+            events_duplicate: m
+                .events_dropped
+                .with_label_values(&["duplicate_batch"])
                 .get(),
             records_undecodable: m.records_undecodable.get(),
             files_written: m.files_written.get(),
@@ -181,9 +195,11 @@ impl<C: LogConsumer> Processor<C> {
             by_partition.entry(d.partition).or_default().push(d);
         }
         let mut positions = Vec::with_capacity(by_partition.len());
+        let mut taken_in = Vec::with_capacity(by_partition.len());
         for (partition, records) in by_partition {
             let timer = Instant::now();
-            let last = self.write_partition_chunk(partition, &records).await?;
+            let (last, ids) = self.write_partition_chunk(partition, &records).await?;
+            taken_in.push((partition, last + 1, ids));
             self.metrics
                 .flush_seconds
                 .observe(timer.elapsed().as_secs_f64());
@@ -194,6 +210,9 @@ impl<C: LogConsumer> Processor<C> {
         }
         // Only now, with every object durable, may the log forget the records.
         self.commit(&positions).await?;
+        for (partition, next_offset, ids) in taken_in {
+            self.seen.committed(partition, next_offset, ids);
+        }
         Ok(count)
     }
 
@@ -214,14 +233,24 @@ impl<C: LogConsumer> Processor<C> {
     }
 
     /// Aggregates one partition's records and writes one object per dataset,
-    /// tenant and date. Returns the last offset covered.
+    /// tenant and date. Returns the last offset covered and the batch ids
+    /// taken in.
     async fn write_partition_chunk(
         &mut self,
         partition: i32,
         records: &[Delivered],
-    ) -> Result<i64, ProcessorError> {
+    ) -> Result<(i64, ChunkIds), ProcessorError> {
         let first = records.first().expect("chunks are non-empty").offset;
         let last = records.last().expect("chunks are non-empty").offset;
+        let mut backoff = Backoff::default();
+        while let Err(e) = self.seen.prepare(partition, first).await {
+            if !e.is_transient() {
+                return Err(e.into());
+            }
+            self.metrics.lake_retries.inc();
+            backoff.wait("reading the partition's batch ids", &e).await;
+        }
+        let mut ids = ChunkIds::default();
         let mut agg = Aggregator::default();
         let mut dead = Vec::new();
         let mut tenants: HashMap<TenantId, Option<(Arc<TenantView>, TenantPolicy)>> =
@@ -256,6 +285,14 @@ impl<C: LogConsumer> Processor<C> {
                         .expect("a record opened, so its tenant exists");
                     let keys = keys.as_ref().expect("a record opened, so its keys exist");
                     self.metrics.events.inc_by(record.events.num_rows() as u64);
+                    let key = (record.meta.batch_id, record.dataset as u8);
+                    if self.seen.is_duplicate(partition, key, record.meta.received_at_ms, &mut ids) {
+                        self.metrics
+                            .events_dropped
+                            .with_label_values(&["duplicate_batch"])
+                            .inc_by(record.events.num_rows() as u64);
+                        continue;
+                    }
                     let subject = Subject {
                         pseudonym: keys.pseudonym().subject(&record.meta.employee),
                         department: view
@@ -284,27 +321,29 @@ impl<C: LogConsumer> Processor<C> {
             .into_iter()
             .map(|(key, batch)| (key.object_path(&file_name), batch))
             .collect();
+        // The batch ids taken in travel with the flush, as one more object.
+        let ids_file = (!ids.is_empty())
+            .then(|| (self.seen.ids_path(partition, first, last), ids.to_bytes()));
         let intent = FlushIntent {
             partition,
             first,
             last,
-            objects: objects.iter().map(|(path, _)| path.to_string()).collect(),
+            objects: objects
+                .iter()
+                .map(|(path, _)| path.to_string())
+                .chain(ids_file.iter().map(|(path, _)| path.to_string()))
+                .collect(),
         };
         // While the lake cannot be written, the flush is retried as a whole
         // (its intent first, so a half-written try is cleaned up) and
         // nothing is committed: the log keeps the records meanwhile.
-        let mut wait = Duration::from_millis(200);
-        loop {
-            match self.write_flush(&intent, &objects).await {
-                Ok(()) => break,
-                Err(e) if e.is_transient() => {
-                    self.metrics.lake_retries.inc();
-                    tracing::warn!(error = %e, partition, "lake unavailable; retrying the flush");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => return Err(e.into()),
+        let mut backoff = Backoff::default();
+        while let Err(e) = self.write_flush(&intent, &objects, ids_file.as_ref()).await {
+            if !e.is_transient() {
+                return Err(e.into());
             }
+            self.metrics.lake_retries.inc();
+            backoff.wait("writing the flush", &e).await;
         }
         // Dead letters are durable before the commit that skips their records.
         if let (Some(log), false) = (&self.dead_letters, dead.is_empty()) {
@@ -316,7 +355,7 @@ impl<C: LogConsumer> Processor<C> {
                 backoff.wait("dead-letter append", &e).await;
             }
         }
-        Ok(last)
+        Ok((last, ids))
     }
 
     /// Records the flush's intent, then writes its objects durably.
@@ -324,6 +363,7 @@ impl<C: LogConsumer> Processor<C> {
         &self,
         intent: &FlushIntent,
         objects: &[(object_store::path::Path, arrow::array::RecordBatch)],
+        ids_file: Option<&(object_store::path::Path, Vec<u8>)>,
     ) -> Result<(), LakeError> {
         let deleted = self.intents.begin(intent).await?;
         self.metrics.leftover_objects_deleted.inc_by(deleted as u64);
@@ -332,6 +372,9 @@ impl<C: LogConsumer> Processor<C> {
             self.metrics.rows_written.inc_by(batch.num_rows() as u64);
             self.metrics.bytes_written.inc_by(bytes as u64);
             self.metrics.files_written.inc();
+        }
+        if let Some((path, bytes)) = ids_file {
+            self.lake.put_durable(path, bytes.clone().into()).await?;
         }
         Ok(())
     }
@@ -407,8 +450,8 @@ impl<C: LogConsumer> Processor<C> {
     }
 }
 
-/// Waits between retries of a log call that failed transiently: 100 ms,
-/// doubling up to 5 s.
+/// Waits between retries of a call that failed transiently (the log or
+/// the lake unavailable): 100 ms, doubling up to 5 s.
 struct Backoff(Duration);
 
 impl Default for Backoff {
@@ -418,7 +461,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    async fn wait(&mut self, what: &str, error: &LogError) {
+    async fn wait(&mut self, what: &str, error: &(dyn std::fmt::Display + Sync)) {
         tracing::warn!(%error, "{what} failed; retrying");
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
