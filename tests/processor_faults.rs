@@ -291,7 +291,9 @@ async fn a_batch_in_the_log_twice_is_counted_once_even_across_a_restart() {
         // Every record appended a second time, as when ingest answered 503
         // for an append that in fact landed and the agent sent it again.
         let copy_all = || async {
-            let mut reader = spool.consumer(&format!("copy-{}", rand::random::<u32>())).unwrap();
+            let mut reader = spool
+                .consumer(&format!("copy-{}", rand::random::<u32>()))
+                .unwrap();
             let mut records = Vec::new();
             loop {
                 let got = reader.poll(100, Duration::from_millis(100)).await.unwrap();

@@ -15,6 +15,12 @@
 //! When a processor starts a chunk at offset F that it did not itself reach
 //! by committing, it reloads the partition's ids from the files that end
 //! before F, which are exactly the committed ones.
+//!
+//! One file per flush would pile up, so once a partition has more than
+//! `MAX_FILES` of them, its whole memory (already cut to the window) is
+//! written as one file covering everything committed, and the files it
+//! replaces are deleted. A crash between the two leaves copies of ids,
+//! which are harmless.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -28,6 +34,9 @@ use crate::lake::{Lake, LakeError};
 pub type BatchKey = ([u8; 16], u8);
 
 const ENTRY_LEN: usize = 16 + 1 + 8;
+
+/// Files per partition before they are merged into one.
+pub const MAX_FILES: usize = 256;
 
 /// The ids one chunk takes in, added to memory once the chunk is committed.
 #[derive(Debug, Default)]
@@ -62,6 +71,8 @@ struct PartitionSeen {
     newest_ms: i64,
     /// Size after the last pruning.
     pruned_len: usize,
+    /// The committed ids files this memory was built from.
+    files: Vec<ObjectPath>,
 }
 
 impl PartitionSeen {
@@ -73,6 +84,14 @@ impl PartitionSeen {
     fn forget_before(&mut self, oldest_ms: i64) {
         self.ids.retain(|_, at| *at >= oldest_ms);
         self.pruned_len = self.ids.len();
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        ChunkIds {
+            entries: self.ids.iter().map(|(k, at)| (*k, *at)).collect(),
+            keys: HashSet::new(),
+        }
+        .to_bytes()
     }
 }
 
@@ -161,6 +180,8 @@ impl SeenBatches {
         for (path, newest) in newest_of_file {
             if newest < oldest {
                 self.lake.delete_durable(&path).await?;
+            } else {
+                seen.files.push(path);
             }
         }
         self.partitions.insert(partition, seen);
@@ -187,18 +208,124 @@ impl SeenBatches {
         false
     }
 
-    /// After the chunk's commit: its ids join the partition's memory.
-    pub fn committed(&mut self, partition: i32, next_offset: i64, chunk: ChunkIds) {
+    /// After the chunk's commit: its ids (written to `file`, when it had
+    /// any) join the partition's memory.
+    pub async fn committed(
+        &mut self,
+        partition: i32,
+        next_offset: i64,
+        chunk: ChunkIds,
+        file: Option<ObjectPath>,
+    ) {
         let window_ms = self.window_ms;
         let seen = self.partitions.entry(partition).or_default();
         seen.next_offset = next_offset;
         for (key, at) in chunk.entries {
             seen.add(key, at);
         }
+        seen.files.extend(file);
         // Pruning is linear; doing it when the map has doubled since the
         // last time keeps it amortized constant per id.
         if seen.ids.len() > 1024.max(2 * seen.pruned_len) {
             seen.forget_before(seen.newest_ms.saturating_sub(window_ms));
         }
+        if seen.files.len() > MAX_FILES {
+            seen.forget_before(seen.newest_ms.saturating_sub(window_ms));
+            let merged =
+                self.folder(partition)
+                    .join(format!("{:020}-{:020}.bin", 0, next_offset - 1));
+            let seen = self.partitions.get_mut(&partition).expect("inserted above");
+            if let Err(e) = merge_files(&self.lake, seen, merged).await {
+                // The files stay as they are; the next merge tries again.
+                tracing::warn!(partition, error = %e, "could not merge batch-id files");
+            }
+        }
+    }
+}
+
+/// Writes the partition's memory as one file, then deletes the files it
+/// replaces.
+async fn merge_files(
+    lake: &Lake,
+    seen: &mut PartitionSeen,
+    merged: ObjectPath,
+) -> Result<(), LakeError> {
+    lake.put_durable(&merged, seen.to_bytes().into()).await?;
+    for file in std::mem::take(&mut seen.files) {
+        if file != merged {
+            lake.delete_durable(&file).await?;
+        }
+    }
+    seen.files.push(merged);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> BatchKey {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&i.to_be_bytes());
+        (id, 1)
+    }
+
+    #[tokio::test]
+    async fn files_are_merged_and_a_reload_still_knows_every_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::local(dir.path()).unwrap();
+        let window = Duration::from_secs(3600);
+        let mut seen = SeenBatches::new(lake.clone(), "g", window);
+        let chunks = 2 * MAX_FILES as i64 + 10;
+        for offset in 0..chunks {
+            seen.prepare(0, offset).await.unwrap();
+            let mut chunk = ChunkIds::default();
+            assert!(!seen.is_duplicate(0, key(offset as u64), 1_000 + offset, &mut chunk));
+            assert!(seen.is_duplicate(0, key(offset as u64), 1_000 + offset, &mut chunk));
+            let path = seen.ids_path(0, offset, offset);
+            lake.put_durable(&path, chunk.to_bytes().into())
+                .await
+                .unwrap();
+            seen.committed(0, offset + 1, chunk, Some(path)).await;
+        }
+        let files: Vec<_> = lake
+            .store()
+            .list(Some(&seen.folder(0)))
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(files.len() <= MAX_FILES + 1, "{} files", files.len());
+
+        // A processor that takes the partition over knows every id.
+        let mut successor = SeenBatches::new(lake, "g", window);
+        successor.prepare(0, chunks).await.unwrap();
+        let mut chunk = ChunkIds::default();
+        for offset in 0..chunks {
+            assert!(successor.is_duplicate(0, key(offset as u64), 0, &mut chunk));
+        }
+        assert!(chunk.is_empty());
+    }
+
+    #[tokio::test]
+    async fn ids_older_than_the_window_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::local(dir.path()).unwrap();
+        let mut seen = SeenBatches::new(lake.clone(), "g", Duration::from_secs(60));
+        for (offset, at) in [(0, 0), (1, 61_000), (2, 62_000)] {
+            seen.prepare(0, offset).await.unwrap();
+            let mut chunk = ChunkIds::default();
+            assert!(!seen.is_duplicate(0, key(offset as u64), at, &mut chunk));
+            let path = seen.ids_path(0, offset, offset);
+            lake.put_durable(&path, chunk.to_bytes().into())
+                .await
+                .unwrap();
+            seen.committed(0, offset + 1, chunk, Some(path)).await;
+        }
+        // Reloaded: the first id is more than a minute older than the newest.
+        let mut reloaded = SeenBatches::new(lake, "g", Duration::from_secs(60));
+        reloaded.prepare(0, 3).await.unwrap();
+        let mut chunk = ChunkIds::default();
+        assert!(!reloaded.is_duplicate(0, key(0), 63_000, &mut chunk));
+        assert!(reloaded.is_duplicate(0, key(1), 63_000, &mut chunk));
     }
 }

@@ -199,7 +199,9 @@ impl<C: LogConsumer> Processor<C> {
         for (partition, records) in by_partition {
             let timer = Instant::now();
             let (last, ids) = self.write_partition_chunk(partition, &records).await?;
-            taken_in.push((partition, last + 1, ids));
+            let ids_file =
+                (!ids.is_empty()).then(|| self.seen.ids_path(partition, records[0].offset, last));
+            taken_in.push((partition, last + 1, ids, ids_file));
             self.metrics
                 .flush_seconds
                 .observe(timer.elapsed().as_secs_f64());
@@ -210,8 +212,8 @@ impl<C: LogConsumer> Processor<C> {
         }
         // Only now, with every object durable, may the log forget the records.
         self.commit(&positions).await?;
-        for (partition, next_offset, ids) in taken_in {
-            self.seen.committed(partition, next_offset, ids);
+        for (partition, next_offset, ids, file) in taken_in {
+            self.seen.committed(partition, next_offset, ids, file).await;
         }
         Ok(count)
     }
@@ -286,7 +288,10 @@ impl<C: LogConsumer> Processor<C> {
                     let keys = keys.as_ref().expect("a record opened, so its keys exist");
                     self.metrics.events.inc_by(record.events.num_rows() as u64);
                     let key = (record.meta.batch_id, record.dataset as u8);
-                    if self.seen.is_duplicate(partition, key, record.meta.received_at_ms, &mut ids) {
+                    if self
+                        .seen
+                        .is_duplicate(partition, key, record.meta.received_at_ms, &mut ids)
+                    {
                         self.metrics
                             .events_dropped
                             .with_label_values(&["duplicate_batch"])
@@ -322,8 +327,8 @@ impl<C: LogConsumer> Processor<C> {
             .map(|(key, batch)| (key.object_path(&file_name), batch))
             .collect();
         // The batch ids taken in travel with the flush, as one more object.
-        let ids_file = (!ids.is_empty())
-            .then(|| (self.seen.ids_path(partition, first, last), ids.to_bytes()));
+        let ids_file =
+            (!ids.is_empty()).then(|| (self.seen.ids_path(partition, first, last), ids.to_bytes()));
         let intent = FlushIntent {
             partition,
             first,
