@@ -110,6 +110,48 @@ fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+fn one_partition_spool(dir: &Path) -> Spool {
+    Spool::open(SpoolConfig {
+        partitions: 1,
+        ..SpoolConfig::new(dir)
+    })
+    .unwrap()
+}
+
+/// Tenant acme on a local control plane, an embedded log of one partition
+/// and an ingest node appending to it.
+struct OneMachine {
+    dir: tempfile::TempDir,
+    master: MasterSecret,
+    control: Control,
+    spool: Spool,
+    url: String,
+}
+
+impl OneMachine {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let master = random_master();
+        let control = Control::local_with(&master, &["acme"]).await;
+        let spool = one_partition_spool(&dir.path().join("spool"));
+        let producer: Arc<dyn LogProducer> = Arc::new(spool.producer());
+        let url = common::start_ingest_on(
+            master.clone(),
+            control.cache.clone(),
+            producer,
+            Default::default(),
+        )
+        .await;
+        Self {
+            dir,
+            master,
+            control,
+            spool,
+            url,
+        }
+    }
+}
+
 /// A consumer whose first commit fails for good: the processor stops after
 /// its objects are durable and before the log hears of it, as if it died.
 struct DiesBeforeCommit<C>(C);
@@ -135,22 +177,14 @@ impl<C: LogConsumer + Sync> LogConsumer for DiesBeforeCommit<C> {
 /// first 5 records would be in the lake twice.
 async fn replay_with_other_chunks(lake: impl Fn() -> Lake) {
     tokio::time::timeout(GUARD, async {
-        let dir = tempfile::tempdir().unwrap();
-        let master = random_master();
-        let control = Control::local_with(&master, &["acme"]).await;
-        let spool = Spool::open(SpoolConfig {
-            partitions: 1,
-            ..SpoolConfig::new(dir.path().join("spool"))
-        })
-        .unwrap();
-        let producer: Arc<dyn LogProducer> = Arc::new(spool.producer());
-        let url = common::start_ingest_on(
-            master.clone(),
-            control.cache.clone(),
-            producer,
-            Default::default(),
-        )
-        .await;
+        let OneMachine {
+            // Bound, not ignored: the spool's folder lives as long as it.
+            dir: _dir,
+            master,
+            control,
+            spool,
+            url,
+        } = OneMachine::start().await;
         let expected = post_batches(&url, &master, &control, 12).await;
         let config = |max_records_per_flush| ProcessorConfig {
             group: "g".into(),
@@ -209,19 +243,14 @@ async fn a_replay_on_an_s3_lake_rewrites_instead_of_doubling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unopenable_record_is_dead_lettered_and_the_partition_moves_on() {
     tokio::time::timeout(GUARD, async {
-        let dir = tempfile::tempdir().unwrap();
-        let master = random_master();
-        let control = Control::local_with(&master, &["acme"]).await;
-        let spool = Spool::open(SpoolConfig {
-            partitions: 1,
-            ..SpoolConfig::new(dir.path().join("spool"))
-        })
-        .unwrap();
-        let dead = Spool::open(SpoolConfig {
-            partitions: 1,
-            ..SpoolConfig::new(dir.path().join("dead-letters"))
-        })
-        .unwrap();
+        let OneMachine {
+            dir,
+            master,
+            control,
+            spool,
+            url,
+        } = OneMachine::start().await;
+        let dead = one_partition_spool(&dir.path().join("dead-letters"));
         // A record no key opens, first in the partition, then real batches.
         spool
             .producer()
@@ -231,13 +260,6 @@ async fn an_unopenable_record_is_dead_lettered_and_the_partition_moves_on() {
             }])
             .await
             .unwrap();
-        let url = common::start_ingest_on(
-            master.clone(),
-            control.cache.clone(),
-            Arc::new(spool.producer()),
-            Default::default(),
-        )
-        .await;
         let expected = post_batches(&url, &master, &control, 4).await;
 
         let lake_dir = dir.path().join("lake");
@@ -272,21 +294,13 @@ async fn an_unopenable_record_is_dead_lettered_and_the_partition_moves_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_in_the_log_twice_is_counted_once_even_across_a_restart() {
     tokio::time::timeout(GUARD, async {
-        let dir = tempfile::tempdir().unwrap();
-        let master = random_master();
-        let control = Control::local_with(&master, &["acme"]).await;
-        let spool = Spool::open(SpoolConfig {
-            partitions: 1,
-            ..SpoolConfig::new(dir.path().join("spool"))
-        })
-        .unwrap();
-        let url = common::start_ingest_on(
-            master.clone(),
-            control.cache.clone(),
-            Arc::new(spool.producer()),
-            Default::default(),
-        )
-        .await;
+        let OneMachine {
+            dir,
+            master,
+            control,
+            spool,
+            url,
+        } = OneMachine::start().await;
         let expected = post_batches(&url, &master, &control, 6).await;
         // Every record appended a second time, as when ingest answered 503
         // for an append that in fact landed and the agent sent it again.
