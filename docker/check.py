@@ -316,6 +316,10 @@ def main() -> int:
             for t in sc.get("targets") or []:
                 host, _, port = str(t).rpartition(":")
                 scraped.setdefault(host, set()).add(port)
+        # A replicated service is found through DNS: every replica's address.
+        for sd in job.get("dns_sd_configs") or []:
+            for host in sd.get("names") or []:
+                scraped.setdefault(str(host), set()).add(str(sd.get("port", "")))
     unknown = sorted(h for h in scraped if h not in services and h != "localhost")
     check(not unknown, "prometheus.yml scrapes only compose services", ", ".join(unknown))
     for name, variables in listens.items():

@@ -307,6 +307,9 @@ struct ProcessorArgs {
     retention_every_hours: u64,
     #[command(flatten)]
     retention: RetentionArgs,
+    /// Address for `/metrics` and `/healthz` (plain HTTP; none when unset).
+    #[arg(long, env = "CANDOR_PROCESSOR_LISTEN")]
+    listen: Option<SocketAddr>,
     /// Process everything already in the log, then exit.
     #[arg(long)]
     drain: bool,
@@ -907,8 +910,21 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
             std::future::pending(),
         ));
     }
+    let registry = prometheus::Registry::new();
+    if let Some(addr) = args.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(%addr, "processor metrics on /metrics");
+        tokio::spawn(candor_processor::serve_metrics(
+            listener,
+            registry.clone(),
+            std::future::pending(),
+        ));
+    }
     let mut processor = Processor::new(consumer, control, lake, config)
-        .with_dead_letters(Arc::new(KafkaProducer::new(&dead_letters)?));
+        .with_dead_letters(Arc::new(KafkaProducer::new(&dead_letters)?))
+        .with_metrics(ProcessorMetrics::register(&registry));
     tracing::info!(lake = %args.lake, group = %args.group, topic = %kafka.topic, "processor started");
     if args.drain {
         processor.drain().await?;

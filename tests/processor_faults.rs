@@ -424,8 +424,19 @@ async fn sigkill_mid_flush_then_restart_keeps_every_row_exactly_once() {
         // its stream of flushes: between an intent and its objects, between
         // objects, or between the objects and the commit.
         let mut seen = 0;
-        for _ in 0..3 {
-            let mut child = processor_child(&kafka, &control_dir, lake.path(), &master_hex, &[]);
+        // The first child also serves its metrics.
+        let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        for round in 0..3 {
+            let extra: &[&str] = if round == 0 {
+                &["--listen", &metrics_addr]
+            } else {
+                &[]
+            };
+            let mut child = processor_child(&kafka, &control_dir, lake.path(), &master_hex, extra);
             loop {
                 let now = parquet_files(lake.path()).len();
                 if now > seen {
@@ -437,6 +448,19 @@ async fn sigkill_mid_flush_then_restart_keeps_every_row_exactly_once() {
                     "the processor died by itself"
                 );
                 tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if round == 0 {
+                let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                assert!(
+                    text.contains("candor_processor_files_written_total")
+                        && text.contains("candor_processor_flush_seconds_bucket"),
+                    "{text}"
+                );
             }
             // SIGKILL: no shutdown path runs.
             drop(child);

@@ -225,3 +225,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
         self.app.clone().call(request.map(axum::body::Body::new))
     }
 }
+
+/// A registry's metrics as a Prometheus text-format answer: what every
+/// node's `/metrics` route returns.
+pub fn metrics_response(registry: &prometheus::Registry) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let mut out = String::new();
+    match prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
+        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

@@ -331,11 +331,7 @@ async fn metrics_text(State(state): State<Arc<IngestState>>) -> Response {
         .set(i64::try_from(state.log.queue_depth()).unwrap_or(i64::MAX));
     m.replay_entries
         .set(i64::try_from(state.replay.len()).unwrap_or(i64::MAX));
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    candor_http::metrics_response(m.registry())
 }
 
 fn now_ms() -> i64 {

@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 /// The steps of a batch request, each timed on its own.
@@ -155,13 +154,10 @@ impl IngestMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Every metric of the registry (not only ingest's), in text format.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding to memory");
-        String::from_utf8(out).expect("prometheus text is UTF-8")
+    /// The registry ingest's metrics are in (other components' too, in
+    /// standalone mode).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 

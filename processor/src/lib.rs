@@ -25,6 +25,31 @@ pub use intent::{FlushIntent, Intents};
 pub use lake::{Lake, LakeError};
 pub use metrics::ProcessorMetrics;
 
+/// Serves a processor's `/metrics` (everything in `registry`) and
+/// `/healthz` until `shutdown` resolves. A processor answers nothing else.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: prometheus::Registry,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let routes = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move { candor_http::metrics_response(&registry) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    candor_http::serve(
+        listener,
+        routes,
+        &candor_http::ServeConfig::default(),
+        shutdown,
+    )
+    .await
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
     #[error(transparent)]
@@ -145,8 +170,8 @@ impl<C: LogConsumer> Processor<C> {
         }
     }
 
-    /// Records before `ends` the group has yet to commit, summed over partitions.
-    async fn records_behind(&self, ends: &[Resume]) -> Result<i64, ProcessorError> {
+    /// Records before `ends` the group has yet to commit, per partition.
+    async fn records_behind(&self, ends: &[Resume]) -> Result<Vec<(i32, i64)>, ProcessorError> {
         let committed: BTreeMap<i32, i64> = self
             .consumer
             .committed()
@@ -156,14 +181,25 @@ impl<C: LogConsumer> Processor<C> {
             .collect();
         Ok(ends
             .iter()
-            .map(|e| (e.next_offset - committed.get(&e.partition).copied().unwrap_or(0)).max(0))
-            .sum())
+            .map(|e| {
+                let behind = e.next_offset - committed.get(&e.partition).copied().unwrap_or(0);
+                (e.partition, behind.max(0))
+            })
+            .collect())
     }
 
-    /// Records in the log the group has yet to commit.
+    /// Records in the log the group has yet to commit; updates the gauges.
     async fn lag(&self) -> Result<i64, ProcessorError> {
-        self.records_behind(&self.consumer.end_offsets().await?)
-            .await
+        let behind = self
+            .records_behind(&self.consumer.end_offsets().await?)
+            .await?;
+        for (partition, lag) in &behind {
+            self.metrics
+                .partition_lag_records
+                .with_label_values(&[&partition.to_string()])
+                .set(*lag);
+        }
+        Ok(behind.iter().map(|(_, lag)| lag).sum())
     }
 
     /// Refreshes the lag gauge, at most once a second.
@@ -411,7 +447,8 @@ impl<C: LogConsumer> Processor<C> {
     pub async fn drain(&mut self) -> Result<(), ProcessorError> {
         let targets = self.consumer.end_offsets().await?;
         loop {
-            if self.records_behind(&targets).await? == 0 {
+            let behind = self.records_behind(&targets).await?;
+            if behind.iter().all(|(_, lag)| *lag == 0) {
                 self.metrics.lag_records.set(self.lag().await?);
                 return Ok(());
             }

@@ -1,6 +1,8 @@
 //! Prometheus metrics of a processor, named `candor_processor_<name>_<unit>`.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct ProcessorMetrics {
@@ -22,6 +24,8 @@ pub struct ProcessorMetrics {
     pub flush_seconds: Histogram,
     /// Records in the log not yet committed by this processor's group.
     pub lag_records: IntGauge,
+    /// The same, per log partition.
+    pub partition_lag_records: IntGaugeVec,
 }
 
 impl ProcessorMetrics {
@@ -63,7 +67,19 @@ impl ProcessorMetrics {
         registry
             .register(Box::new(flush_seconds.clone()))
             .expect("unique metric name");
+        let partition_lag_records = IntGaugeVec::new(
+            Opts::new(
+                "candor_processor_partition_lag_records",
+                "Records of a log partition not yet committed by the processor's group",
+            ),
+            &["partition"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(partition_lag_records.clone()))
+            .expect("unique metric name");
         Self {
+            partition_lag_records,
             events_dropped,
             flush_seconds,
             bytes_written: counter(

@@ -362,10 +362,5 @@ async fn readyz(State(state): State<Arc<QueryState>>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Arc<QueryState>>) -> Response {
-    let mut out = String::new();
-    let encoder = prometheus::TextEncoder::new();
-    if let Err(e) = encoder.encode_utf8(&state.registry.gather(), &mut out) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    candor_http::metrics_response(&state.registry)
 }
