@@ -16,10 +16,13 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use async_trait::async_trait;
 use candor_control::testkit::TestStore;
+use candor_control::testkit::{TcpProxy, s3_client};
 use candor_log::Record;
 use candor_log::spool::{Spool, SpoolConfig};
 use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Resume};
-use candor_processor::{DeadLetter, Lake, Processor, ProcessorConfig, ProcessorError};
+use candor_processor::{
+    DeadLetter, Lake, Processor, ProcessorConfig, ProcessorError, ProcessorMetrics,
+};
 use candor_schemas::TenantId;
 use candor_schemas::keys::MasterSecret;
 use chrono::{Days, Utc};
@@ -351,6 +354,62 @@ async fn a_batch_in_the_log_twice_is_counted_once_even_across_a_restart() {
         assert_eq!(second.stats().records, 12);
         assert_eq!(second.stats().events_duplicate, 24);
         assert_eq!(sums().await, expected);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_stops_commits_and_the_processor_catches_up_when_it_returns() {
+    tokio::time::timeout(GUARD, async {
+        let OneMachine {
+            dir: _dir,
+            master,
+            control,
+            spool,
+            url,
+        } = OneMachine::start().await;
+        // The lake's S3 server behind a proxy the test can cut.
+        let proxy = TcpProxy::start(&candor_control::testkit::s3_endpoint()).await;
+        let lake = Lake::on_store(s3_client(&proxy.endpoint(), "lake-outage"), "lake".into());
+        proxy.cut();
+        let expected = post_batches(&url, &master, &control, 6).await;
+
+        let metrics = ProcessorMetrics::default();
+        let mut processor = Processor::new(
+            spool.consumer("g").unwrap(),
+            control.cache.clone(),
+            lake.clone(),
+            ProcessorConfig::default(),
+        )
+        .with_metrics(metrics.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(async move {
+            processor
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+
+        // While S3 is unreachable: retries, and not one commit.
+        while metrics.lake_retries.get() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metrics.commits.get(), 0);
+        assert!(
+            !running.is_finished(),
+            "the processor waits; it does not stop"
+        );
+
+        // S3 is back: the processor catches up by itself, losing nothing.
+        proxy.restore();
+        while metrics.commits.get() == 0 || active_by_subject(&lake).await != expected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metrics.records.get(), 6, "each record read once");
+        stop.send(()).unwrap();
+        running.await.unwrap().unwrap();
     })
     .await
     .expect("test finished within its hang guard");
