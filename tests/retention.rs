@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use candor_control::testkit::{TcpProxy, s3_client};
 use candor_control::{AuditLog, Plan, Tenant};
 use candor_processor::Lake;
 use candor_processor::retention::{self, RetentionConfig};
@@ -153,4 +154,44 @@ async fn expired_partitions_and_cancelled_tenants_go_and_each_deletion_is_audite
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
     assert_eq!(audit.entries(&acme).await.unwrap().len(), entries.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_deleted_when_the_deletion_cannot_be_audited() {
+    let master = random_master();
+    let control = Control::local_with(&master, &["acme"]).await; // starter: 30 days
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let expired = put(
+        &lake,
+        "activity",
+        "acme",
+        Utc::now().date_naive() - Days::new(40),
+    )
+    .await;
+    // The audit trail's store is out of reach.
+    let proxy = TcpProxy::start(&candor_control::testkit::s3_endpoint()).await;
+    let audit = AuditLog::new(
+        s3_client(&proxy.endpoint(), "audit-outage"),
+        &ObjectPath::from("deployment"),
+        master.clone(),
+    );
+    proxy.cut();
+    let docs = control.store.documents();
+    let now_ms = Utc::now().timestamp_millis();
+    let deleted = retention::run(&lake, &docs, &audit, &RetentionConfig::default(), now_ms)
+        .await
+        .unwrap();
+    assert!(deleted.is_empty(), "{deleted:?}");
+    assert!(all_objects(&lake).await.contains(expired.as_str()));
+
+    // Once the trail can be written, the same run deletes it, recorded.
+    proxy.restore();
+    let deleted = retention::run(&lake, &docs, &audit, &RetentionConfig::default(), now_ms)
+        .await
+        .unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert!(!all_objects(&lake).await.contains(expired.as_str()));
+    let acme = TenantId::new("acme").unwrap();
+    assert_eq!(audit.entries(&acme).await.unwrap().len(), 1);
 }

@@ -22,7 +22,7 @@
 //! replaces are deleted. A crash between the two leaves copies of ids,
 //! which are harmless.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -41,8 +41,8 @@ pub const MAX_FILES: usize = 256;
 /// The ids one chunk takes in, added to memory once the chunk is committed.
 #[derive(Debug, Default)]
 pub struct ChunkIds {
-    entries: Vec<(BatchKey, i64)>,
-    keys: HashSet<BatchKey>,
+    /// Each key with its batch's receive time.
+    entries: HashMap<BatchKey, i64>,
 }
 
 impl ChunkIds {
@@ -52,14 +52,18 @@ impl ChunkIds {
 
     /// The ids file: 25 bytes per entry (id, dataset tag, receive time).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
-        for ((id, dataset), received_at_ms) in &self.entries {
-            out.extend_from_slice(id);
-            out.push(*dataset);
-            out.extend_from_slice(&received_at_ms.to_be_bytes());
-        }
-        out
+        ids_file_bytes(&self.entries)
     }
+}
+
+fn ids_file_bytes(ids: &HashMap<BatchKey, i64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() * ENTRY_LEN);
+    for ((id, dataset), received_at_ms) in ids {
+        out.extend_from_slice(id);
+        out.push(*dataset);
+        out.extend_from_slice(&received_at_ms.to_be_bytes());
+    }
+    out
 }
 
 #[derive(Default)]
@@ -87,11 +91,7 @@ impl PartitionSeen {
     }
 
     fn to_bytes(&self) -> Vec<u8> {
-        ChunkIds {
-            entries: self.ids.iter().map(|(k, at)| (*k, *at)).collect(),
-            keys: HashSet::new(),
-        }
-        .to_bytes()
+        ids_file_bytes(&self.ids)
     }
 }
 
@@ -201,10 +201,10 @@ impl SeenBatches {
             .partitions
             .get(&partition)
             .is_some_and(|p| p.ids.contains_key(&key));
-        if known || !chunk.keys.insert(key) {
+        if known || chunk.entries.contains_key(&key) {
             return true;
         }
-        chunk.entries.push((key, received_at_ms));
+        chunk.entries.insert(key, received_at_ms);
         false
     }
 

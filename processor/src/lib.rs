@@ -234,9 +234,7 @@ impl<C: LogConsumer> Processor<C> {
         let mut taken_in = Vec::with_capacity(by_partition.len());
         for (partition, records) in by_partition {
             let timer = Instant::now();
-            let (last, ids) = self.write_partition_chunk(partition, &records).await?;
-            let ids_file =
-                (!ids.is_empty()).then(|| self.seen.ids_path(partition, records[0].offset, last));
+            let (last, ids, ids_file) = self.write_partition_chunk(partition, &records).await?;
             taken_in.push((partition, last + 1, ids, ids_file));
             self.metrics
                 .flush_seconds
@@ -271,13 +269,13 @@ impl<C: LogConsumer> Processor<C> {
     }
 
     /// Aggregates one partition's records and writes one object per dataset,
-    /// tenant and date. Returns the last offset covered and the batch ids
-    /// taken in.
+    /// tenant and date. Returns the last offset covered, the batch ids taken
+    /// in, and the object they were written to (when there were any).
     async fn write_partition_chunk(
         &mut self,
         partition: i32,
         records: &[Delivered],
-    ) -> Result<(i64, ChunkIds), ProcessorError> {
+    ) -> Result<(i64, ChunkIds, Option<object_store::path::Path>), ProcessorError> {
         let first = records.first().expect("chunks are non-empty").offset;
         let last = records.last().expect("chunks are non-empty").offset;
         let mut backoff = Backoff::default();
@@ -396,7 +394,7 @@ impl<C: LogConsumer> Processor<C> {
                 backoff.wait("dead-letter append", &e).await;
             }
         }
-        Ok((last, ids))
+        Ok((last, ids, ids_file.map(|(path, _)| path)))
     }
 
     /// Records the flush's intent, then writes its objects durably.
