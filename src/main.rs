@@ -21,6 +21,7 @@ use candor_processor::retention::{self, RetentionConfig};
 use candor_processor::{Lake, Processor, ProcessorConfig, ProcessorMetrics};
 use candor_query::TenantLake;
 use candor_query::api::QueryState;
+use candor_query::lake::{LakeConfig, QueryLake};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{DeviceId, EmployeeId, TenantId};
 use chrono::NaiveDate;
@@ -322,6 +323,11 @@ struct QueryArgs {
     /// Address to listen on (plain HTTP; put it behind TLS termination).
     #[arg(long, env = "CANDOR_QUERY_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
+    /// The deployment's lake (the processors'): a directory or
+    /// `s3://bucket/prefix`. A tenant whose document names a `lake_url` is
+    /// read from there instead.
+    #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
+    lake: String,
 }
 
 #[derive(Subcommand)]
@@ -739,11 +745,13 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         .producer(),
     ))
     .with_metrics(ProcessorMetrics::register(&registry));
-    let query_state = Arc::new(QueryState {
-        control: control.clone(),
-        admin: Arc::new(control_args.admin(&master)?),
-        registry: registry.clone(),
-    });
+    let query_lake = QueryLake::new(LakeConfig::new(lake_dir.to_string_lossy()))?;
+    let query_state = Arc::new(QueryState::new(
+        control.clone(),
+        Arc::new(control_args.admin(&master)?),
+        Arc::new(query_lake),
+        registry.clone(),
+    ));
     let ingest_config = args.ingest.config(args.listen)?;
     let scheme = ingest_config.serve.scheme();
     let state = Arc::new(
@@ -811,7 +819,9 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     println!("candor standalone");
     println!("  ingest   {scheme}://{addr}{}", candor_ingest::BATCH_ROUTE);
     println!("  metrics  {scheme}://{addr}/metrics   health: /healthz /readyz");
-    println!("  query    http://{query_addr}/v1/admin/...   (bearer tokens)");
+    println!(
+        "  query    http://{query_addr}   /v1/kpi/activity /v1/sql /v1/admin/ (bearer tokens)"
+    );
     println!(
         "  control  {} (tenants, devices, tokens, keys)",
         control_args.url
@@ -979,11 +989,13 @@ async fn run_query(args: QueryArgs) -> Result<()> {
         let control = control.clone();
         async move { control.run_refresher(std::future::pending()).await }
     });
-    let state = Arc::new(QueryState {
+    let lake = QueryLake::new(LakeConfig::new(&args.lake))?;
+    let state = Arc::new(QueryState::new(
         control,
-        admin: Arc::new(args.control.admin(&master)?),
+        Arc::new(args.control.admin(&master)?),
+        Arc::new(lake),
         registry,
-    });
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -38,11 +38,18 @@ async fn start_query(control: &Control, master: &candor_schemas::keys::MasterSec
         config,
         &registry,
     ));
-    let state = Arc::new(QueryState {
-        control: cache,
-        admin: control.admin.clone(),
+    let lake = candor_query::lake::QueryLake::new(candor_query::lake::LakeConfig::new(
+        std::env::temp_dir()
+            .join("candor-control-http-lake")
+            .to_string_lossy(),
+    ))
+    .unwrap();
+    let state = Arc::new(QueryState::new(
+        cache,
+        control.admin.clone(),
+        Arc::new(lake),
         registry,
-    });
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(candor_query::api::serve(

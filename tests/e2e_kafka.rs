@@ -315,14 +315,11 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
         // The department is the directory's at processing time.
         let rows = lake
             .session()
-            .sql("SELECT DISTINCT subject, department FROM activity")
-            .await
-            .unwrap()
-            .collect()
+            .query("SELECT DISTINCT subject, department FROM activity")
             .await
             .unwrap();
         let mut departments = Vec::new();
-        for batch in &rows {
+        for batch in &rows.batches {
             let (who, department) = (
                 batch.column(0).as_string::<i32>(),
                 batch.column(1).as_string::<i32>(),

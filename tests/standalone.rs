@@ -88,9 +88,7 @@ impl Standalone {
                 (Some("ingest"), Some(u)) => {
                     url = Some(u.trim_end_matches("/v1/batches").to_string())
                 }
-                (Some("query"), Some(u)) => {
-                    query_url = Some(u.trim_end_matches("/v1/admin/...").to_string())
-                }
+                (Some("query"), Some(u)) => query_url = Some(u.to_string()),
                 _ => {}
             }
         }

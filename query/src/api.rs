@@ -1,10 +1,15 @@
-//! The query service's HTTP API. So far: authentication by bearer token and
-//! the admin routes of the control plane (owner and admin tokens). Every
-//! answer that is not a success is JSON `{"status": "error", "reason",
-//! "message"}` with a machine-readable reason.
+//! The query service's HTTP API: authentication by bearer token, KPIs and
+//! SQL over the caller's scoped views, and the admin routes of the control
+//! plane (owner and admin tokens). Every answer that is not a success is
+//! JSON `{"status": "error", "reason", "message"}` with a machine-readable
+//! reason. Every KPI and SQL request, answered or refused, is written to the
+//! tenant's audit chain before its answer is sent; if the audit log cannot
+//! be written, nothing is answered.
 //!
 //! | route | does |
 //! | --- | --- |
+//! | `GET /v1/kpi/activity` | activity KPIs ([`crate::kpi`]) |
+//! | `POST /v1/sql` | one `SELECT` over the scoped views, as JSON, CSV, Arrow IPC or Parquet |
 //! | `GET /v1/admin/tenant` | the token's tenant document (`ETag` = its version) |
 //! | `PUT /v1/admin/tenant` | replace it (`If-Match: <version>` to refuse a stale write) |
 //! | `GET /v1/admin/directory`, `PUT /v1/admin/directory` | the same for the directory |
@@ -25,18 +30,82 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use candor_control::documents::MAX_DIRECTORY_BYTES;
 use candor_control::{
-    Actor, Admin, AdminError, AuthError, ControlCache, Directory, DocumentError, Principal, Tenant,
-    TokenRequest, authenticate,
+    Actor, Admin, AdminError, AuditError, AuditEvent, AuthError, ControlCache, Directory,
+    DocumentError, Principal, Tenant, TenantView, TokenRequest, authenticate,
 };
 use candor_http::ServeConfig;
 use candor_schemas::{DeviceId, EmployeeId, TenantId};
 use serde::Deserialize;
 
+use crate::QueryError;
+use crate::kpi::{self, GroupBy, KpiRequest};
+use crate::lake::QueryLake;
+use crate::scope::{IdentityCache, Scope, ScopeError};
+use crate::session::{Answer, Limits, ScopedSession};
+
 /// What the query service needs to run.
 pub struct QueryState {
     pub control: Arc<ControlCache>,
     pub admin: Arc<Admin>,
+    pub lake: Arc<QueryLake>,
+    pub limits: Limits,
     pub registry: prometheus::Registry,
+    identities: IdentityCache,
+    metrics: QueryMetrics,
+}
+
+impl QueryState {
+    pub fn new(
+        control: Arc<ControlCache>,
+        admin: Arc<Admin>,
+        lake: Arc<QueryLake>,
+        registry: prometheus::Registry,
+    ) -> Self {
+        Self {
+            control,
+            admin,
+            lake,
+            limits: Limits::default(),
+            metrics: QueryMetrics::register(&registry),
+            registry,
+            identities: IdentityCache::default(),
+        }
+    }
+}
+
+struct QueryMetrics {
+    requests: prometheus::IntCounterVec,
+    seconds: prometheus::HistogramVec,
+}
+
+impl QueryMetrics {
+    fn register(registry: &prometheus::Registry) -> Self {
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "candor_query_requests_total",
+                "KPI and SQL requests by route and outcome (ok or the error reason)",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("valid metric");
+        let seconds = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "candor_query_duration_seconds",
+                "Time to answer a KPI or SQL request, audit included",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid buckets")),
+            &["route"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(seconds.clone()),
+        ] {
+            // Registering twice (two services on one registry) keeps the first.
+            let _ = registry.register(c);
+        }
+        Self { requests, seconds }
+    }
 }
 
 pub fn router(state: Arc<QueryState>) -> Router {
@@ -54,6 +123,11 @@ pub fn router(state: Arc<QueryState>) -> Router {
         .route("/tokens/{id}", axum::routing::delete(revoke_token));
     Router::new()
         .nest("/v1/admin", admin)
+        .route("/v1/kpi/activity", get(kpi_activity))
+        .route(
+            "/v1/sql",
+            post(run_sql).layer(DefaultBodyLimit::max(MAX_SQL_BODY_BYTES)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -81,6 +155,16 @@ pub enum ApiError {
     BadBody { status: StatusCode, message: String },
     #[error("If-Match must be a document version number")]
     BadIfMatch,
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("tenant {0} is not in the control plane")]
+    UnknownTenant(TenantId),
+    #[error("the audit log cannot be written, so nothing is answered: {0}")]
+    AuditUnavailable(AuditError),
+    #[error("encoding the answer: {0}")]
+    Encode(String),
 }
 
 impl ApiError {
@@ -113,6 +197,25 @@ impl ApiError {
             }
             ApiError::BadBody { .. } => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::BadIfMatch => (StatusCode::BAD_REQUEST, "bad_if_match"),
+            ApiError::Scope(ScopeError::KeysDestroyed) => (StatusCode::GONE, "keys_destroyed"),
+            ApiError::Scope(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Query(e) => match e {
+                QueryError::Refused(_) => (StatusCode::FORBIDDEN, "statement_refused"),
+                QueryError::BadSql(_) => (StatusCode::BAD_REQUEST, "bad_sql"),
+                QueryError::TooLong { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "statement_too_long"),
+                QueryError::BadRequest(_) | QueryError::BadRange { .. } => {
+                    (StatusCode::BAD_REQUEST, "bad_request")
+                }
+                QueryError::BadTimeZone(_) => (StatusCode::BAD_REQUEST, "bad_time_zone"),
+                QueryError::TooLarge(_) => (StatusCode::UNPROCESSABLE_ENTITY, "query_too_large"),
+                QueryError::Timeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "query_timeout"),
+                QueryError::BadLake { .. } | QueryError::Engine(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "query_failed")
+                }
+            },
+            ApiError::UnknownTenant(_) => (StatusCode::UNAUTHORIZED, "unknown_token"),
+            ApiError::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+            ApiError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
@@ -363,4 +466,224 @@ async fn readyz(State(state): State<Arc<QueryState>>) -> Response {
 
 async fn metrics_text(State(state): State<Arc<QueryState>>) -> Response {
     candor_http::metrics_response(&state.registry)
+}
+
+/// Largest SQL request body (the statement itself is bounded by
+/// [`Limits::max_sql_bytes`]).
+const MAX_SQL_BODY_BYTES: usize = 64 * 1024;
+
+/// The caller's session: its tenant as the control plane has it now, its
+/// scope, and a session over that tenant's views only.
+async fn open_scope(
+    state: &QueryState,
+    caller: &Caller,
+) -> Result<(Arc<TenantView>, ScopedSession), ApiError> {
+    let tenant = &caller.principal.tenant;
+    let view = state
+        .control
+        .get(tenant)
+        .await
+        .map_err(AuthError::from)?
+        .ok_or_else(|| ApiError::UnknownTenant(tenant.clone()))?;
+    let scope = Scope::of(&caller.principal, &view)?;
+    let tables = state.lake.tables(&view.tenant.doc)?;
+    let session = ScopedSession::new(&state.lake, &tables, &scope, state.limits.clone())?;
+    Ok((view, session))
+}
+
+/// Audits a request's outcome, answered or refused, then answers it. An
+/// answer whose audit entry cannot be written is not sent.
+async fn audited(
+    state: &QueryState,
+    caller: &Caller,
+    action: &'static str,
+    target: String,
+    request: serde_json::Value,
+    outcome: Result<(Response, serde_json::Value), ApiError>,
+    started: std::time::Instant,
+) -> Result<Response, ApiError> {
+    let (label, result) = match &outcome {
+        Ok((_, result)) => ("ok", result.clone()),
+        Err(e) => (
+            e.status_and_reason().1,
+            serde_json::json!({"refused": e.status_and_reason().1, "message": e.to_string()}),
+        ),
+    };
+    let event = AuditEvent {
+        actor: caller.actor.id.clone(),
+        role: caller.principal.role.name().to_string(),
+        action: action.to_string(),
+        target,
+        source: caller.actor.source.clone(),
+        detail: serde_json::json!({"request": request, "result": result}),
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let audit = state
+        .admin
+        .audit_log()
+        .append(&caller.principal.tenant, event, now)
+        .await;
+    let outcome = match audit {
+        Ok(_) => outcome,
+        Err(e) => Err(ApiError::AuditUnavailable(e)),
+    };
+    let label = if outcome.is_ok() {
+        label
+    } else {
+        outcome
+            .as_ref()
+            .err()
+            .map_or(label, |e| e.status_and_reason().1)
+    };
+    state
+        .metrics
+        .requests
+        .with_label_values(&[action, label])
+        .inc();
+    state
+        .metrics
+        .seconds
+        .with_label_values(&[action])
+        .observe(started.elapsed().as_secs_f64());
+    outcome.map(|(response, _)| response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KpiParams {
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+    /// Comma-separated: employee, department, day, week.
+    #[serde(default = "default_group_by")]
+    group_by: String,
+    #[serde(default = "default_limit")]
+    limit: usize,
+    #[serde(default)]
+    offset: usize,
+}
+
+fn default_group_by() -> String {
+    "employee,day".into()
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+async fn kpi_activity(
+    State(state): State<Arc<QueryState>>,
+    caller: Caller,
+    params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let outcome = async {
+        let axum::extract::Query(params) =
+            params.map_err(|e| QueryError::BadRequest(e.body_text()))?;
+        let (view, session) = open_scope(&state, &caller).await?;
+        let request = KpiRequest {
+            time_zone: view.tenant.doc.time_zone.clone(),
+            from: params.from,
+            to: params.to,
+            group_by: params
+                .group_by
+                .split(',')
+                .map(|g| g.trim().parse())
+                .collect::<Result<Vec<GroupBy>, _>>()?,
+            limit: params.limit,
+            offset: params.offset,
+        };
+        let identities = if session.scope().identities {
+            Some(state.identities.get(&view)?)
+        } else {
+            None
+        };
+        let page = kpi::activity(&session, &request, identities.as_deref()).await?;
+        let rows = page.rows.len();
+        let body = serde_json::json!({
+            "time_zone": request.time_zone,
+            "from": request.from,
+            "to": request.to,
+            "rows": page.rows,
+            "next_offset": page.next_offset,
+        });
+        Ok((
+            Json(body).into_response(),
+            serde_json::json!({"rows": rows}),
+        ))
+    }
+    .await;
+    let query = uri
+        .query()
+        .unwrap_or("")
+        .chars()
+        .take(1024)
+        .collect::<String>();
+    audited(
+        &state,
+        &caller,
+        "query.kpi.activity",
+        "activity".into(),
+        serde_json::json!({"query": query}),
+        outcome,
+        started,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+    #[serde(default)]
+    format: crate::format::Format,
+}
+
+/// The header that says an answer was cut at the row limit.
+pub const TRUNCATED_HEADER: &str = "candor-truncated";
+
+async fn run_sql(
+    State(state): State<Arc<QueryState>>,
+    caller: Caller,
+    body: Result<Json<SqlRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    use sha2::Digest;
+    let started = std::time::Instant::now();
+    let statement = body.as_ref().map(|b| b.sql.clone()).unwrap_or_default();
+    let outcome = async {
+        let Json(request) = body?;
+        let (_, session) = open_scope(&state, &caller).await?;
+        let answer: Answer = session.query(&request.sql).await?;
+        let bytes = request
+            .format
+            .encode(&answer)
+            .map_err(|e| ApiError::Encode(e.to_string()))?;
+        let mut response = (
+            [(header::CONTENT_TYPE, request.format.content_type())],
+            bytes,
+        )
+            .into_response();
+        if answer.truncated {
+            response
+                .headers_mut()
+                .insert(TRUNCATED_HEADER, HeaderValue::from_static("true"));
+        }
+        let result = serde_json::json!({"rows": answer.num_rows(), "truncated": answer.truncated});
+        Ok((response, result))
+    }
+    .await;
+    let digest = hex::encode(&sha2::Sha256::digest(statement.as_bytes())[..16]);
+    // The statement is kept (cut to 4 KiB) so an investigator can read what
+    // was asked; it holds no telemetry, only what the caller typed.
+    let text: String = statement.chars().take(4096).collect();
+    audited(
+        &state,
+        &caller,
+        "query.sql",
+        format!("sql:{digest}"),
+        serde_json::json!({"sql": text, "bytes": statement.len()}),
+        outcome,
+        started,
+    )
+    .await
 }

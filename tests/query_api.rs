@@ -1,0 +1,478 @@
+//! The query service over real HTTP, on a lake the real processor wrote
+//! from batches ingest accepted: KPIs and SQL under each role's scope, and
+//! every way we know of to reach rows outside it. Each refusal is clear and
+//! audited; every answer contains only permitted rows.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use candor_control::{Actor, Directory, Member, Role, TokenRequest};
+use candor_log::LogProducer;
+use candor_log::spool::{Spool, SpoolConfig};
+use candor_processor::{Lake, Processor, ProcessorConfig};
+use candor_query::api::{QueryState, TRUNCATED_HEADER};
+use candor_query::lake::{LakeConfig, QueryLake};
+use candor_query::session::Limits;
+use candor_schemas::{EmployeeId, TenantId};
+use chrono::{Datelike, Days, NaiveDate, Utc};
+use common::{Control, activity_batch, header, ms, post, random_master, samples, seal_batch};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const GUARD: Duration = Duration::from_secs(120);
+const BATCH: &str = "application/vnd.candor.batch";
+
+/// Who works where, and what each sent on `day()`: (tenant, employee,
+/// department, minutes, active seconds per minute). Idle is the rest.
+const STAFF: [(&str, &str, &str, i64, u32); 5] = [
+    ("acme", "alice", "Sales", 10, 50),
+    ("acme", "bob", "Sales", 20, 30),
+    ("acme", "mary", "Sales", 4, 40),
+    ("acme", "carol", "Field", 5, 60),
+    ("globex", "gina", "Ops", 7, 45),
+];
+
+fn day() -> NaiveDate {
+    Utc::now().date_naive() - Days::new(2)
+}
+
+struct Service {
+    url: String,
+    http: reqwest::Client,
+    control: Control,
+    tokens: BTreeMap<&'static str, String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    async fn start(limits: Limits) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let master = random_master();
+        let control = Control::local_with(&master, &["acme", "globex"]).await;
+        for tenant in ["acme", "globex"] {
+            let mut directory = Directory::default();
+            for (_, employee, department, ..) in STAFF.iter().filter(|s| s.0 == tenant) {
+                let manages = if *employee == "mary" {
+                    ["Sales".to_string()].into()
+                } else {
+                    Default::default()
+                };
+                directory.employees.insert(
+                    EmployeeId::new(*employee).unwrap(),
+                    Member {
+                        department: department.to_string(),
+                        manages,
+                    },
+                );
+            }
+            let id = TenantId::new(tenant).unwrap();
+            control
+                .admin
+                .load_directory(&Actor::operator(), &id, &directory, None)
+                .await
+                .unwrap();
+            control.cache.reload(&id).await.unwrap();
+        }
+
+        // Batches through a real ingest node into the embedded log, then the
+        // processor into a local lake.
+        let spool = Spool::open(SpoolConfig::new(dir.path().join("spool"))).unwrap();
+        let producer: Arc<dyn LogProducer> = Arc::new(spool.producer());
+        let ingest = common::start_ingest_on(
+            master.clone(),
+            control.cache.clone(),
+            producer,
+            Default::default(),
+        )
+        .await;
+        for (tenant, employee, _, minutes, active) in STAFF {
+            let h = header(tenant, employee, &format!("{employee}-laptop"));
+            let batch = activity_batch(samples(ms(day(), 10, 0), minutes, active, 60 - active));
+            let (status, answer) = post(&ingest, BATCH, seal_batch(&master, &h, &batch)).await;
+            assert_eq!(status, 202, "{answer}");
+        }
+        let lake_dir = dir.path().join("lake");
+        let mut processor = Processor::new(
+            spool.consumer("g").unwrap(),
+            control.cache.clone(),
+            Lake::local(&lake_dir).unwrap(),
+            ProcessorConfig {
+                poll_wait: Duration::from_millis(50),
+                ..ProcessorConfig::default()
+            },
+        );
+        processor.drain().await.unwrap();
+
+        let mut tokens = BTreeMap::new();
+        let roles: [(&str, &str, Role, Option<&str>); 8] = [
+            ("owner", "acme", Role::Owner, None),
+            ("hr", "acme", Role::Hr, None),
+            ("manager", "acme", Role::Manager, Some("mary")),
+            ("employee", "acme", Role::Employee, Some("alice")),
+            ("analyst", "acme", Role::Analyst, None),
+            ("ai", "acme", Role::Ai, None),
+            ("globex", "globex", Role::Owner, None),
+            ("carol-manager", "acme", Role::Manager, Some("carol")),
+        ];
+        for (name, tenant, role, employee) in roles {
+            let request = TokenRequest {
+                name: name.into(),
+                role,
+                employee: employee.map(|e| EmployeeId::new(e).unwrap()),
+                expires_at_ms: None,
+                tenant: None,
+            };
+            let created = control
+                .admin
+                .create_token(
+                    &Actor::operator(),
+                    &TenantId::new(tenant).unwrap(),
+                    &request,
+                )
+                .await
+                .unwrap();
+            tokens.insert(name, created.token);
+        }
+        for tenant in ["acme", "globex"] {
+            control
+                .cache
+                .reload(&TenantId::new(tenant).unwrap())
+                .await
+                .unwrap();
+        }
+
+        let lake = QueryLake::new(LakeConfig::new(lake_dir.to_string_lossy())).unwrap();
+        let mut state = QueryState::new(
+            control.cache.clone(),
+            control.admin.clone(),
+            Arc::new(lake),
+            prometheus::Registry::new(),
+        );
+        state.limits = limits;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(candor_query::api::serve(
+            listener,
+            Arc::new(state),
+            std::future::pending(),
+        ));
+        Self {
+            url,
+            http: reqwest::Client::new(),
+            control,
+            tokens,
+            _dir: dir,
+        }
+    }
+
+    async fn kpi(&self, token: &str, group_by: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}/v1/kpi/activity", self.url))
+            .bearer_auth(token)
+            .query(&[
+                ("from", day().to_string()),
+                ("to", day().to_string()),
+                ("group_by", group_by.to_string()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap_or_default())
+    }
+
+    async fn sql_as(&self, token: &str, sql: &str, format: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/sql", self.url))
+            .bearer_auth(token)
+            .json(&json!({"sql": sql, "format": format}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The JSON answer of `sql` run as `who`.
+    async fn sql(&self, who: &str, sql: &str) -> (StatusCode, Value) {
+        let response = self.sql_as(&self.tokens[who], sql, "json").await;
+        (response.status(), response.json().await.unwrap_or_default())
+    }
+}
+
+/// (employee, active seconds) of STAFF, for one tenant and filter.
+fn expected(tenant: &str, keep: impl Fn(&str, &str) -> bool) -> Vec<(String, i64)> {
+    let mut rows: Vec<(String, i64)> = STAFF
+        .iter()
+        .filter(|s| s.0 == tenant && keep(s.1, s.2))
+        .map(|s| (s.1.to_string(), s.3 * i64::from(s.4)))
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn by_employee(answer: &Value) -> Vec<(String, i64)> {
+    let mut rows: Vec<(String, i64)> = answer["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("rows in {answer}"))
+        .iter()
+        .map(|r| {
+            (
+                r["employee"].as_str().expect("an employee id").to_string(),
+                r["active_s"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpis_answer_within_each_roles_scope() {
+    tokio::time::timeout(GUARD, async {
+        let s = Service::start(Limits::default()).await;
+        let t = &s.tokens;
+
+        let (status, owner) = s.kpi(&t["owner"], "employee").await;
+        assert_eq!(status, StatusCode::OK, "{owner}");
+        assert_eq!(by_employee(&owner), expected("acme", |_, _| true));
+        let alice = owner["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["employee"] == "alice")
+            .unwrap();
+        assert_eq!(alice["tracked_s"], 600);
+        assert_eq!(
+            alice["activity_pct"].as_f64().unwrap(),
+            100.0 * 500.0 / 600.0
+        );
+        assert_eq!(
+            by_employee(&s.kpi(&t["hr"], "employee").await.1),
+            expected("acme", |_, _| true)
+        );
+
+        // By department, and by department and day.
+        let (_, departments) = s.kpi(&t["owner"], "department,day").await;
+        let rows = departments["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{departments}");
+        assert_eq!(rows[0]["department"], "Field");
+        assert_eq!(rows[0]["day"], day().to_string());
+        assert_eq!(rows[1]["department"], "Sales");
+        assert_eq!(rows[1]["active_s"], 10 * 50 + 20 * 30 + 4 * 40);
+        assert!(rows[0].get("employee").is_none() && rows[0].get("subject").is_none());
+        let (_, weeks) = s.kpi(&t["owner"], "week").await;
+        let monday = day() - Days::new(u64::from(day().weekday().num_days_from_monday()));
+        assert_eq!(weeks["rows"][0]["week"], monday.to_string(), "{weeks}");
+        assert_eq!(
+            weeks["rows"][0]["active_s"],
+            10 * 50 + 20 * 30 + 4 * 40 + 5 * 60
+        );
+
+        // A manager sees the departments they manage; an employee themself.
+        let (_, managed) = s.kpi(&t["manager"], "employee").await;
+        assert_eq!(by_employee(&managed), expected("acme", |_, d| d == "Sales"));
+        let (_, own) = s.kpi(&t["employee"], "employee").await;
+        assert_eq!(by_employee(&own), expected("acme", |e, _| e == "alice"));
+        let (_, own_total) = s.kpi(&t["employee"], "department").await;
+        assert_eq!(own_total["rows"][0]["active_s"], 500);
+
+        // An analyst sees the whole tenant as pseudonyms.
+        let (_, pseudonymous) = s.kpi(&t["analyst"], "employee").await;
+        let rows = pseudonymous["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 4);
+        let acme = TenantId::new("acme").unwrap();
+        let alice_subject = s
+            .control
+            .subject(&acme, &EmployeeId::new("alice").unwrap())
+            .await;
+        for row in rows {
+            assert!(row.get("employee").is_none(), "{row}");
+            assert_eq!(row["subject"].as_str().unwrap().len(), 64);
+        }
+        assert!(rows.iter().any(|r| r["subject"] == alice_subject.as_str()));
+        assert!(!pseudonymous.to_string().contains("alice"));
+
+        // The other tenant sees its own employee only.
+        let (_, globex) = s.kpi(&t["globex"], "employee").await;
+        assert_eq!(by_employee(&globex), expected("globex", |_, _| true));
+
+        // A manager of no department sees nothing; the AI role no KPIs.
+        let (_, nothing) = s.kpi(&t["carol-manager"], "employee").await;
+        assert_eq!(nothing["rows"], json!([]));
+        let (status, refused) = s.kpi(&t["ai"], "employee").await;
+        assert_eq!(
+            (status, refused["reason"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden"))
+        );
+
+        // Bad parameters are clear errors.
+        let (status, bad) = s.kpi(&t["owner"], "employee,employee").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        let (status, bad) = s.kpi(&t["owner"], "title").await;
+        assert_eq!(
+            (status, bad["reason"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_request"))
+        );
+
+        // Paging: one row at a time, in a stable order.
+        let page = |offset: usize| {
+            s.http
+                .get(format!("{}/v1/kpi/activity", s.url))
+                .bearer_auth(&t["owner"])
+                .query(&[
+                    ("from", day().to_string()),
+                    ("to", day().to_string()),
+                    ("group_by", "employee".into()),
+                    ("limit", "3".into()),
+                    ("offset", offset.to_string()),
+                ])
+                .send()
+        };
+        let first: Value = page(0).await.unwrap().json().await.unwrap();
+        assert_eq!(first["rows"].as_array().unwrap().len(), 3);
+        assert_eq!(first["next_offset"], 3);
+        let second: Value = page(3).await.unwrap().json().await.unwrap();
+        assert_eq!(second["rows"].as_array().unwrap().len(), 1);
+        assert!(second["next_offset"].is_null());
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_reaches_only_the_scoped_views_and_every_refusal_is_audited() {
+    tokio::time::timeout(GUARD, async {
+        let s = Service::start(Limits {
+            max_rows: 3,
+            ..Limits::default()
+        })
+        .await;
+        let count = |answer: &Value| answer["rows"][0]["n"].as_i64().unwrap();
+
+        let (status, all) = s.sql("analyst", "SELECT count(DISTINCT subject) AS n FROM activity").await;
+        assert_eq!(status, StatusCode::OK, "{all}");
+        assert_eq!(count(&all), 4);
+        let (_, managed) = s.sql("manager", "SELECT count(DISTINCT subject) AS n FROM activity").await;
+        assert_eq!(count(&managed), 3);
+        let (_, own) = s.sql("employee", "SELECT count(DISTINCT subject) AS n FROM activity").await;
+        assert_eq!(count(&own), 1);
+        let (_, globex) = s.sql("globex", "SELECT count(DISTINCT subject) AS n FROM activity").await;
+        assert_eq!(count(&globex), 1);
+
+        // Queries that try to widen the scope get only the scope's rows.
+        for sql in [
+            "SELECT count(*) AS n FROM activity WHERE department <> 'Sales'",
+            "SELECT count(*) AS n FROM (SELECT * FROM activity UNION ALL SELECT * FROM app_usage WHERE 1 = 0) WHERE department = 'Field'",
+            "SELECT count(*) AS n FROM datafusion.public.activity WHERE department = 'Field'",
+            "SELECT count(*) AS n FROM activity a JOIN gps g ON a.subject = g.subject WHERE a.department = 'Field'",
+            "SELECT count(*) AS n FROM activity WHERE subject IN (SELECT subject FROM activity WHERE department = 'Field')",
+            "SELECT count(*) AS n FROM (SELECT * FROM activity WHERE true OR department = 'Field') WHERE department <> 'Sales'",
+        ] {
+            let (status, answer) = s.sql("manager", sql).await;
+            assert_eq!(status, StatusCode::OK, "{sql}: {answer}");
+            assert_eq!(count(&answer), 0, "{sql}");
+        }
+
+        // Everything that is not one SELECT over the views is refused.
+        let lake_globex = format!("{}/lake/activity/tenant=globex/", s._dir.path().display());
+        let refused = [
+            (format!("CREATE EXTERNAL TABLE g STORED AS PARQUET LOCATION '{lake_globex}'"), "statement_refused"),
+            ("COPY (SELECT 1) TO '/tmp/candor-copy.parquet'".into(), "statement_refused"),
+            ("INSERT INTO activity SELECT * FROM activity".into(), "statement_refused"),
+            ("DROP TABLE activity".into(), "statement_refused"),
+            ("CREATE VIEW v AS SELECT 1".into(), "statement_refused"),
+            ("SET datafusion.catalog.information_schema = true".into(), "statement_refused"),
+            ("EXPLAIN SELECT * FROM activity".into(), "statement_refused"),
+            (format!("SELECT * FROM '{lake_globex}'"), "bad_sql"),
+            ("SELECT * FROM information_schema.tables".into(), "bad_sql"),
+            (format!("SELECT * FROM read_parquet('{lake_globex}')"), "bad_sql"),
+            ("SELECT * FROM generate_series(1, 10)".into(), "bad_sql"),
+            ("SELECT 1; SELECT 2".into(), "bad_sql"),
+            (format!("SELECT {}1{}", "(".repeat(500), ")".repeat(500)), "bad_sql"),
+            (format!("SELECT 1 -- {}", "x".repeat(20_000)), "statement_too_long"),
+        ];
+        for (sql, reason) in &refused {
+            let (status, answer) = s.sql("analyst", sql).await;
+            assert_eq!(answer["reason"], *reason, "{sql}: {status} {answer}");
+            assert!(status.is_client_error(), "{sql}: {status}");
+        }
+        assert!(!std::path::Path::new("/tmp/candor-copy.parquet").exists());
+
+        // The AI role has no SQL; a forged token, nothing.
+        let (status, _) = s.sql("ai", "SELECT 1").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let forged = format!("candor.acme.{}", "ab".repeat(32));
+        let response = s.sql_as(&forged, "SELECT 1", "json").await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+        // The row limit cuts the answer and says so.
+        let response = s.sql_as(&s.tokens["analyst"], "SELECT subject FROM activity", "csv").await;
+        assert_eq!(response.headers()[TRUNCATED_HEADER], "true");
+        let csv = response.text().await.unwrap();
+        assert_eq!(csv.lines().count(), 1 + 3, "{csv}");
+        assert_eq!(csv.lines().next(), Some("subject"));
+        // Arrow IPC and Parquet answers decode to the same rows.
+        let sql = "SELECT department, sum(active_s) AS active_s FROM activity GROUP BY department ORDER BY department";
+        let arrow = s.sql_as(&s.tokens["owner"], sql, "arrow").await.bytes().await.unwrap();
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow), None).unwrap();
+        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 2);
+        let parquet = s.sql_as(&s.tokens["owner"], sql, "parquet").await.bytes().await.unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(parquet)
+            .unwrap()
+            .build()
+            .unwrap();
+        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 2);
+
+        // Every request above is in the tenant's audit chain, refusals with
+        // their reason, and the chain verifies.
+        let acme = TenantId::new("acme").unwrap();
+        let audit = s.control.admin.audit_log();
+        let entries = audit.entries(&acme).await.unwrap();
+        let queries: Vec<_> = entries.iter().filter(|e| e.event.action == "query.sql").collect();
+        let acme_requests = 3 + 6 + refused.len() + 1 + 3;
+        assert_eq!(queries.len(), acme_requests);
+        for (sql, reason) in &refused {
+            let cut: String = sql.chars().take(4096).collect();
+            assert!(
+                queries.iter().any(|e| e.event.detail["request"]["sql"] == cut.as_str()
+                    && e.event.detail["result"]["refused"] == *reason),
+                "no refusal audited for {sql}"
+            );
+        }
+        assert!(queries.iter().any(|e| e.event.role == "ai" && e.event.detail["result"]["refused"] == "forbidden"));
+        assert_eq!(audit.verify(&acme).await.unwrap().first_problem, None);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_its_memory_budget_fails_clearly() {
+    tokio::time::timeout(GUARD, async {
+        let s = Service::start(Limits {
+            memory_bytes: 2 * 1024 * 1024,
+            ..Limits::default()
+        })
+        .await;
+        let (status, answer) = s
+            .sql(
+                "analyst",
+                "SELECT count(DISTINCT x) AS n FROM (SELECT unnest(range(1, 3000000)) AS x)",
+            )
+            .await;
+        assert_eq!(
+            (status, answer["reason"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("query_too_large")),
+            "{answer}"
+        );
+        // Small queries still run in the same budget.
+        let (status, _) = s.sql("analyst", "SELECT count(*) AS n FROM activity").await;
+        assert_eq!(status, StatusCode::OK);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
