@@ -112,6 +112,11 @@ struct StandaloneArgs {
     /// Hours between retention runs (the first at start); 0 turns them off.
     #[arg(long, env = "CANDOR_RETENTION_EVERY_HOURS", default_value_t = 6)]
     retention_every_hours: u64,
+    /// Hours between runs that produce and deliver the previous day's AI
+    /// extract of each tenant with a receiver (`ai_delivery_url`); 0 turns
+    /// them off.
+    #[arg(long, env = "CANDOR_EXTRACTS_EVERY_HOURS", default_value_t = 6)]
+    extracts_every_hours: u64,
     #[command(flatten)]
     retention: RetentionArgs,
     #[command(flatten)]
@@ -328,6 +333,11 @@ struct QueryArgs {
     /// read from there instead.
     #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
     lake: String,
+    /// Hours between runs that produce and deliver the previous day's AI
+    /// extract of each tenant with a receiver; 0, the default, leaves that
+    /// to one query node of the deployment.
+    #[arg(long, env = "CANDOR_EXTRACTS_EVERY_HOURS", default_value_t = 0)]
+    extracts_every_hours: u64,
 }
 
 #[derive(Subcommand)]
@@ -750,6 +760,7 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         control.clone(),
         Arc::new(control_args.admin(&master)?),
         Arc::new(query_lake),
+        master.clone(),
         registry.clone(),
     ));
     let ingest_config = args.ingest.config(args.listen)?;
@@ -807,6 +818,13 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         let stopped = wait_for_stop(stopped.clone());
         async move { control.run_refresher(stopped).await }
     });
+    if args.extracts_every_hours > 0 {
+        tokio::spawn(candor_query::api::run_extract_schedule(
+            query_state.clone(),
+            std::time::Duration::from_secs(args.extracts_every_hours * 3600),
+            wait_for_stop(stopped.clone()),
+        ));
+    }
     let querying = tokio::spawn(candor_query::api::serve(
         query_listener,
         query_state,
@@ -994,8 +1012,16 @@ async fn run_query(args: QueryArgs) -> Result<()> {
         control,
         Arc::new(args.control.admin(&master)?),
         Arc::new(lake),
+        master,
         registry,
     ));
+    if args.extracts_every_hours > 0 {
+        tokio::spawn(candor_query::api::run_extract_schedule(
+            state.clone(),
+            std::time::Duration::from_secs(args.extracts_every_hours * 3600),
+            std::future::pending(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

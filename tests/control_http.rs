@@ -48,6 +48,7 @@ async fn start_query(control: &Control, master: &candor_schemas::keys::MasterSec
         cache,
         control.admin.clone(),
         Arc::new(lake),
+        master.clone(),
         registry,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

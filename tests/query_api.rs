@@ -43,6 +43,7 @@ struct Service {
     url: String,
     http: reqwest::Client,
     control: Control,
+    master: candor_schemas::keys::MasterSecret,
     tokens: BTreeMap<&'static str, String>,
     _dir: tempfile::TempDir,
 }
@@ -149,6 +150,7 @@ impl Service {
             control.cache.clone(),
             control.admin.clone(),
             Arc::new(lake),
+            master.clone(),
             prometheus::Registry::new(),
         );
         state.limits = limits;
@@ -163,6 +165,7 @@ impl Service {
             url,
             http: reqwest::Client::new(),
             control,
+            master,
             tokens,
             _dir: dir,
         }
@@ -472,6 +475,135 @@ async fn a_query_over_its_memory_budget_fails_clearly() {
         // Small queries still run in the same budget.
         let (status, _) = s.sql("analyst", "SELECT count(*) AS n FROM activity").await;
         assert_eq!(status, StatusCode::OK);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+/// What the test's AI receiver was sent: (headers, body) per request.
+type Received = Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
+/// An AI receiver on a loopback port that answers 503 to the first POST.
+async fn receiver() -> (String, Received) {
+    let received: Received = Arc::default();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let received = received.clone();
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                let mut got = received.lock().unwrap();
+                got.push((headers, body.to_vec()));
+                if got.len() == 1 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extract_shows_no_small_group_and_no_id_and_is_signed_and_audited() {
+    tokio::time::timeout(GUARD, async {
+        let s = Service::start(Limits::default()).await;
+        let acme = TenantId::new("acme").unwrap();
+        let (hook, received) = receiver().await;
+        let mut tenant = s
+            .control
+            .admin
+            .get_tenant(&Actor::operator(), &acme)
+            .await
+            .unwrap()
+            .doc;
+        // Sales has 3 subjects, Field 1: with k = 3, Field is suppressed,
+        // and Sales with it, or the total minus Sales would give Field away.
+        tenant.extract_k = 3;
+        tenant.ai_delivery_url = Some(hook);
+        s.control
+            .admin
+            .update_tenant(&Actor::operator(), &tenant, None)
+            .await
+            .unwrap();
+        s.control.cache.reload(&acme).await.unwrap();
+
+        let request = json!({"from": day(), "to": day(), "period": "day"});
+        let extract = |token: &str| {
+            s.http
+                .post(format!("{}/v1/extracts", s.url))
+                .bearer_auth(token.to_string())
+                .json(&request)
+                .send()
+        };
+        let refused = extract(&s.tokens["analyst"]).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        let response = extract(&s.tokens["ai"]).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let answer: Value = response.json().await.unwrap();
+        let groups = answer["extract"]["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 1, "only the tenant row: {answer}");
+        assert!(groups[0].get("department").is_none());
+        assert_eq!(groups[0]["subjects"], 4.0);
+        let active: i64 = STAFF
+            .iter()
+            .filter(|s| s.0 == "acme")
+            .map(|s| s.3 * i64::from(s.4))
+            .sum();
+        assert_eq!(
+            groups[0]["active_hours"].as_f64().unwrap(),
+            active as f64 / 3600.0
+        );
+        assert_eq!(answer["suppressed_groups"], 2);
+
+        // No id, no pseudonym, no department name of a suppressed group.
+        let body = received.lock().unwrap().last().unwrap().1.clone();
+        let text = String::from_utf8(body.clone()).unwrap();
+        for (_, employee, department, ..) in STAFF {
+            let subject = s
+                .control
+                .subject(&acme, &EmployeeId::new(employee).unwrap())
+                .await;
+            assert!(
+                !text.contains(employee) && !text.contains(&subject),
+                "{employee} in {text}"
+            );
+            assert!(!text.contains(department), "{department} in {text}");
+        }
+
+        // Delivered after one retry, signed, and the same bytes as the lake's copy.
+        let got = received.lock().unwrap().clone();
+        assert_eq!(got.len(), 2, "a 503, then success");
+        let (headers, _) = &got[1];
+        let timestamp: i64 = headers["candor-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let key = s.master.extract_signing_key(&acme, 1);
+        assert_eq!(
+            headers["candor-signature"].to_str().unwrap(),
+            candor_query::delivery::signature(key.as_bytes(), timestamp, &body)
+        );
+        let sha256 = answer["sha256"].as_str().unwrap();
+        assert_eq!(headers["candor-extract-id"], sha256);
+        let stored = std::fs::read(answer["location"].as_str().unwrap()).unwrap();
+        assert_eq!(stored, body);
+        assert_eq!(answer["delivered"]["attempts"], 2);
+
+        let entries = s.control.admin.audit_log().entries(&acme).await.unwrap();
+        let target = format!("sha256:{sha256}");
+        for action in ["extract.produce", "extract.deliver"] {
+            assert!(
+                entries
+                    .iter()
+                    .any(|e| e.event.action == action && e.event.target == target),
+                "{action} audited"
+            );
+        }
     })
     .await
     .expect("test finished within its hang guard");

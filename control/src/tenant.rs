@@ -217,6 +217,10 @@ pub struct Tenant {
     /// Smallest group an AI extract may show.
     #[serde(default = "default_extract_k")]
     pub extract_k: u32,
+    /// Laplace noise on AI extracts: the privacy parameter ε spent on each
+    /// published value (smaller is noisier). No noise when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract_epsilon: Option<f64>,
     /// Where AI extracts are POSTed (https; http only to loopback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ai_delivery_url: Option<String>,
@@ -241,6 +245,8 @@ pub enum TenantError {
     BadAppCategories(String),
     #[error("extract k of {0}; it must be 2 to 1000")]
     BadExtractK(u32),
+    #[error("extract epsilon of {0}; it must be above 0 and at most 10")]
+    BadExtractEpsilon(String),
     #[error("{field}: {reason}")]
     BadUrl { field: &'static str, reason: String },
 }
@@ -257,6 +263,7 @@ impl Tenant {
             track_outside_work_hours: false,
             app_categories: AppCategories::default(),
             extract_k: default_extract_k(),
+            extract_epsilon: None,
             ai_delivery_url: None,
             lake_url: None,
             cancelled_at_ms: None,
@@ -307,6 +314,11 @@ impl Tenant {
         self.app_categories.validate()?;
         if !(2..=1000).contains(&self.extract_k) {
             return Err(TenantError::BadExtractK(self.extract_k));
+        }
+        if let Some(e) = self.extract_epsilon
+            && !(e.is_finite() && e > 0.0 && e <= 10.0)
+        {
+            return Err(TenantError::BadExtractEpsilon(e.to_string()));
         }
         if let Some(u) = &self.ai_delivery_url {
             let url = url::Url::parse(u).map_err(|e| TenantError::BadUrl {
@@ -373,6 +385,7 @@ mod tests {
             (|t| t.work_hours.start = "18:00".into(), "work hours"),
             (|t| t.work_hours.days = vec![0], "work hours"),
             (|t| t.extract_k = 1, "extract k"),
+            (|t| t.extract_epsilon = Some(0.0), "extract epsilon"),
             (
                 |t| t.ai_delivery_url = Some("http://example.com/hook".into()),
                 "https",

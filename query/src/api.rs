@@ -9,6 +9,7 @@
 //! | route | does |
 //! | --- | --- |
 //! | `GET /v1/kpi/activity` | activity KPIs ([`crate::kpi`]) |
+//! | `POST /v1/extracts` | produce an anonymized extract ([`crate::extract`]); ai, owner, admin |
 //! | `POST /v1/sql` | one `SELECT` over the scoped views, as JSON, CSV, Arrow IPC or Parquet |
 //! | `GET /v1/admin/tenant` | the token's tenant document (`ETag` = its version) |
 //! | `PUT /v1/admin/tenant` | replace it (`If-Match: <version>` to refuse a stale write) |
@@ -31,17 +32,20 @@ use axum::{Json, Router};
 use candor_control::documents::MAX_DIRECTORY_BYTES;
 use candor_control::{
     Actor, Admin, AdminError, AuditError, AuditEvent, AuthError, ControlCache, Directory,
-    DocumentError, Principal, Tenant, TenantView, TokenRequest, authenticate,
+    DocumentError, Principal, Role, Tenant, TenantView, TokenRequest, authenticate,
 };
 use candor_http::ServeConfig;
 use candor_schemas::{DeviceId, EmployeeId, TenantId};
 use serde::Deserialize;
 
 use crate::QueryError;
+use crate::delivery::{self, Delivered, RetryPolicy};
+use crate::extract::{self, ExtractRequest, Period};
 use crate::kpi::{self, GroupBy, KpiRequest};
 use crate::lake::QueryLake;
 use crate::scope::{IdentityCache, Scope, ScopeError};
 use crate::session::{Answer, Limits, ScopedSession};
+use candor_schemas::keys::MasterSecret;
 
 /// What the query service needs to run.
 pub struct QueryState {
@@ -50,6 +54,10 @@ pub struct QueryState {
     pub lake: Arc<QueryLake>,
     pub limits: Limits,
     pub registry: prometheus::Registry,
+    /// Derives each tenant's extract signing key.
+    master: MasterSecret,
+    pub delivery: RetryPolicy,
+    http: reqwest::Client,
     identities: IdentityCache,
     metrics: QueryMetrics,
 }
@@ -59,12 +67,16 @@ impl QueryState {
         control: Arc<ControlCache>,
         admin: Arc<Admin>,
         lake: Arc<QueryLake>,
+        master: MasterSecret,
         registry: prometheus::Registry,
     ) -> Self {
         Self {
             control,
             admin,
             lake,
+            master,
+            delivery: RetryPolicy::default(),
+            http: reqwest::Client::new(),
             limits: Limits::default(),
             metrics: QueryMetrics::register(&registry),
             registry,
@@ -124,6 +136,7 @@ pub fn router(state: Arc<QueryState>) -> Router {
     Router::new()
         .nest("/v1/admin", admin)
         .route("/v1/kpi/activity", get(kpi_activity))
+        .route("/v1/extracts", post(request_extract))
         .route(
             "/v1/sql",
             post(run_sql).layer(DefaultBodyLimit::max(MAX_SQL_BODY_BYTES)),
@@ -209,6 +222,7 @@ impl ApiError {
                 QueryError::BadTimeZone(_) => (StatusCode::BAD_REQUEST, "bad_time_zone"),
                 QueryError::TooLarge(_) => (StatusCode::UNPROCESSABLE_ENTITY, "query_too_large"),
                 QueryError::Timeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "query_timeout"),
+                QueryError::Lake(_) => (StatusCode::SERVICE_UNAVAILABLE, "lake_unavailable"),
                 QueryError::BadLake { .. } | QueryError::Engine(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "query_failed")
                 }
@@ -686,4 +700,228 @@ async fn run_sql(
         started,
     )
     .await
+}
+
+/// What producing one extract did.
+#[derive(Debug, serde::Serialize)]
+pub struct Produced {
+    pub location: String,
+    pub sha256: String,
+    pub groups: usize,
+    pub suppressed_groups: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<Delivered>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_error: Option<String>,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+/// Where an extract of `request` is kept in the tenant's lake.
+pub fn extract_location(tenant: &TenantId, request: &ExtractRequest) -> String {
+    let period = match request.period {
+        Period::Day => "day",
+        Period::Week => "week",
+    };
+    format!(
+        "extracts/tenant={tenant}/period={period}/{}_{}.json",
+        request.from, request.to
+    )
+}
+
+/// Produces an extract of the tenant's whole lake, writes it to the lake's
+/// extracts area, audits it with its content hash (before it leaves: if
+/// the audit cannot be written it is not delivered), and delivers it when
+/// the tenant has a receiver.
+pub async fn produce_extract(
+    state: &QueryState,
+    actor: &Actor,
+    view: &TenantView,
+    request: &ExtractRequest,
+) -> Result<Produced, ApiError> {
+    use sha2::Digest;
+    let tenant = &view.tenant.doc;
+    let tables = state.lake.tables(tenant)?;
+    let session = ScopedSession::new(
+        &state.lake,
+        &tables,
+        &Scope::whole_tenant(),
+        state.limits.clone(),
+    )?;
+    let key = state.master.extract_signing_key(&tenant.id, 1);
+    let extract = extract::build(&session, tenant, request, key.as_bytes()).await?;
+    let body = serde_json::to_vec(&extract).map_err(|e| ApiError::Encode(e.to_string()))?;
+    let sha256 = hex::encode(sha2::Sha256::digest(&body));
+    let location = state
+        .lake
+        .put(tenant, &extract_location(&tenant.id, request), body.clone())
+        .await?;
+    let audit = |action: &str, detail: serde_json::Value| AuditEvent {
+        actor: actor.id.clone(),
+        role: actor.role.map_or("operator", |r| r.name()).to_string(),
+        action: action.to_string(),
+        target: format!("sha256:{sha256}"),
+        source: actor.source.clone(),
+        detail,
+    };
+    let now = || chrono::Utc::now().timestamp_millis();
+    let log = state.admin.audit_log();
+    log.append(
+        &tenant.id,
+        audit(
+            "extract.produce",
+            serde_json::json!({"location": location, "from": request.from, "to": request.to,
+                "period": request.period, "groups": extract.groups.len(),
+                "suppressed_groups": extract.suppressed_groups}),
+        ),
+        now(),
+    )
+    .await
+    .map_err(ApiError::AuditUnavailable)?;
+    let mut produced = Produced {
+        location,
+        sha256: sha256.clone(),
+        groups: extract.groups.len(),
+        suppressed_groups: extract.suppressed_groups,
+        delivered: None,
+        delivery_error: None,
+        body,
+    };
+    if let Some(url) = &tenant.ai_delivery_url {
+        let outcome = delivery::post_signed(
+            &state.http,
+            url,
+            key.as_bytes(),
+            &sha256,
+            &produced.body,
+            &state.delivery,
+        )
+        .await;
+        let detail = match &outcome {
+            Ok(d) => serde_json::json!({"url": url, "status": d.status, "attempts": d.attempts}),
+            Err(e) => serde_json::json!({"url": url, "error": e.to_string()}),
+        };
+        let action = if outcome.is_ok() {
+            "extract.deliver"
+        } else {
+            "extract.delivery_failed"
+        };
+        if let Err(e) = log.append(&tenant.id, audit(action, detail), now()).await {
+            tracing::error!(tenant = %tenant.id, error = %e, "could not audit an extract delivery");
+        }
+        match outcome {
+            Ok(d) => produced.delivered = Some(d),
+            Err(e) => produced.delivery_error = Some(e.to_string()),
+        }
+    }
+    Ok(produced)
+}
+
+async fn request_extract(
+    State(state): State<Arc<QueryState>>,
+    caller: Caller,
+    body: Result<Json<ExtractRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let outcome = async {
+        let Json(request) = body?;
+        let role = caller.principal.role;
+        if !matches!(role, Role::Ai | Role::Owner | Role::Admin) {
+            return Err(ApiError::Scope(ScopeError::RoleNotAllowed(role)));
+        }
+        let tenant = &caller.principal.tenant;
+        let view = state
+            .control
+            .get(tenant)
+            .await
+            .map_err(AuthError::from)?
+            .ok_or_else(|| ApiError::UnknownTenant(tenant.clone()))?;
+        let produced = produce_extract(&state, &caller.actor, &view, &request).await?;
+        let mut answer =
+            serde_json::to_value(&produced).map_err(|e| ApiError::Encode(e.to_string()))?;
+        answer["extract"] =
+            serde_json::from_slice(&produced.body).map_err(|e| ApiError::Encode(e.to_string()))?;
+        Ok((
+            Json(answer).into_response(),
+            serde_json::json!({"sha256": produced.sha256}),
+        ))
+    }
+    .await;
+    audited(
+        &state,
+        &caller,
+        "query.extract",
+        "extract".into(),
+        serde_json::Value::Null,
+        outcome,
+        started,
+    )
+    .await
+}
+
+/// Produces the previous local day's extract for every active tenant with
+/// a receiver, every `every`, unless the lake already holds it.
+pub async fn run_extract_schedule(
+    state: Arc<QueryState>,
+    every: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        if let Err(e) = scheduled_extracts(&state).await {
+            tracing::error!(error = %e, "scheduled extracts failed; retrying at the next run");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+async fn scheduled_extracts(state: &QueryState) -> Result<(), ApiError> {
+    let ids = state
+        .control
+        .documents()
+        .ids(candor_control::Kind::Tenant)
+        .await
+        .map_err(AdminError::Document)?;
+    let actor = Actor {
+        id: "scheduler".into(),
+        role: None,
+        tenant: None,
+        source: "schedule".into(),
+    };
+    for id in ids {
+        let Ok(tenant) = TenantId::new(id) else {
+            continue;
+        };
+        let Some(view) = state.control.get(&tenant).await.map_err(AuthError::from)? else {
+            continue;
+        };
+        let doc = &view.tenant.doc;
+        if !doc.is_active() || doc.ai_delivery_url.is_none() {
+            continue;
+        }
+        let today = chrono::Utc::now().with_timezone(&doc.tz()).date_naive();
+        let day = today - chrono::Days::new(1);
+        let request = ExtractRequest {
+            from: day,
+            to: day,
+            period: Period::Day,
+        };
+        if state
+            .lake
+            .exists(doc, &extract_location(&tenant, &request))
+            .await?
+        {
+            continue;
+        }
+        match produce_extract(state, &actor, &view, &request).await {
+            Ok(p) => {
+                tracing::info!(%tenant, %day, sha256 = p.sha256, delivered = p.delivered.is_some(), "extract produced")
+            }
+            Err(e) => tracing::error!(%tenant, %day, error = %e, "extract failed"),
+        }
+    }
+    Ok(())
 }

@@ -18,9 +18,9 @@ use arrow::datatypes::Int64Type;
 use chrono::{Days, NaiveDate};
 use serde::Serialize;
 
-use crate::QueryError;
 use crate::scope::Identities;
 use crate::session::ScopedSession;
+use crate::{QueryError, utf8};
 
 /// Longest span one KPI request may cover.
 pub const MAX_SPAN_DAYS: u64 = 400;
@@ -194,9 +194,9 @@ fn activity_rows(
     let n = group_by.len();
     let int = |i: usize| batch.column(n + i).as_primitive::<Int64Type>();
     let (tracked, active, idle) = (int(0), int(1), int(2));
+    let keys: Vec<_> = (0..n).map(|i| utf8(batch.column(i))).collect();
     let key = |g: GroupBy, row: usize| -> Option<String> {
-        let i = group_by.iter().position(|k| *k == g)?;
-        let column = batch.column(i).as_string::<i32>();
+        let column = &keys[group_by.iter().position(|k| *k == g)?];
         column.is_valid(row).then(|| column.value(row).to_string())
     };
     (0..batch.num_rows())

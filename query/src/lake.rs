@@ -25,6 +25,7 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use object_store::ObjectStoreExt;
 
 use crate::QueryError;
 
@@ -133,6 +134,36 @@ impl QueryLake {
             registered.insert(base);
         }
         Ok(location.trim_end_matches('/').to_string())
+    }
+
+    /// Writes `bytes` at `relative` under the tenant's lake root; returns
+    /// the object's URL.
+    pub async fn put(
+        &self,
+        tenant: &Tenant,
+        relative: &str,
+        bytes: Vec<u8>,
+    ) -> Result<String, QueryError> {
+        let full = format!("{}/{relative}", self.root(tenant.lake_url.as_deref())?);
+        let url = ListingTableUrl::parse(&full)?;
+        let store = self.registry.get_store(url.as_ref())?;
+        store
+            .put(url.prefix(), bytes.into())
+            .await
+            .map_err(|e| QueryError::Lake(e.to_string()))?;
+        Ok(full)
+    }
+
+    /// Whether an object exists at `relative` under the tenant's lake root.
+    pub async fn exists(&self, tenant: &Tenant, relative: &str) -> Result<bool, QueryError> {
+        let full = format!("{}/{relative}", self.root(tenant.lake_url.as_deref())?);
+        let url = ListingTableUrl::parse(&full)?;
+        let store = self.registry.get_store(url.as_ref())?;
+        match store.head(url.prefix()).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(QueryError::Lake(e.to_string())),
+        }
     }
 
     /// The tenant's tables. Each is rooted at `<dataset>/tenant=<id>/`, so

@@ -13,6 +13,8 @@
 //! from the directory for roles allowed to see identities.
 
 pub mod api;
+pub mod delivery;
+pub mod extract;
 pub mod format;
 pub mod kpi;
 pub mod lake;
@@ -51,6 +53,8 @@ pub enum QueryError {
     BadTimeZone(String),
     #[error("empty date range: {from} is after {to}")]
     BadRange { from: NaiveDate, to: NaiveDate },
+    #[error("lake: {0}")]
+    Lake(String),
     #[error("lake {url}: {reason}")]
     BadLake { url: String, reason: String },
 }
@@ -73,6 +77,15 @@ impl QueryError {
             _ => QueryError::BadSql(e.to_string()),
         }
     }
+}
+
+/// A string column as `Utf8`, whatever string type the engine chose for it
+/// (`VARCHAR` may plan as `Utf8View`).
+pub(crate) fn utf8(column: &arrow::array::ArrayRef) -> arrow::array::StringArray {
+    use arrow::array::AsArray;
+    let cast = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
+        .expect("string columns cast to Utf8");
+    cast.as_string::<i32>().clone()
 }
 
 /// Activity of one subject on one day of the tenant's calendar.
