@@ -448,6 +448,25 @@ async fn sql_reaches_only_the_scoped_views_and_every_refusal_is_audited() {
         }
         assert!(queries.iter().any(|e| e.event.role == "ai" && e.event.detail["result"]["refused"] == "forbidden"));
         assert_eq!(audit.verify(&acme).await.unwrap().first_problem, None);
+
+        // The owner exports the log as CSV, verified on the way; no one else may.
+        let export = |who: &str| {
+            s.http
+                .get(format!("{}/v1/audit.csv", s.url))
+                .bearer_auth(s.tokens[who].clone())
+                .send()
+        };
+        assert_eq!(export("analyst").await.unwrap().status(), StatusCode::FORBIDDEN);
+        let before = audit.entries(&acme).await.unwrap().len();
+        let response = export("owner").await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["candor-audit-verified"], before.to_string().as_str());
+        assert!(response.headers().get("candor-audit-problem").is_none());
+        let csv = response.text().await.unwrap();
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(records.len(), before);
+        assert!(records.iter().any(|r| &r[4] == "query.sql" && r[7].contains("statement_refused")));
     })
     .await
     .expect("test finished within its hang guard");

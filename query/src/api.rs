@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | `GET /v1/kpi/activity` | activity KPIs ([`crate::kpi`]) |
 //! | `POST /v1/extracts` | produce an anonymized extract ([`crate::extract`]); ai, owner, admin |
+//! | `GET /v1/audit.csv` | the tenant's audit log as CSV, with the chain's verification in headers; owner only |
 //! | `POST /v1/sql` | one `SELECT` over the scoped views, as JSON, CSV, Arrow IPC or Parquet |
 //! | `GET /v1/admin/tenant` | the token's tenant document (`ETag` = its version) |
 //! | `PUT /v1/admin/tenant` | replace it (`If-Match: <version>` to refuse a stale write) |
@@ -137,6 +138,7 @@ pub fn router(state: Arc<QueryState>) -> Router {
         .nest("/v1/admin", admin)
         .route("/v1/kpi/activity", get(kpi_activity))
         .route("/v1/extracts", post(request_extract))
+        .route("/v1/audit.csv", get(export_audit))
         .route(
             "/v1/sql",
             post(run_sql).layer(DefaultBodyLimit::max(MAX_SQL_BODY_BYTES)),
@@ -924,4 +926,90 @@ async fn scheduled_extracts(state: &QueryState) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// The owner's copy of the tenant's audit log. The chain is verified as it
+/// is exported: `candor-audit-verified` says how many entries verified,
+/// and `candor-audit-problem` names the first one that did not, if any.
+async fn export_audit(
+    State(state): State<Arc<QueryState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let outcome = async {
+        if caller.principal.role != Role::Owner {
+            return Err(ApiError::Scope(ScopeError::RoleNotAllowed(
+                caller.principal.role,
+            )));
+        }
+        let log = state.admin.audit_log();
+        let tenant = &caller.principal.tenant;
+        let audit_error = |e| ApiError::AuditUnavailable(e);
+        let verification = log.verify(tenant).await.map_err(audit_error)?;
+        let entries = log.entries(tenant).await.map_err(audit_error)?;
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        let encode = |e: csv::Error| ApiError::Encode(e.to_string());
+        writer
+            .write_record([
+                "seq", "at", "actor", "role", "action", "target", "source", "detail", "prev", "mac",
+            ])
+            .map_err(encode)?;
+        for e in &entries {
+            let at = chrono::DateTime::from_timestamp_millis(e.at_ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default();
+            writer
+                .write_record([
+                    e.seq.to_string().as_str(),
+                    &at,
+                    &e.event.actor,
+                    &e.event.role,
+                    &e.event.action,
+                    &e.event.target,
+                    &e.event.source,
+                    &e.event.detail.to_string(),
+                    &e.prev,
+                    &e.mac,
+                ])
+                .map_err(encode)?;
+        }
+        let body = writer
+            .into_inner()
+            .map_err(|e| ApiError::Encode(e.to_string()))?;
+        let mut response = (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"audit.csv\"",
+                ),
+            ],
+            body,
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            "candor-audit-verified",
+            HeaderValue::from(verification.verified),
+        );
+        if let Some(problem) = &verification.first_problem
+            && let Ok(value) = HeaderValue::from_str(&problem.to_string())
+        {
+            headers.insert("candor-audit-problem", value);
+        }
+        let result =
+            serde_json::json!({"entries": entries.len(), "verified": verification.verified});
+        Ok((response, result))
+    }
+    .await;
+    audited(
+        &state,
+        &caller,
+        "audit.export",
+        "audit".into(),
+        serde_json::Value::Null,
+        outcome,
+        started,
+    )
+    .await
 }
