@@ -339,6 +339,42 @@ async fn kpis_answer_within_each_roles_scope() {
         let second: Value = page(3).await.unwrap().json().await.unwrap();
         assert_eq!(second["rows"].as_array().unwrap().len(), 1);
         assert!(second["next_offset"].is_null());
+
+        // Every route the OpenAPI document names is served.
+        let doc: Value = s
+            .http
+            .get(format!("{}/v1/openapi.json", s.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            doc,
+            serde_json::from_str::<Value>(candor_query::api::OPENAPI).unwrap()
+        );
+        for (path, methods) in doc["paths"].as_object().unwrap() {
+            for method in methods.as_object().unwrap().keys() {
+                let url = format!(
+                    "{}{}",
+                    s.url,
+                    path.replace("{device}", "d1").replace("{id}", "t1")
+                );
+                let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let status = s
+                    .http
+                    .request(method.clone(), &url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert!(
+                    status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path}: {status}"
+                );
+            }
+        }
     })
     .await
     .expect("test finished within its hang guard");

@@ -11,6 +11,7 @@
 //! | `GET /v1/kpi/activity` | activity KPIs ([`crate::kpi`]) |
 //! | `POST /v1/extracts` | produce an anonymized extract ([`crate::extract`]); ai, owner, admin |
 //! | `GET /v1/audit.csv` | the tenant's audit log as CSV, with the chain's verification in headers; owner only |
+//! | `GET /v1/openapi.json` | the API's OpenAPI document (`query/api/openapi.json`) |
 //! | `POST /v1/sql` | one `SELECT` over the scoped views, as JSON, CSV, Arrow IPC or Parquet |
 //! | `GET /v1/admin/tenant` | the token's tenant document (`ETag` = its version) |
 //! | `PUT /v1/admin/tenant` | replace it (`If-Match: <version>` to refuse a stale write) |
@@ -139,6 +140,7 @@ pub fn router(state: Arc<QueryState>) -> Router {
         .route("/v1/kpi/activity", get(kpi_activity))
         .route("/v1/extracts", post(request_extract))
         .route("/v1/audit.csv", get(export_audit))
+        .route("/v1/openapi.json", get(openapi))
         .route(
             "/v1/sql",
             post(run_sql).layer(DefaultBodyLimit::max(MAX_SQL_BODY_BYTES)),
@@ -653,6 +655,13 @@ struct SqlRequest {
     sql: String,
     #[serde(default)]
     format: crate::format::Format,
+}
+
+/// The API's OpenAPI document, checked in at `query/api/openapi.json`.
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// The header that says an answer was cut at the row limit.
