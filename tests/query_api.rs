@@ -35,8 +35,13 @@ const STAFF: [(&str, &str, &str, i64, u32); 5] = [
     ("globex", "gina", "Ops", 7, 45),
 ];
 
+/// The latest work day (Monday to Friday) at least two days back.
 fn day() -> NaiveDate {
-    Utc::now().date_naive() - Days::new(2)
+    let mut day = Utc::now().date_naive() - Days::new(2);
+    while day.weekday().number_from_monday() > 5 {
+        day = day - Days::new(1);
+    }
+    day
 }
 
 struct Service {
@@ -339,6 +344,112 @@ async fn kpis_answer_within_each_roles_scope() {
         let second: Value = page(3).await.unwrap().json().await.unwrap();
         assert_eq!(second["rows"].as_array().unwrap().len(), 1);
         assert!(second["next_offset"].is_null());
+
+        // Attendance: everyone started at 10:00 UTC, the schedule at 09:00.
+        let attendance = |who: &str, from: NaiveDate, group_by: &str, grace: &str| {
+            s.http
+                .get(format!("{}/v1/kpi/attendance", s.url))
+                .bearer_auth(t[who].clone())
+                .query(&[
+                    ("from", from.to_string()),
+                    ("to", day().to_string()),
+                    ("group_by", group_by.into()),
+                    ("grace_minutes", grace.into()),
+                ])
+                .send()
+        };
+        let days: Value = attendance("owner", day(), "employee,day", "59")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rows = days["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 4, "{days}");
+        let bob = rows.iter().find(|r| r["employee"] == "bob").unwrap();
+        assert_eq!(
+            (
+                bob["first_activity"].as_str(),
+                bob["last_activity"].as_str()
+            ),
+            (Some("10:00"), Some("10:30"))
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r["late_days"] == 1 && r["present_days"] == 1)
+        );
+        let on_time: Value = attendance("owner", day(), "employee,day", "60")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            on_time["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["late_days"] == 0)
+        );
+        // A week back: every other work day is an absence.
+        let week_back = day() - Days::new(7);
+        let departments: Value = attendance("owner", week_back, "department", "10")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sales = departments["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["department"] == "Sales")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (
+                sales["present_days"].as_u64(),
+                sales["absent_days"].as_u64()
+            ),
+            (Some(3), Some(15)),
+            "{departments}"
+        );
+        let own: Value = attendance("employee", week_back, "employee", "10")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(own["rows"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            (
+                own["rows"][0]["employee"].as_str(),
+                own["rows"][0]["absent_days"].as_u64()
+            ),
+            (Some("alice"), Some(5))
+        );
+        let managed: Value = attendance("manager", week_back, "employee", "10")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut names: Vec<&str> = managed["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["employee"].as_str().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["alice", "bob", "mary"]);
+        let pseudonymous: Value = attendance("analyst", week_back, "employee", "10")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(pseudonymous["rows"].as_array().unwrap().len(), 4);
+        assert!(!pseudonymous.to_string().contains("alice"));
 
         // Every route the OpenAPI document names is served.
         let doc: Value = s

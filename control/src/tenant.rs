@@ -63,6 +63,16 @@ fn minutes(hhmm: &str) -> Option<u32> {
 }
 
 impl WorkHours {
+    /// When the workday starts, in minutes after local midnight.
+    pub fn start_minutes(&self) -> u32 {
+        minutes(&self.start).unwrap_or(0)
+    }
+
+    /// Whether `day` is a work day.
+    pub fn is_work_day(&self, day: chrono::Weekday) -> bool {
+        self.days.contains(&(day.number_from_monday() as u8))
+    }
+
     /// The window as the processor applies it, in `time_zone`.
     pub fn window(&self, time_zone: chrono_tz::Tz) -> WorkWindow {
         WorkWindow {
@@ -71,7 +81,7 @@ impl WorkHours {
                 .days
                 .iter()
                 .fold(0u8, |mask, d| mask | 1u8.wrapping_shl(u32::from(*d))),
-            start_min: minutes(&self.start).unwrap_or(0),
+            start_min: self.start_minutes(),
             end_min: minutes(&self.end).unwrap_or(24 * 60),
         }
     }

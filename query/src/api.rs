@@ -9,6 +9,7 @@
 //! | route | does |
 //! | --- | --- |
 //! | `GET /v1/kpi/activity` | activity KPIs ([`crate::kpi`]) |
+//! | `GET /v1/kpi/attendance` | presence, first and last activity, late arrivals, absences |
 //! | `POST /v1/extracts` | produce an anonymized extract ([`crate::extract`]); ai, owner, admin |
 //! | `GET /v1/audit.csv` | the tenant's audit log as CSV, with the chain's verification in headers; owner only |
 //! | `GET /v1/openapi.json` | the API's OpenAPI document (`query/api/openapi.json`) |
@@ -45,7 +46,7 @@ use crate::delivery::{self, Delivered, RetryPolicy};
 use crate::extract::{self, ExtractRequest, Period};
 use crate::kpi::{self, GroupBy, KpiRequest};
 use crate::lake::QueryLake;
-use crate::scope::{IdentityCache, Scope, ScopeError};
+use crate::scope::{IdentityCache, Rows, Scope, ScopeError};
 use crate::session::{Answer, Limits, ScopedSession};
 use candor_schemas::keys::MasterSecret;
 
@@ -138,6 +139,7 @@ pub fn router(state: Arc<QueryState>) -> Router {
     Router::new()
         .nest("/v1/admin", admin)
         .route("/v1/kpi/activity", get(kpi_activity))
+        .route("/v1/kpi/attendance", get(kpi_attendance))
         .route("/v1/extracts", post(request_extract))
         .route("/v1/audit.csv", get(export_audit))
         .route("/v1/openapi.json", get(openapi))
@@ -578,6 +580,10 @@ struct KpiParams {
     limit: usize,
     #[serde(default)]
     offset: usize,
+    /// Attendance only: minutes after the scheduled start before an
+    /// arrival counts as late.
+    #[serde(default)]
+    grace_minutes: Option<u32>,
 }
 
 fn default_group_by() -> String {
@@ -588,35 +594,50 @@ fn default_limit() -> usize {
     100
 }
 
-async fn kpi_activity(
-    State(state): State<Arc<QueryState>>,
-    caller: Caller,
+impl KpiParams {
+    fn request(&self, view: &TenantView) -> Result<KpiRequest, ApiError> {
+        Ok(KpiRequest {
+            time_zone: view.tenant.doc.time_zone.clone(),
+            from: self.from,
+            to: self.to,
+            group_by: self
+                .group_by
+                .split(',')
+                .map(|g| g.trim().parse())
+                .collect::<Result<Vec<GroupBy>, _>>()?,
+            limit: self.limit,
+            offset: self.offset,
+        })
+    }
+}
+
+/// Runs one KPI for the caller and audits it as `query.kpi.<name>`.
+async fn kpi_route<T: serde::Serialize>(
+    state: &QueryState,
+    caller: &Caller,
+    name: &'static str,
     params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
-    uri: axum::http::Uri,
+    uri: &axum::http::Uri,
+    run: impl AsyncFnOnce(
+        &ScopedSession,
+        &TenantView,
+        &KpiParams,
+        &KpiRequest,
+        Option<&crate::scope::Identities>,
+    ) -> Result<kpi::Page<T>, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let outcome = async {
         let axum::extract::Query(params) =
             params.map_err(|e| QueryError::BadRequest(e.body_text()))?;
-        let (view, session) = open_scope(&state, &caller).await?;
-        let request = KpiRequest {
-            time_zone: view.tenant.doc.time_zone.clone(),
-            from: params.from,
-            to: params.to,
-            group_by: params
-                .group_by
-                .split(',')
-                .map(|g| g.trim().parse())
-                .collect::<Result<Vec<GroupBy>, _>>()?,
-            limit: params.limit,
-            offset: params.offset,
-        };
+        let (view, session) = open_scope(state, caller).await?;
+        let request = params.request(&view)?;
         let identities = if session.scope().identities {
             Some(state.identities.get(&view)?)
         } else {
             None
         };
-        let page = kpi::activity(&session, &request, identities.as_deref()).await?;
+        let page = run(&session, &view, &params, &request, identities.as_deref()).await?;
         let rows = page.rows.len();
         let body = serde_json::json!({
             "time_zone": request.time_zone,
@@ -638,13 +659,83 @@ async fn kpi_activity(
         .take(1024)
         .collect::<String>();
     audited(
-        &state,
-        &caller,
-        "query.kpi.activity",
-        "activity".into(),
+        state,
+        caller,
+        name,
+        name.trim_start_matches("query.kpi.").into(),
         serde_json::json!({"query": query}),
         outcome,
         started,
+    )
+    .await
+}
+
+async fn kpi_activity(
+    State(state): State<Arc<QueryState>>,
+    caller: Caller,
+    params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    kpi_route(
+        &state,
+        &caller,
+        "query.kpi.activity",
+        params,
+        &uri,
+        async |session, _, params, request, identities| {
+            if params.grace_minutes.is_some() {
+                return Err(
+                    QueryError::BadRequest("grace_minutes is for attendance".into()).into(),
+                );
+            }
+            Ok(kpi::activity(session, request, identities).await?)
+        },
+    )
+    .await
+}
+
+async fn kpi_attendance(
+    State(state): State<Arc<QueryState>>,
+    caller: Caller,
+    params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let identities_cache = &state.identities;
+    kpi_route(
+        &state,
+        &caller,
+        "query.kpi.attendance",
+        params,
+        &uri,
+        async |session, view, params, request, identities| {
+            let grace_minutes = params.grace_minutes.unwrap_or(10);
+            if grace_minutes > 240 {
+                return Err(QueryError::BadRequest("grace_minutes must be 0 to 240".into()).into());
+            }
+            let doc = &view.tenant.doc;
+            let policy = kpi::AttendancePolicy {
+                work_hours: doc.work_hours.clone(),
+                grace_minutes,
+                today: chrono::Utc::now().with_timezone(&doc.tz()).date_naive(),
+            };
+            // Absences are counted for the directory's employees in scope.
+            let everyone = identities_cache.get(view)?;
+            let in_scope: Vec<(String, Option<String>)> = everyone
+                .iter()
+                .filter_map(|(subject, employee)| {
+                    let department = view.directory.department_of(employee).map(str::to_string);
+                    let visible = match &session.scope().rows {
+                        Rows::Tenant => true,
+                        Rows::Departments(set) => {
+                            department.as_ref().is_some_and(|d| set.contains(d))
+                        }
+                        Rows::Subject(own) => own == subject,
+                    };
+                    visible.then(|| (subject.to_string(), department))
+                })
+                .collect();
+            Ok(kpi::attendance(session, request, &policy, &in_scope, identities).await?)
+        },
     )
     .await
 }

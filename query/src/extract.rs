@@ -35,6 +35,7 @@ use chrono::{Days, NaiveDate};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::kpi::local_days_sql;
 use crate::session::ScopedSession;
 use crate::{QueryError, utf8};
 
@@ -126,21 +127,6 @@ struct Cell {
 
 type CellKey = (String, Option<String>);
 
-/// The local day (and week) of each lake row, for days `from..=to`.
-fn local_days(table: &str, columns: &str, tz: &str, from: NaiveDate, to: NaiveDate) -> String {
-    let (first, last) = (from - Days::new(1), to + Days::new(1));
-    format!(
-        r#"SELECT {columns}, day, to_char(date_trunc('week', CAST(day AS DATE)), '%Y-%m-%d') AS week
-           FROM (
-             SELECT {columns},
-                    to_char(arrow_cast(slot_start, 'Timestamp(Millisecond, Some("{tz}"))'), '%Y-%m-%d') AS day
-             FROM {table}
-             WHERE date >= '{first}' AND date <= '{last}'
-           )
-           WHERE day >= '{from}' AND day <= '{to}'"#
-    )
-}
-
 /// Builds the extract of `tenant` from a whole-tenant session.
 pub async fn build(
     session: &ScopedSession,
@@ -165,14 +151,14 @@ pub async fn build(
         Period::Day => "day",
         Period::Week => "week",
     };
-    let activity = local_days(
+    let activity = local_days_sql(
         "activity",
         "subject, department, tracked_s, active_s, idle_s",
         tz,
         from,
         to,
     );
-    let apps = local_days(
+    let apps = local_days_sql(
         "app_usage",
         "subject, department, app, category, seconds",
         tz,

@@ -10,11 +10,13 @@
 //! - tracked, active, idle hours: the sums of the slots' seconds / 3600;
 //! - activity % = 100 × active / tracked (0 when nothing was tracked).
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use arrow::array::timezone::Tz;
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
+
+use arrow::datatypes::{Int64Type, TimestampMillisecondType};
 use chrono::{Days, NaiveDate};
 use serde::Serialize;
 
@@ -138,6 +140,30 @@ pub struct Page<T> {
     pub next_offset: Option<usize>,
 }
 
+/// The rows of `table` (its `columns`) whose slots fall on the local days
+/// `from..=to` of `time_zone`, with each slot's local `day` and `week` (the
+/// Monday that starts it). Only the UTC date partitions that can hold those
+/// days are read. `time_zone` must be validated by the caller.
+pub(crate) fn local_days_sql(
+    table: &str,
+    columns: &str,
+    time_zone: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> String {
+    let (first, last) = (from - Days::new(1), to + Days::new(1));
+    format!(
+        r#"SELECT {columns}, slot_start, day, to_char(date_trunc('week', CAST(day AS DATE)), '%Y-%m-%d') AS week
+           FROM (
+             SELECT {columns}, slot_start,
+                    to_char(arrow_cast(slot_start, 'Timestamp(Millisecond, Some("{time_zone}"))'), '%Y-%m-%d') AS day
+             FROM {table}
+             WHERE date >= '{first}' AND date <= '{last}'
+           )
+           WHERE day >= '{from}' AND day <= '{to}'"#
+    )
+}
+
 /// Activity per group.
 pub async fn activity(
     session: &ScopedSession,
@@ -153,20 +179,16 @@ pub async fn activity(
     } = request;
     let keys: Vec<&str> = request.group_by.iter().map(|g| g.column()).collect();
     let keys = keys.join(", ");
-    let (first_partition, last_partition) = (*from - Days::new(1), *to + Days::new(1));
+    let rows = local_days_sql(
+        "activity",
+        "subject, department, tracked_s, active_s, idle_s",
+        tz,
+        *from,
+        *to,
+    );
     let sql = format!(
         r#"SELECT {keys}, sum(tracked_s) AS tracked_s, sum(active_s) AS active_s, sum(idle_s) AS idle_s
-           FROM (
-             SELECT subject, department, tracked_s, active_s, idle_s, day,
-                    to_char(date_trunc('week', CAST(day AS DATE)), '%Y-%m-%d') AS week
-             FROM (
-               SELECT subject, department, tracked_s, active_s, idle_s,
-                      to_char(arrow_cast(slot_start, 'Timestamp(Millisecond, Some("{tz}"))'), '%Y-%m-%d') AS day
-               FROM activity
-               WHERE date >= '{first_partition}' AND date <= '{last_partition}'
-             )
-             WHERE day >= '{from}' AND day <= '{to}'
-           )
+           FROM ({rows})
            GROUP BY {keys}
            ORDER BY {keys}
            LIMIT {} OFFSET {}"#,
@@ -224,4 +246,192 @@ fn activity_rows(
             }
         })
         .collect()
+}
+
+/// Attendance formulas, per employee and local day:
+/// - present: some slot of the day has active time; first activity is the
+///   start of the first such slot, last activity the end of the last one
+///   (15-minute precision, the lake's slot);
+/// - late: present on a work day, with first activity after the schedule's
+///   start plus `grace_minutes`;
+/// - absent: a work day before today with no active slot, for an employee
+///   of the caller's scope in the directory now.
+#[derive(Debug, Clone)]
+pub struct AttendancePolicy {
+    pub work_hours: candor_control::WorkHours,
+    pub grace_minutes: u32,
+    /// The tenant's today: it and later days are not counted as absences.
+    pub today: NaiveDate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttendanceRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub employee: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub week: Option<String>,
+    /// Local `HH:MM`, on rows of one employee and one day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_activity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<String>,
+    pub present_days: u32,
+    pub late_days: u32,
+    pub absent_days: u32,
+}
+
+/// One employee-day before grouping.
+struct Attended {
+    subject: String,
+    department: Option<String>,
+    day: NaiveDate,
+    /// First and last active slot starts, local; `None` when absent.
+    span: Option<(chrono::NaiveTime, chrono::NaiveTime)>,
+    late: bool,
+}
+
+/// Attendance per group. `in_scope` lists the (subject, department) of the
+/// directory's employees the caller may see, for absences.
+pub async fn attendance(
+    session: &ScopedSession,
+    request: &KpiRequest,
+    policy: &AttendancePolicy,
+    in_scope: &[(String, Option<String>)],
+    identities: Option<&Identities>,
+) -> Result<Page<AttendanceRow>, QueryError> {
+    use chrono::{Datelike, TimeZone, Timelike};
+    request.validate()?;
+    let tz: chrono_tz::Tz = request
+        .time_zone
+        .parse()
+        .map_err(|_| QueryError::BadTimeZone(request.time_zone.clone()))?;
+    let rows = local_days_sql(
+        "activity",
+        "subject, department, active_s",
+        &request.time_zone,
+        request.from,
+        request.to,
+    );
+    let sql = format!(
+        r#"SELECT subject, max(department) AS department, day,
+                  min(slot_start) AS first_ms, max(slot_start) AS last_ms
+           FROM ({rows})
+           WHERE active_s > 0
+           GROUP BY subject, day"#
+    );
+    let local = |ms: i64| {
+        tz.timestamp_millis_opt(ms)
+            .single()
+            .map(|t| t.time())
+            .unwrap_or_default()
+    };
+    let start = policy.work_hours.start_minutes() + policy.grace_minutes;
+    let mut days: BTreeMap<(String, NaiveDate), Attended> = BTreeMap::new();
+    for batch in &session.query(&sql).await?.batches {
+        let (subject, department, day) = (
+            utf8(batch.column(0)),
+            utf8(batch.column(1)),
+            utf8(batch.column(2)),
+        );
+        let first = batch.column(3).as_primitive::<TimestampMillisecondType>();
+        let last = batch.column(4).as_primitive::<TimestampMillisecondType>();
+        for i in 0..batch.num_rows() {
+            let Ok(date) = day.value(i).parse::<NaiveDate>() else {
+                continue;
+            };
+            let (first, last) = (local(first.value(i)), local(last.value(i)));
+            let minute = first.hour() * 60 + first.minute();
+            days.insert(
+                (subject.value(i).to_string(), date),
+                Attended {
+                    subject: subject.value(i).to_string(),
+                    department: department
+                        .is_valid(i)
+                        .then(|| department.value(i).to_string()),
+                    day: date,
+                    span: Some((first, last)),
+                    late: policy.work_hours.is_work_day(date.weekday()) && minute > start,
+                },
+            );
+        }
+    }
+    for date in request.from.iter_days().take_while(|d| *d <= request.to) {
+        if date >= policy.today || !policy.work_hours.is_work_day(date.weekday()) {
+            continue;
+        }
+        for (subject, department) in in_scope {
+            days.entry((subject.clone(), date))
+                .or_insert_with(|| Attended {
+                    subject: subject.clone(),
+                    department: department.clone(),
+                    day: date,
+                    span: None,
+                    late: false,
+                });
+        }
+    }
+
+    let by = &request.group_by;
+    let per_employee_day = by.contains(&GroupBy::Employee) && by.contains(&GroupBy::Day);
+    let mut groups: BTreeMap<Vec<Option<String>>, AttendanceRow> = BTreeMap::new();
+    for a in days.into_values() {
+        let week = a.day - Days::new(u64::from(a.day.weekday().num_days_from_monday()));
+        let key_of = |g: &GroupBy| match g {
+            GroupBy::Employee => Some(a.subject.clone()),
+            GroupBy::Department => a.department.clone(),
+            GroupBy::Day => Some(a.day.to_string()),
+            GroupBy::Week => Some(week.to_string()),
+        };
+        let key: Vec<Option<String>> = by.iter().map(key_of).collect();
+        let row = groups.entry(key).or_insert_with(|| {
+            let subject = by.contains(&GroupBy::Employee).then(|| a.subject.clone());
+            let employee = subject
+                .as_deref()
+                .and_then(|s| identities?.employee(s))
+                .map(|e| e.to_string());
+            AttendanceRow {
+                subject: if employee.is_some() { None } else { subject },
+                employee,
+                department: by
+                    .contains(&GroupBy::Department)
+                    .then(|| a.department.clone())
+                    .flatten(),
+                day: by.contains(&GroupBy::Day).then(|| a.day.to_string()),
+                week: by.contains(&GroupBy::Week).then(|| week.to_string()),
+                first_activity: None,
+                last_activity: None,
+                present_days: 0,
+                late_days: 0,
+                absent_days: 0,
+            }
+        });
+        match a.span {
+            Some((first, last)) => {
+                row.present_days += 1;
+                row.late_days += u32::from(a.late);
+                if per_employee_day {
+                    let end = last + chrono::Duration::minutes(15);
+                    row.first_activity = Some(first.format("%H:%M").to_string());
+                    row.last_activity = Some(end.format("%H:%M").to_string());
+                }
+            }
+            None => row.absent_days += 1,
+        }
+    }
+    let mut rows: Vec<AttendanceRow> = groups
+        .into_values()
+        .skip(request.offset)
+        .take(request.limit + 1)
+        .collect();
+    let next_offset = (rows.len() > request.limit).then(|| {
+        rows.truncate(request.limit);
+        request.offset + request.limit
+    });
+    Ok(Page { rows, next_offset })
 }

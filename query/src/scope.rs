@@ -103,6 +103,11 @@ impl Identities {
     pub fn employee(&self, subject: &str) -> Option<&EmployeeId> {
         self.by_subject.get(subject)
     }
+
+    /// Every (subject, employee) of the directory.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &EmployeeId)> {
+        self.by_subject.iter().map(|(s, e)| (s.as_str(), e))
+    }
 }
 
 /// A tenant's identities and the directory they were computed from.
