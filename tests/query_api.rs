@@ -16,6 +16,7 @@ use candor_processor::{Lake, Processor, ProcessorConfig};
 use candor_query::api::{QueryState, TRUNCATED_HEADER};
 use candor_query::lake::{LakeConfig, QueryLake};
 use candor_query::session::Limits;
+use candor_schemas::batch::AppUsage;
 use candor_schemas::{EmployeeId, TenantId};
 use chrono::{Datelike, Days, NaiveDate, Utc};
 use common::{Control, activity_batch, header, ms, post, random_master, samples, seal_batch};
@@ -36,6 +37,13 @@ const STAFF: [(&str, &str, &str, i64, u32); 5] = [
 ];
 
 /// The latest work day (Monday to Friday) at least two days back.
+/// App time on `day()` at acme: (employee, app, host, seconds).
+const APPS: [(&str, &str, Option<&str>, u32); 3] = [
+    ("alice", "Excel", None, 600),
+    ("alice", "Chrome", Some("www.youtube.com"), 300),
+    ("bob", "Excel", None, 900),
+];
+
 fn day() -> NaiveDate {
     let mut day = Utc::now().date_naive() - Days::new(2);
     while day.weekday().number_from_monday() > 5 {
@@ -80,6 +88,19 @@ impl Service {
                 .load_directory(&Actor::operator(), &id, &directory, None)
                 .await
                 .unwrap();
+            let mut doc = control
+                .admin
+                .get_tenant(&Actor::operator(), &id)
+                .await
+                .unwrap()
+                .doc;
+            doc.app_categories.productive = vec!["Excel".into()];
+            doc.app_categories.unproductive = vec!["youtube.com".into()];
+            control
+                .admin
+                .update_tenant(&Actor::operator(), &doc, None)
+                .await
+                .unwrap();
             control.cache.reload(&id).await.unwrap();
         }
 
@@ -97,6 +118,18 @@ impl Service {
         for (tenant, employee, _, minutes, active) in STAFF {
             let h = header(tenant, employee, &format!("{employee}-laptop"));
             let batch = activity_batch(samples(ms(day(), 10, 0), minutes, active, 60 - active));
+            let (status, answer) = post(&ingest, BATCH, seal_batch(&master, &h, &batch)).await;
+            assert_eq!(status, 202, "{answer}");
+        }
+        for (employee, app, host, seconds) in APPS {
+            let h = header("acme", employee, &format!("{employee}-laptop"));
+            let mut batch = activity_batch(vec![]);
+            batch.app_usage = vec![AppUsage {
+                start_ms: ms(day(), 10, 0),
+                duration_s: seconds,
+                app: app.into(),
+                host: host.map(str::to_string),
+            }];
             let (status, answer) = post(&ingest, BATCH, seal_batch(&master, &h, &batch)).await;
             assert_eq!(status, 202, "{answer}");
         }
@@ -450,6 +483,63 @@ async fn kpis_answer_within_each_roles_scope() {
             .unwrap();
         assert_eq!(pseudonymous["rows"].as_array().unwrap().len(), 4);
         assert!(!pseudonymous.to_string().contains("alice"));
+
+        // App time: the productive share by the tenant's categories.
+        let apps = |who: &str, group_by: &str| {
+            s.http
+                .get(format!("{}/v1/kpi/apps", s.url))
+                .bearer_auth(t[who].clone())
+                .query(&[
+                    ("from", day().to_string()),
+                    ("to", day().to_string()),
+                    ("group_by", group_by.into()),
+                ])
+                .send()
+        };
+        let by_employee: Value = apps("owner", "employee")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let alice = by_employee["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["employee"] == "alice")
+            .unwrap();
+        assert_eq!(
+            alice["seconds_by_category"],
+            json!({"productive": 600, "unproductive": 300})
+        );
+        assert_eq!(alice["productive_share"].as_f64().unwrap(), 600.0 / 900.0);
+        assert_eq!(alice["top_apps"][0]["app"], "Excel");
+        assert_eq!(alice["top_apps"][1]["host"], "www.youtube.com");
+        let sales: Value = apps("manager", "department")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(sales["rows"].as_array().unwrap().len(), 1, "{sales}");
+        assert_eq!(
+            sales["rows"][0]["productive_share"].as_f64().unwrap(),
+            1500.0 / 1800.0
+        );
+        let own: Value = apps("employee", "employee")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(own["rows"].as_array().unwrap().len(), 1);
+        let none: Value = apps("globex", "employee")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(none["rows"], json!([]));
 
         // Every route the OpenAPI document names is served.
         let doc: Value = s

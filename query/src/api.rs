@@ -9,6 +9,7 @@
 //! | route | does |
 //! | --- | --- |
 //! | `GET /v1/kpi/activity` | activity KPIs ([`crate::kpi`]) |
+//! | `GET /v1/kpi/apps` | productive share by app category, top apps |
 //! | `GET /v1/kpi/attendance` | presence, first and last activity, late arrivals, absences |
 //! | `POST /v1/extracts` | produce an anonymized extract ([`crate::extract`]); ai, owner, admin |
 //! | `GET /v1/audit.csv` | the tenant's audit log as CSV, with the chain's verification in headers; owner only |
@@ -140,6 +141,7 @@ pub fn router(state: Arc<QueryState>) -> Router {
         .nest("/v1/admin", admin)
         .route("/v1/kpi/activity", get(kpi_activity))
         .route("/v1/kpi/attendance", get(kpi_attendance))
+        .route("/v1/kpi/apps", get(kpi_apps))
         .route("/v1/extracts", post(request_extract))
         .route("/v1/audit.csv", get(export_audit))
         .route("/v1/openapi.json", get(openapi))
@@ -692,6 +694,33 @@ async fn kpi_activity(
         },
     )
     .await
+}
+
+async fn kpi_apps(
+    State(state): State<Arc<QueryState>>,
+    caller: Caller,
+    params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    kpi_route(
+        &state,
+        &caller,
+        "query.kpi.apps",
+        params,
+        &uri,
+        async |session, _, params, request, identities| {
+            no_grace(params)?;
+            Ok(kpi::apps(session, request, identities).await?)
+        },
+    )
+    .await
+}
+
+fn no_grace(params: &KpiParams) -> Result<(), ApiError> {
+    match params.grace_minutes {
+        Some(_) => Err(QueryError::BadRequest("grace_minutes is for attendance".into()).into()),
+        None => Ok(()),
+    }
 }
 
 async fn kpi_attendance(

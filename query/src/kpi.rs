@@ -435,3 +435,123 @@ pub async fn attendance(
     });
     Ok(Page { rows, next_offset })
 }
+
+/// Apps listed per row of the apps KPI.
+pub const TOP_APPS: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppsRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub employee: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub week: Option<String>,
+    /// Seconds of app time per category: productive, neutral, unproductive.
+    pub seconds_by_category: BTreeMap<String, i64>,
+    /// productive seconds / all app seconds (0 without app time).
+    pub productive_share: f64,
+    /// The group's most used apps (with host, when the agent gave one).
+    pub top_apps: Vec<TopApp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopApp {
+    pub app: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub category: String,
+    pub seconds: i64,
+}
+
+/// App time per group: the productive share by the tenant's categories (as
+/// rated when the processor wrote the rows) and the top apps.
+pub async fn apps(
+    session: &ScopedSession,
+    request: &KpiRequest,
+    identities: Option<&Identities>,
+) -> Result<Page<AppsRow>, QueryError> {
+    request.validate()?;
+    let keys: Vec<&str> = request.group_by.iter().map(|g| g.column()).collect();
+    let keys = keys.join(", ");
+    let n = request.group_by.len();
+    let rows = local_days_sql(
+        "app_usage",
+        "subject, department, app, host, category, seconds",
+        &request.time_zone,
+        request.from,
+        request.to,
+    );
+    let sql = format!(
+        r#"SELECT {keys}, app, host, category, sum(seconds) AS seconds
+           FROM ({rows})
+           GROUP BY {keys}, app, host, category"#
+    );
+    let mut groups: BTreeMap<Vec<Option<String>>, Vec<TopApp>> = BTreeMap::new();
+    for batch in &session.query(&sql).await?.batches {
+        let keys: Vec<_> = (0..n).map(|i| utf8(batch.column(i))).collect();
+        let (app, host, category) = (
+            utf8(batch.column(n)),
+            utf8(batch.column(n + 1)),
+            utf8(batch.column(n + 2)),
+        );
+        let seconds = batch.column(n + 3).as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            let key = keys
+                .iter()
+                .map(|k| k.is_valid(i).then(|| k.value(i).to_string()))
+                .collect();
+            groups.entry(key).or_default().push(TopApp {
+                app: app.value(i).to_string(),
+                host: host.is_valid(i).then(|| host.value(i).to_string()),
+                category: category.value(i).to_string(),
+                seconds: seconds.value(i),
+            });
+        }
+    }
+    let at = |g: GroupBy| request.group_by.iter().position(|k| *k == g);
+    let mut rows: Vec<AppsRow> = groups
+        .into_iter()
+        .skip(request.offset)
+        .take(request.limit + 1)
+        .map(|(key, mut apps)| {
+            let key_of = |g| at(g).and_then(|i| key[i].clone());
+            let subject = key_of(GroupBy::Employee);
+            let employee = subject
+                .as_deref()
+                .and_then(|s| identities?.employee(s))
+                .map(|e| e.to_string());
+            let mut seconds_by_category = BTreeMap::new();
+            for a in &apps {
+                *seconds_by_category.entry(a.category.clone()).or_insert(0) += a.seconds;
+            }
+            let total: i64 = seconds_by_category.values().sum();
+            let productive = seconds_by_category.get("productive").copied().unwrap_or(0);
+            apps.sort_by(|a, b| b.seconds.cmp(&a.seconds).then(a.app.cmp(&b.app)));
+            apps.truncate(TOP_APPS);
+            AppsRow {
+                subject: if employee.is_some() { None } else { subject },
+                employee,
+                department: key_of(GroupBy::Department),
+                day: key_of(GroupBy::Day),
+                week: key_of(GroupBy::Week),
+                seconds_by_category,
+                productive_share: if total > 0 {
+                    productive as f64 / total as f64
+                } else {
+                    0.0
+                },
+                top_apps: apps,
+            }
+        })
+        .collect();
+    let next_offset = (rows.len() > request.limit).then(|| {
+        rows.truncate(request.limit);
+        request.offset + request.limit
+    });
+    Ok(Page { rows, next_offset })
+}
