@@ -63,6 +63,16 @@ struct Service {
 
 impl Service {
     async fn start(limits: Limits) -> Self {
+        Self::start_with(limits, None).await
+    }
+
+    /// With `acme_lake` (an S3 bucket's name and client), the processor
+    /// writes there, and acme's tenant document names it as its own lake
+    /// (data residency) while the deployment's lake stays empty.
+    async fn start_with(
+        limits: Limits,
+        acme_lake: Option<(String, Arc<dyn object_store::ObjectStore>)>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let master = random_master();
         let control = Control::local_with(&master, &["acme", "globex"]).await;
@@ -134,10 +144,14 @@ impl Service {
             assert_eq!(status, 202, "{answer}");
         }
         let lake_dir = dir.path().join("lake");
+        let written = match &acme_lake {
+            Some((_, store)) => Lake::on_store(store.clone(), "lake".into()),
+            None => Lake::local(&lake_dir).unwrap(),
+        };
         let mut processor = Processor::new(
             spool.consumer("g").unwrap(),
             control.cache.clone(),
-            Lake::local(&lake_dir).unwrap(),
+            written,
             ProcessorConfig {
                 poll_wait: Duration::from_millis(50),
                 ..ProcessorConfig::default()
@@ -184,6 +198,24 @@ impl Service {
         }
 
         let lake = QueryLake::new(LakeConfig::new(lake_dir.to_string_lossy())).unwrap();
+        if let Some((bucket, store)) = acme_lake {
+            lake.register_store(&format!("s3://{bucket}"), store)
+                .unwrap();
+            let acme = TenantId::new("acme").unwrap();
+            let mut doc = control
+                .admin
+                .get_tenant(&Actor::operator(), &acme)
+                .await
+                .unwrap()
+                .doc;
+            doc.lake_url = Some(format!("s3://{bucket}/lake"));
+            control
+                .admin
+                .update_tenant(&Actor::operator(), &doc, None)
+                .await
+                .unwrap();
+            control.cache.reload(&acme).await.unwrap();
+        }
         let mut state = QueryState::new(
             control.cache.clone(),
             control.admin.clone(),
@@ -860,6 +892,49 @@ async fn an_extract_shows_no_small_group_and_no_id_and_is_signed_and_audited() {
                 "{action} audited"
             );
         }
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
+    tokio::time::timeout(GUARD, async {
+        // A real S3-compatible server (moto, started by scripts/test or here).
+        let bucket = candor_control::testkit::fresh_named_bucket("residency");
+        let s = Service::start_with(Limits::default(), Some(bucket)).await;
+        let (status, owner) = s.kpi(&s.tokens["owner"], "employee").await;
+        assert_eq!(status, StatusCode::OK, "{owner}");
+        assert_eq!(by_employee(&owner), expected("acme", |_, _| true));
+        let (_, managed) = s.kpi(&s.tokens["manager"], "employee").await;
+        assert_eq!(by_employee(&managed), expected("acme", |_, d| d == "Sales"));
+        let (status, answer) = s
+            .sql(
+                "analyst",
+                "SELECT count(DISTINCT subject) AS n FROM activity",
+            )
+            .await;
+        assert_eq!(
+            (status, answer["rows"][0]["n"].as_i64()),
+            (StatusCode::OK, Some(4))
+        );
+        // Globex has no lake of its own: the deployment's lake, empty here.
+        let (_, globex) = s.kpi(&s.tokens["globex"], "employee").await;
+        assert_eq!(globex["rows"], json!([]));
+        // An extract of acme is written to acme's lake.
+        let answer: Value = s
+            .http
+            .post(format!("{}/v1/extracts", s.url))
+            .bearer_auth(s.tokens["ai"].clone())
+            .json(&json!({"from": day(), "to": day()}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let location = answer["location"].as_str().unwrap();
+        assert!(location.starts_with("s3://residency-"), "{location}");
     })
     .await
     .expect("test finished within its hang guard");

@@ -75,10 +75,19 @@ pub fn fresh_bucket(prefix: &str) -> Arc<dyn ObjectStore> {
     s3_client(&s3_endpoint(), prefix)
 }
 
+/// Like [`fresh_bucket`], with the bucket's name.
+pub fn fresh_named_bucket(prefix: &str) -> (String, Arc<dyn ObjectStore>) {
+    named_s3_client(&s3_endpoint(), prefix)
+}
+
 /// A client of a fresh bucket on `endpoint` (the test server, or a proxy in
 /// front of it), with short retries so a test of an unreachable store does
 /// not wait minutes.
 pub fn s3_client(endpoint: &str, prefix: &str) -> Arc<dyn ObjectStore> {
+    named_s3_client(endpoint, prefix).1
+}
+
+fn named_s3_client(endpoint: &str, prefix: &str) -> (String, Arc<dyn ObjectStore>) {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -108,7 +117,7 @@ pub fn s3_client(endpoint: &str, prefix: &str) -> Arc<dyn ObjectStore> {
         .with_secret_access_key("candor-test")
         .build()
         .expect("S3 client for the test server");
-    Arc::new(store)
+    (bucket, Arc::new(store))
 }
 
 /// CreateBucket, unsigned: the test server accepts it, and object_store

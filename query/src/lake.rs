@@ -82,6 +82,25 @@ impl QueryLake {
         Ok(lake)
     }
 
+    /// Uses `store` for every location under `base` (`s3://bucket`),
+    /// instead of a client built from the `AWS_*` variables.
+    pub fn register_store(
+        &self,
+        base: &str,
+        store: Arc<dyn object_store::ObjectStore>,
+    ) -> Result<(), QueryError> {
+        let url = url::Url::parse(base).map_err(|e| QueryError::BadLake {
+            url: base.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.registry.register_store(&url, store);
+        self.registered
+            .lock()
+            .expect("registry lock")
+            .insert(base.trim_end_matches('/').to_string());
+        Ok(())
+    }
+
     pub fn config(&self) -> &LakeConfig {
         &self.config
     }
