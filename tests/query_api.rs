@@ -16,7 +16,7 @@ use candor_processor::{Lake, Processor, ProcessorConfig};
 use candor_query::api::{QueryState, TRUNCATED_HEADER};
 use candor_query::lake::{LakeConfig, QueryLake};
 use candor_query::session::Limits;
-use candor_schemas::batch::AppUsage;
+use candor_schemas::batch::{AppUsage, GpsPoint};
 use candor_schemas::{EmployeeId, TenantId};
 use chrono::{Datelike, Days, NaiveDate, Utc};
 use common::{Control, activity_batch, header, ms, post, random_master, samples, seal_batch};
@@ -131,6 +131,19 @@ impl Service {
             let (status, answer) = post(&ingest, BATCH, seal_batch(&master, &h, &batch)).await;
             assert_eq!(status, 202, "{answer}");
         }
+        // Carol, in the field, drives 0.01 degrees of latitude north.
+        let h = header("acme", "carol", "carol-laptop");
+        let mut batch = activity_batch(vec![]);
+        batch.gps = (0..3)
+            .map(|i| GpsPoint {
+                at_ms: ms(day(), 10, i * 2),
+                lat: 48.0 + 0.005 * f64::from(i),
+                lon: 11.0,
+                accuracy_m: 5.0,
+            })
+            .collect();
+        let (status, answer) = post(&ingest, BATCH, seal_batch(&master, &h, &batch)).await;
+        assert_eq!(status, 202, "{answer}");
         for (employee, app, host, seconds) in APPS {
             let h = header("acme", employee, &format!("{employee}-laptop"));
             let mut batch = activity_batch(vec![]);
@@ -572,6 +585,45 @@ async fn kpis_answer_within_each_roles_scope() {
             .await
             .unwrap();
         assert_eq!(none["rows"], json!([]));
+
+        // Distance: 0.01 degrees of latitude is 1.112 km.
+        let gps: Value = s
+            .http
+            .get(format!("{}/v1/kpi/gps", s.url))
+            .bearer_auth(t["hr"].clone())
+            .query(&[
+                ("from", day().to_string()),
+                ("to", day().to_string()),
+                ("group_by", "employee".into()),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(gps["rows"].as_array().unwrap().len(), 1, "{gps}");
+        assert_eq!(
+            (
+                gps["rows"][0]["employee"].as_str(),
+                gps["rows"][0]["points"].as_i64()
+            ),
+            (Some("carol"), Some(3))
+        );
+        let km = gps["rows"][0]["distance_km"].as_f64().unwrap();
+        assert!((km - 1.112).abs() < 0.001, "{km}");
+        let managed: Value = s
+            .http
+            .get(format!("{}/v1/kpi/gps", s.url))
+            .bearer_auth(t["manager"].clone())
+            .query(&[("from", day().to_string()), ("to", day().to_string())])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(managed["rows"], json!([]), "carol is not in Sales");
 
         // Every route the OpenAPI document names is served.
         let doc: Value = s

@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | `GET /v1/kpi/activity` | activity KPIs ([`crate::kpi`]) |
 //! | `GET /v1/kpi/apps` | productive share by app category, top apps |
+//! | `GET /v1/kpi/gps` | positions and distance travelled |
 //! | `GET /v1/kpi/attendance` | presence, first and last activity, late arrivals, absences |
 //! | `POST /v1/extracts` | produce an anonymized extract ([`crate::extract`]); ai, owner, admin |
 //! | `GET /v1/audit.csv` | the tenant's audit log as CSV, with the chain's verification in headers; owner only |
@@ -142,6 +143,7 @@ pub fn router(state: Arc<QueryState>) -> Router {
         .route("/v1/kpi/activity", get(kpi_activity))
         .route("/v1/kpi/attendance", get(kpi_attendance))
         .route("/v1/kpi/apps", get(kpi_apps))
+        .route("/v1/kpi/gps", get(kpi_gps))
         .route("/v1/extracts", post(request_extract))
         .route("/v1/audit.csv", get(export_audit))
         .route("/v1/openapi.json", get(openapi))
@@ -711,6 +713,26 @@ async fn kpi_apps(
         async |session, _, params, request, identities| {
             no_grace(params)?;
             Ok(kpi::apps(session, request, identities).await?)
+        },
+    )
+    .await
+}
+
+async fn kpi_gps(
+    State(state): State<Arc<QueryState>>,
+    caller: Caller,
+    params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    kpi_route(
+        &state,
+        &caller,
+        "query.kpi.gps",
+        params,
+        &uri,
+        async |session, _, params, request, identities| {
+            no_grace(params)?;
+            Ok(kpi::gps(session, request, identities).await?)
         },
     )
     .await

@@ -6,17 +6,22 @@
 //! exact. Lake partitions are UTC dates; a local day touches at most the UTC
 //! dates on either side of it, so only those partitions are read.
 //!
-//! Formulas (activity):
-//! - tracked, active, idle hours: the sums of the slots' seconds / 3600;
-//! - activity % = 100 × active / tracked (0 when nothing was tracked).
+//! Formulas:
+//! - activity: tracked, active and idle seconds are the sums of the slots';
+//!   activity % = 100 × active / tracked (0 when nothing was tracked);
+//! - attendance: see [`AttendancePolicy`];
+//! - apps: seconds per category, productive share = productive / all app
+//!   seconds, top apps by seconds;
+//! - GPS: points and distance summed over the slots (distance is computed
+//!   by the processor from precise positions, before they are coarsened).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use arrow::array::timezone::Tz;
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray};
 
-use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use chrono::{Days, NaiveDate};
 use serde::Serialize;
 
@@ -109,23 +114,11 @@ impl KpiRequest {
     }
 }
 
-/// One row of the activity KPI. Keys not grouped by are absent.
+/// One row of the activity KPI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ActivityRow {
-    /// The employee id, for roles that may see identities and employees in
-    /// the directory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub employee: Option<String>,
-    /// The pseudonym, for everyone else (and employees no longer in the
-    /// directory).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub department: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub day: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub week: Option<String>,
+    #[serde(flatten)]
+    pub key: GroupKey,
     pub tracked_s: i64,
     pub active_s: i64,
     pub idle_s: i64,
@@ -138,6 +131,71 @@ pub struct Page<T> {
     /// The offset of the next page, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_offset: Option<usize>,
+}
+
+/// The grouping keys of one KPI row; those not grouped by are absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GroupKey {
+    /// The employee id, for roles that may see identities and employees in
+    /// the directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub employee: Option<String>,
+    /// The pseudonym, for everyone else (and employees no longer in the
+    /// directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    /// The Monday that starts the ISO week, in the tenant's time zone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub week: Option<String>,
+}
+
+impl GroupKey {
+    /// The key of a row whose grouping values are `values`, in the order of
+    /// `group_by`; the subject is re-identified where `identities` allows.
+    fn new(
+        group_by: &[GroupBy],
+        values: &[Option<String>],
+        identities: Option<&Identities>,
+    ) -> Self {
+        let value = |g: GroupBy| {
+            let i = group_by.iter().position(|k| *k == g)?;
+            values[i].clone()
+        };
+        let subject = value(GroupBy::Employee);
+        let employee = subject
+            .as_deref()
+            .and_then(|s| identities?.employee(s))
+            .map(|e| e.to_string());
+        GroupKey {
+            subject: if employee.is_some() { None } else { subject },
+            employee,
+            department: value(GroupBy::Department),
+            day: value(GroupBy::Day),
+            week: value(GroupBy::Week),
+        }
+    }
+}
+
+impl<T> Page<T> {
+    fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            rows: self.rows.into_iter().map(f).collect(),
+            next_offset: self.next_offset,
+        }
+    }
+}
+
+/// Cuts `rows` (fetched with one row more than the page) to the page.
+fn page<T>(mut rows: Vec<T>, request: &KpiRequest) -> Page<T> {
+    let next_offset = (rows.len() > request.limit).then(|| {
+        rows.truncate(request.limit);
+        request.offset + request.limit
+    });
+    Page { rows, next_offset }
 }
 
 /// The rows of `table` (its `columns`) whose slots fall on the local days
@@ -164,88 +222,119 @@ pub(crate) fn local_days_sql(
     )
 }
 
+/// Sums of `sums` (SQL expressions over `columns` of `table`) per group of
+/// `request`, one page, ordered by the keys. Each sum comes back as f64
+/// (exact for whole numbers below 2^53).
+async fn grouped_sums(
+    session: &ScopedSession,
+    request: &KpiRequest,
+    table: &str,
+    columns: &str,
+    sums: &[&str],
+    identities: Option<&Identities>,
+) -> Result<Page<(GroupKey, Vec<f64>)>, QueryError> {
+    request.validate()?;
+    let n = request.group_by.len();
+    let keys: Vec<&str> = request.group_by.iter().map(|g| g.column()).collect();
+    let keys = keys.join(", ");
+    let sums_sql: Vec<String> = sums
+        .iter()
+        .map(|e| format!("CAST(sum({e}) AS DOUBLE)"))
+        .collect();
+    let rows = local_days_sql(table, columns, &request.time_zone, request.from, request.to);
+    let sql = format!(
+        r#"SELECT {keys}, {}
+           FROM ({rows})
+           GROUP BY {keys}
+           ORDER BY {keys}
+           LIMIT {} OFFSET {}"#,
+        sums_sql.join(", "),
+        request.limit + 1,
+        request.offset
+    );
+    let mut out = Vec::new();
+    for batch in &session.query(&sql).await?.batches {
+        let keys: Vec<_> = (0..n).map(|i| utf8(batch.column(i))).collect();
+        let values: Vec<_> = (0..sums.len())
+            .map(|j| batch.column(n + j).as_primitive::<Float64Type>())
+            .collect();
+        for i in 0..batch.num_rows() {
+            let key: Vec<Option<String>> = keys
+                .iter()
+                .map(|k| k.is_valid(i).then(|| k.value(i).to_string()))
+                .collect();
+            let sums = values
+                .iter()
+                .map(|v| if v.is_valid(i) { v.value(i) } else { 0.0 })
+                .collect();
+            out.push((GroupKey::new(&request.group_by, &key, identities), sums));
+        }
+    }
+    Ok(page(out, request))
+}
+
 /// Activity per group.
 pub async fn activity(
     session: &ScopedSession,
     request: &KpiRequest,
     identities: Option<&Identities>,
 ) -> Result<Page<ActivityRow>, QueryError> {
-    request.validate()?;
-    let KpiRequest {
-        time_zone: tz,
-        from,
-        to,
-        ..
-    } = request;
-    let keys: Vec<&str> = request.group_by.iter().map(|g| g.column()).collect();
-    let keys = keys.join(", ");
-    let rows = local_days_sql(
+    let sums = grouped_sums(
+        session,
+        request,
         "activity",
         "subject, department, tracked_s, active_s, idle_s",
-        tz,
-        *from,
-        *to,
-    );
-    let sql = format!(
-        r#"SELECT {keys}, sum(tracked_s) AS tracked_s, sum(active_s) AS active_s, sum(idle_s) AS idle_s
-           FROM ({rows})
-           GROUP BY {keys}
-           ORDER BY {keys}
-           LIMIT {} OFFSET {}"#,
-        request.limit + 1,
-        request.offset
-    );
-    let answer = session.query(&sql).await?;
-    let mut rows: Vec<ActivityRow> = answer
-        .batches
-        .iter()
-        .flat_map(|b| activity_rows(b, &request.group_by, identities))
-        .collect();
-    let next_offset = (rows.len() > request.limit).then(|| {
-        rows.truncate(request.limit);
-        request.offset + request.limit
-    });
-    Ok(Page { rows, next_offset })
+        &["tracked_s", "active_s", "idle_s"],
+        identities,
+    )
+    .await?;
+    Ok(sums.map(|(key, v)| {
+        let (tracked_s, active_s, idle_s) = (v[0] as i64, v[1] as i64, v[2] as i64);
+        ActivityRow {
+            key,
+            tracked_s,
+            active_s,
+            idle_s,
+            activity_pct: if tracked_s > 0 {
+                100.0 * active_s as f64 / tracked_s as f64
+            } else {
+                0.0
+            },
+        }
+    }))
 }
 
-fn activity_rows(
-    batch: &RecordBatch,
-    group_by: &[GroupBy],
+/// One row of the GPS KPI.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpsRow {
+    #[serde(flatten)]
+    pub key: GroupKey,
+    /// Positions the agents reported.
+    pub points: i64,
+    /// Distance along each slot's precise positions (haversine), summed.
+    pub distance_km: f64,
+}
+
+/// Distance travelled per group.
+pub async fn gps(
+    session: &ScopedSession,
+    request: &KpiRequest,
     identities: Option<&Identities>,
-) -> Vec<ActivityRow> {
-    let n = group_by.len();
-    let int = |i: usize| batch.column(n + i).as_primitive::<Int64Type>();
-    let (tracked, active, idle) = (int(0), int(1), int(2));
-    let keys: Vec<_> = (0..n).map(|i| utf8(batch.column(i))).collect();
-    let key = |g: GroupBy, row: usize| -> Option<String> {
-        let column = &keys[group_by.iter().position(|k| *k == g)?];
-        column.is_valid(row).then(|| column.value(row).to_string())
-    };
-    (0..batch.num_rows())
-        .map(|i| {
-            let subject = key(GroupBy::Employee, i);
-            let employee = subject
-                .as_deref()
-                .and_then(|s| identities?.employee(s))
-                .map(|e| e.to_string());
-            let (tracked_s, active_s) = (tracked.value(i), active.value(i));
-            ActivityRow {
-                subject: if employee.is_some() { None } else { subject },
-                employee,
-                department: key(GroupBy::Department, i),
-                day: key(GroupBy::Day, i),
-                week: key(GroupBy::Week, i),
-                tracked_s,
-                active_s,
-                idle_s: idle.value(i),
-                activity_pct: if tracked_s > 0 {
-                    100.0 * active_s as f64 / tracked_s as f64
-                } else {
-                    0.0
-                },
-            }
-        })
-        .collect()
+) -> Result<Page<GpsRow>, QueryError> {
+    let sums = grouped_sums(
+        session,
+        request,
+        "gps",
+        "subject, department, points, distance_m",
+        &["points", "distance_m"],
+        identities,
+    )
+    .await?;
+    Ok(sums.map(|(key, v)| GpsRow {
+        key,
+        points: v[0] as i64,
+        distance_km: v[1] / 1000.0,
+    }))
 }
 
 /// Attendance formulas, per employee and local day:
@@ -266,16 +355,8 @@ pub struct AttendancePolicy {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttendanceRow {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub employee: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub department: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub day: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub week: Option<String>,
+    #[serde(flatten)]
+    pub key: GroupKey,
     /// Local `HH:MM`, on rows of one employee and one day.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_activity: Option<String>,
@@ -389,27 +470,13 @@ pub async fn attendance(
             GroupBy::Week => Some(week.to_string()),
         };
         let key: Vec<Option<String>> = by.iter().map(key_of).collect();
-        let row = groups.entry(key).or_insert_with(|| {
-            let subject = by.contains(&GroupBy::Employee).then(|| a.subject.clone());
-            let employee = subject
-                .as_deref()
-                .and_then(|s| identities?.employee(s))
-                .map(|e| e.to_string());
-            AttendanceRow {
-                subject: if employee.is_some() { None } else { subject },
-                employee,
-                department: by
-                    .contains(&GroupBy::Department)
-                    .then(|| a.department.clone())
-                    .flatten(),
-                day: by.contains(&GroupBy::Day).then(|| a.day.to_string()),
-                week: by.contains(&GroupBy::Week).then(|| week.to_string()),
-                first_activity: None,
-                last_activity: None,
-                present_days: 0,
-                late_days: 0,
-                absent_days: 0,
-            }
+        let row = groups.entry(key.clone()).or_insert_with(|| AttendanceRow {
+            key: GroupKey::new(by, &key, identities),
+            first_activity: None,
+            last_activity: None,
+            present_days: 0,
+            late_days: 0,
+            absent_days: 0,
         });
         match a.span {
             Some((first, last)) => {
@@ -424,16 +491,12 @@ pub async fn attendance(
             None => row.absent_days += 1,
         }
     }
-    let mut rows: Vec<AttendanceRow> = groups
+    let rows: Vec<AttendanceRow> = groups
         .into_values()
         .skip(request.offset)
         .take(request.limit + 1)
         .collect();
-    let next_offset = (rows.len() > request.limit).then(|| {
-        rows.truncate(request.limit);
-        request.offset + request.limit
-    });
-    Ok(Page { rows, next_offset })
+    Ok(page(rows, request))
 }
 
 /// Apps listed per row of the apps KPI.
@@ -441,16 +504,8 @@ pub const TOP_APPS: usize = 5;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AppsRow {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub employee: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub department: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub day: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub week: Option<String>,
+    #[serde(flatten)]
+    pub key: GroupKey,
     /// Seconds of app time per category: productive, neutral, unproductive.
     pub seconds_by_category: BTreeMap<String, i64>,
     /// productive seconds / all app seconds (0 without app time).
@@ -513,18 +568,11 @@ pub async fn apps(
             });
         }
     }
-    let at = |g: GroupBy| request.group_by.iter().position(|k| *k == g);
-    let mut rows: Vec<AppsRow> = groups
+    let rows: Vec<AppsRow> = groups
         .into_iter()
         .skip(request.offset)
         .take(request.limit + 1)
         .map(|(key, mut apps)| {
-            let key_of = |g| at(g).and_then(|i| key[i].clone());
-            let subject = key_of(GroupBy::Employee);
-            let employee = subject
-                .as_deref()
-                .and_then(|s| identities?.employee(s))
-                .map(|e| e.to_string());
             let mut seconds_by_category = BTreeMap::new();
             for a in &apps {
                 *seconds_by_category.entry(a.category.clone()).or_insert(0) += a.seconds;
@@ -534,11 +582,7 @@ pub async fn apps(
             apps.sort_by(|a, b| b.seconds.cmp(&a.seconds).then(a.app.cmp(&b.app)));
             apps.truncate(TOP_APPS);
             AppsRow {
-                subject: if employee.is_some() { None } else { subject },
-                employee,
-                department: key_of(GroupBy::Department),
-                day: key_of(GroupBy::Day),
-                week: key_of(GroupBy::Week),
+                key: GroupKey::new(&request.group_by, &key, identities),
                 seconds_by_category,
                 productive_share: if total > 0 {
                     productive as f64 / total as f64
@@ -549,9 +593,5 @@ pub async fn apps(
             }
         })
         .collect();
-    let next_offset = (rows.len() > request.limit).then(|| {
-        rows.truncate(request.limit);
-        request.offset + request.limit
-    });
-    Ok(Page { rows, next_offset })
+    Ok(page(rows, request))
 }

@@ -144,8 +144,8 @@ impl TenantLake {
         loop {
             let page = kpi::activity(&self.session, &request, None).await?;
             out.extend(page.rows.into_iter().map(|r| ActivityDay {
-                subject: r.subject.unwrap_or_default(),
-                day: r.day.unwrap_or_default(),
+                subject: r.key.subject.unwrap_or_default(),
+                day: r.key.day.unwrap_or_default(),
                 tracked_s: r.tracked_s,
                 active_s: r.active_s,
                 idle_s: r.idle_s,
