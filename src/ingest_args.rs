@@ -1,6 +1,6 @@
 //! The settings of an ingest node, shared by `candor ingest` and
-//! `candor standalone`: TLS, caps, quotas, the replay window, concurrency
-//! and timeouts. Every flag has an environment variable, so a container
+//! `candor standalone`: TLS (shared with the query node), caps, quotas, the
+//! replay window, concurrency and timeouts. Every flag has an environment variable, so a container
 //! is configured the same way as a command line.
 
 use std::net::SocketAddr;
@@ -13,10 +13,13 @@ use candor_ingest::{IngestConfig, QuotaConfig, ReplayConfig};
 use candor_schemas::Limits;
 use clap::Args;
 
+/// How a node serves HTTP: HTTPS with a certificate, or plain HTTP, which
+/// is refused on a non-loopback address unless asked for. Shared by every
+/// node that listens (ingest and query).
 #[derive(Args, Clone)]
-pub struct IngestNodeArgs {
-    /// PEM certificate chain for HTTPS (leaf first). With --tls-key, ingest
-    /// serves HTTPS with HTTP/2 and HTTP/1.1.
+pub struct TlsArgs {
+    /// PEM certificate chain for HTTPS (leaf first). With --tls-key, the
+    /// node serves HTTPS with HTTP/2 and HTTP/1.1.
     #[arg(long, env = "CANDOR_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of the certificate.
@@ -27,6 +30,33 @@ pub struct IngestNodeArgs {
     /// never need it.
     #[arg(long, env = "CANDOR_PLAIN_HTTP")]
     pub plain_http: bool,
+}
+
+impl TlsArgs {
+    /// How a node of kind `node` listening on `listen` serves, with the
+    /// defaults of everything but TLS.
+    pub fn serve_config(&self, node: &str, listen: SocketAddr) -> Result<ServeConfig> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+            _ => None,
+        };
+        if tls.is_none() && !listen.ip().is_loopback() && !self.plain_http {
+            bail!(
+                "{node} would serve plain HTTP on {listen}: give --tls-cert and --tls-key, \
+                 or --plain-http if a trusted network or a TLS proxy is in front"
+            );
+        }
+        Ok(ServeConfig {
+            tls,
+            ..ServeConfig::default()
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct IngestNodeArgs {
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "CANDOR_INGEST_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
@@ -74,16 +104,7 @@ impl IngestNodeArgs {
     /// The node's configuration; refuses plain HTTP on a public address
     /// unless asked for.
     pub fn config(&self, listen: SocketAddr) -> Result<IngestConfig> {
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
-            _ => None,
-        };
-        if tls.is_none() && !listen.ip().is_loopback() && !self.plain_http {
-            bail!(
-                "ingest would serve plain HTTP on {listen}: give --tls-cert and --tls-key, \
-                 or --plain-http if a trusted network or a TLS proxy is in front"
-            );
-        }
+        let serve = self.tls.serve_config("ingest", listen)?;
         let defaults = IngestConfig::default();
         Ok(IngestConfig {
             limits: Limits {
@@ -105,10 +126,9 @@ impl IngestNodeArgs {
             max_in_flight: self.max_in_flight,
             body_timeout: Duration::from_secs(self.body_timeout_secs),
             serve: ServeConfig {
-                tls,
                 max_connections: self.max_connections,
                 header_read_timeout: Duration::from_secs(self.header_timeout_secs),
-                ..ServeConfig::default()
+                ..serve
             },
             ..defaults
         })

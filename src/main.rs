@@ -26,7 +26,7 @@ use candor_schemas::keys::MasterSecret;
 use candor_schemas::{DeviceId, EmployeeId, TenantId};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
-use ingest_args::IngestNodeArgs;
+use ingest_args::{IngestNodeArgs, TlsArgs};
 
 #[derive(Parser)]
 #[command(
@@ -325,9 +325,11 @@ struct ProcessorArgs {
 struct QueryArgs {
     #[command(flatten)]
     control: ControlArgs,
-    /// Address to listen on (plain HTTP; put it behind TLS termination).
+    /// Address to listen on.
     #[arg(long, env = "CANDOR_QUERY_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The deployment's lake (the processors'): a directory or
     /// `s3://bucket/prefix`. A tenant whose document names a `lake_url` is
     /// read from there instead.
@@ -765,6 +767,10 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     ));
     let ingest_config = args.ingest.config(args.listen)?;
     let scheme = ingest_config.serve.scheme();
+    // The query API is served with the same certificate, or plain HTTP on
+    // loopback.
+    let query_serve = args.ingest.tls.serve_config("query", args.query_listen)?;
+    let query_scheme = query_serve.scheme();
     let state = Arc::new(
         IngestState::new(
             master.clone(),
@@ -828,6 +834,7 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     let querying = tokio::spawn(candor_query::api::serve(
         query_listener,
         query_state,
+        query_serve,
         wait_for_stop(stopped.clone()),
     ));
     tokio::spawn(async move {
@@ -838,7 +845,7 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     println!("  ingest   {scheme}://{addr}{}", candor_ingest::BATCH_ROUTE);
     println!("  metrics  {scheme}://{addr}/metrics   health: /healthz /readyz");
     println!(
-        "  query    http://{query_addr}   /v1/kpi/activity /v1/sql /v1/admin/ (bearer tokens)"
+        "  query    {query_scheme}://{query_addr}   /v1/kpi/... /v1/sql /v1/extracts /v1/admin/ (bearer tokens)"
     );
     println!(
         "  control  {} (tenants, devices, tokens, keys)",
@@ -1000,6 +1007,7 @@ async fn print_activity(args: ActivityArgs) -> Result<()> {
 }
 
 async fn run_query(args: QueryArgs) -> Result<()> {
+    let serve = args.tls.serve_config("query", args.listen)?;
     let master = master_secret()?;
     let registry = prometheus::Registry::new();
     let control = args.control.cache(&master, &registry, true)?;
@@ -1026,7 +1034,7 @@ async fn run_query(args: QueryArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, control = %args.control.url, "query listening");
-    candor_query::api::serve(listener, state, shutdown_signal()).await?;
+    candor_query::api::serve(listener, state, serve, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -56,6 +56,7 @@ async fn start_query(control: &Control, master: &candor_schemas::keys::MasterSec
     tokio::spawn(candor_query::api::serve(
         listener,
         state,
+        Default::default(),
         std::future::pending(),
     ));
     format!("http://{addr}")

@@ -242,6 +242,7 @@ impl Service {
         tokio::spawn(candor_query::api::serve(
             listener,
             Arc::new(state),
+            Default::default(),
             std::future::pending(),
         ));
         Self {

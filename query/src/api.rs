@@ -157,15 +157,15 @@ pub fn router(state: Arc<QueryState>) -> Router {
         .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves on `listener` with `serve` (TLS, connection caps, timeouts)
+/// until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<QueryState>,
+    serve: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Plain HTTP with header timeouts for now; TLS settings are the
-    // ingest node's and come to the query node with its own API work.
-    candor_http::serve(listener, router(state), &ServeConfig::default(), shutdown).await
+    candor_http::serve(listener, router(state), &serve, shutdown).await
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -378,6 +378,7 @@ async fn run(args: Args) -> Result<()> {
     tokio::spawn(candor_query::api::serve(
         listener,
         state.clone(),
+        Default::default(),
         std::future::pending(),
     ));
     let http = reqwest::Client::new();
