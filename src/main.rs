@@ -535,6 +535,21 @@ enum RetentionCommand {
         #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
         lake: String,
     },
+    /// Erase one employee from the lake: every row of their pseudonym is
+    /// removed (objects are rewritten without them), with audit entries
+    /// before and after. Revoke their devices and take them out of the
+    /// directory first.
+    Erase {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        employee: EmployeeId,
+        /// The lake: a directory or `s3://bucket/prefix` (as the processor's).
+        #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
+        lake: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -676,6 +691,36 @@ async fn main() -> Result<()> {
             .await?;
             println!("retention: {n} partitions deleted");
             Ok(())
+        }
+        Command::Retention(RetentionCommand::Erase {
+            control,
+            tenant,
+            employee,
+            lake,
+        }) => {
+            let master = master_secret()?;
+            let (docs, store, prefix) = control.documents()?;
+            // Without keys (destroyed), the tenant's lake is already
+            // unreadable and is purged whole; there is no subject to find.
+            let keys = candor_control::keyring::load(&docs, &master, &tenant)
+                .await?
+                .with_context(|| format!("tenant {tenant} has no keys"))?;
+            let request = candor_processor::erasure::ErasureRequest {
+                subject: keys.pseudonym().subject(&employee),
+                tenant,
+                actor: "operator".into(),
+                source: "cli".into(),
+            };
+            let audit = AuditLog::new(store, &prefix, master.clone());
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let erased = candor_processor::erasure::erase_subject(
+                &Lake::open(&lake)?,
+                &audit,
+                &request,
+                now_ms,
+            )
+            .await?;
+            print_json(&erased)
         }
         Command::DeviceKey(args) => {
             let key = master_secret()?.device_key(

@@ -992,3 +992,72 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
     .await
     .expect("test finished within its hang guard");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
+    use candor_processor::erasure::{ErasureRequest, erase_subject};
+    tokio::time::timeout(GUARD, async {
+        let s = Service::start(Limits::default()).await;
+        let acme = TenantId::new("acme").unwrap();
+        let alice = s
+            .control
+            .subject(&acme, &EmployeeId::new("alice").unwrap())
+            .await;
+        let lake = Lake::local(s._dir.path().join("lake")).unwrap();
+        let request = ErasureRequest {
+            tenant: acme.clone(),
+            subject: alice.clone(),
+            actor: "operator".into(),
+            source: "test".into(),
+        };
+        let audit = s.control.admin.audit_log();
+        let now = Utc::now().timestamp_millis();
+        let erased = erase_subject(&lake, audit, &request, now).await.unwrap();
+        // Alice's activity and app rows were in objects shared with others.
+        assert!(erased.rows_removed >= 3, "{erased:?}");
+        assert!(
+            erased.objects_rewritten + erased.objects_deleted >= 2,
+            "{erased:?}"
+        );
+
+        let (_, owner) = s.kpi(&s.tokens["owner"], "employee").await;
+        assert_eq!(by_employee(&owner), expected("acme", |e, _| e != "alice"));
+        let (_, rows) = s
+            .sql(
+                "analyst",
+                &format!("SELECT count(*) AS n FROM app_usage WHERE subject = '{alice}'"),
+            )
+            .await;
+        assert_eq!(rows["rows"][0]["n"], 0);
+        let (_, bob_apps) = s
+            .sql("owner", "SELECT sum(seconds) AS n FROM app_usage")
+            .await;
+        assert_eq!(bob_apps["rows"][0]["n"], 900, "bob's app time is untouched");
+
+        // Running it again finds nothing; both runs are on record.
+        let again = erase_subject(&lake, audit, &request, now).await.unwrap();
+        assert_eq!(again.rows_removed, 0);
+        let entries = audit.entries(&acme).await.unwrap();
+        let target = format!("subject:{alice}");
+        let done: Vec<_> = entries
+            .iter()
+            .filter(|e| e.event.action == "lake.erasure" && e.event.target == target)
+            .collect();
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[0].event.detail["rows_removed"], erased.rows_removed);
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.event.action == "lake.erasure.start")
+        );
+        for entry in entries
+            .iter()
+            .filter(|e| e.event.action.starts_with("lake.erasure"))
+        {
+            let text = serde_json::to_string(entry).unwrap();
+            assert!(!text.contains("\"alice\""), "the raw id stays out: {text}");
+        }
+    })
+    .await
+    .expect("test finished within its hang guard");
+}

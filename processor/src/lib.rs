@@ -5,6 +5,7 @@
 
 mod aggregate;
 mod dedup;
+pub mod erasure;
 mod intent;
 mod lake;
 mod metrics;
