@@ -140,10 +140,7 @@ pub fn router(state: Arc<QueryState>) -> Router {
         .route("/tokens/{id}", axum::routing::delete(revoke_token));
     Router::new()
         .nest("/v1/admin", admin)
-        .route("/v1/kpi/activity", get(kpi_activity))
-        .route("/v1/kpi/attendance", get(kpi_attendance))
-        .route("/v1/kpi/apps", get(kpi_apps))
-        .route("/v1/kpi/gps", get(kpi_gps))
+        .route("/v1/kpi/{name}", get(kpi_page))
         .route("/v1/extracts", post(request_extract))
         .route("/v1/audit.csv", get(export_audit))
         .route("/v1/openapi.json", get(openapi))
@@ -188,6 +185,8 @@ pub enum ApiError {
     AuditUnavailable(AuditError),
     #[error("encoding the answer: {0}")]
     Encode(String),
+    #[error("no KPI named {0:?}: activity, attendance, apps or gps")]
+    NoSuchKpi(String),
 }
 
 impl ApiError {
@@ -240,6 +239,7 @@ impl ApiError {
             ApiError::UnknownTenant(_) => (StatusCode::UNAUTHORIZED, "unknown_token"),
             ApiError::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ApiError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::NoSuchKpi(_) => (StatusCode::NOT_FOUND, "no_such_kpi"),
         }
     }
 }
@@ -616,32 +616,74 @@ impl KpiParams {
 }
 
 /// Runs one KPI for the caller and audits it as `query.kpi.<name>`.
-async fn kpi_route<T: serde::Serialize>(
-    state: &QueryState,
-    caller: &Caller,
-    name: &'static str,
+/// The KPIs, by the last segment of their route.
+#[derive(Debug, Clone, Copy)]
+enum Kpi {
+    Activity,
+    Attendance,
+    Apps,
+    Gps,
+}
+
+impl Kpi {
+    fn of(name: &str) -> Option<Kpi> {
+        match name {
+            "activity" => Some(Kpi::Activity),
+            "attendance" => Some(Kpi::Attendance),
+            "apps" => Some(Kpi::Apps),
+            "gps" => Some(Kpi::Gps),
+            _ => None,
+        }
+    }
+
+    /// The action in the audit trail and the metrics.
+    fn action(self) -> &'static str {
+        match self {
+            Kpi::Activity => "query.kpi.activity",
+            Kpi::Attendance => "query.kpi.attendance",
+            Kpi::Apps => "query.kpi.apps",
+            Kpi::Gps => "query.kpi.gps",
+        }
+    }
+}
+
+/// `GET /v1/kpi/{name}`: one KPI page for the caller, audited.
+async fn kpi_page(
+    State(state): State<Arc<QueryState>>,
+    caller: Caller,
+    Path(name): Path<String>,
     params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
-    uri: &axum::http::Uri,
-    run: impl AsyncFnOnce(
-        &ScopedSession,
-        &TenantView,
-        &KpiParams,
-        &KpiRequest,
-        Option<&crate::scope::Identities>,
-    ) -> Result<kpi::Page<T>, ApiError>,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
+    let Some(kpi) = Kpi::of(&name) else {
+        return Err(ApiError::NoSuchKpi(name));
+    };
     let started = std::time::Instant::now();
     let outcome = async {
         let axum::extract::Query(params) =
             params.map_err(|e| QueryError::BadRequest(e.body_text()))?;
-        let (view, session) = open_scope(state, caller).await?;
+        if params.grace_minutes.is_some() && !matches!(kpi, Kpi::Attendance) {
+            return Err(QueryError::BadRequest("grace_minutes is for attendance".into()).into());
+        }
+        let (view, session) = open_scope(&state, &caller).await?;
         let request = params.request(&view)?;
         let identities = if session.scope().identities {
             Some(state.identities.get(&view)?)
         } else {
             None
         };
-        let page = run(&session, &view, &params, &request, identities.as_deref()).await?;
+        let identities = identities.as_deref();
+        let page = match kpi {
+            Kpi::Activity => page_json(kpi::activity(&session, &request, identities).await?),
+            Kpi::Apps => page_json(kpi::apps(&session, &request, identities).await?),
+            Kpi::Gps => page_json(kpi::gps(&session, &request, identities).await?),
+            Kpi::Attendance => {
+                let (policy, in_scope) = attendance_inputs(&state, &view, &session, &params)?;
+                let page =
+                    kpi::attendance(&session, &request, &policy, &in_scope, identities).await?;
+                page_json(page)
+            }
+        }?;
         let rows = page.rows.len();
         let body = serde_json::json!({
             "time_zone": request.time_zone,
@@ -656,17 +698,12 @@ async fn kpi_route<T: serde::Serialize>(
         ))
     }
     .await;
-    let query = uri
-        .query()
-        .unwrap_or("")
-        .chars()
-        .take(1024)
-        .collect::<String>();
+    let query: String = uri.query().unwrap_or("").chars().take(1024).collect();
     audited(
-        state,
-        caller,
+        &state,
+        &caller,
+        kpi.action(),
         name,
-        name.trim_start_matches("query.kpi.").into(),
         serde_json::json!({"query": query}),
         outcome,
         started,
@@ -674,121 +711,53 @@ async fn kpi_route<T: serde::Serialize>(
     .await
 }
 
-async fn kpi_activity(
-    State(state): State<Arc<QueryState>>,
-    caller: Caller,
-    params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
-    uri: axum::http::Uri,
-) -> Result<Response, ApiError> {
-    kpi_route(
-        &state,
-        &caller,
-        "query.kpi.activity",
-        params,
-        &uri,
-        async |session, _, params, request, identities| {
-            if params.grace_minutes.is_some() {
-                return Err(
-                    QueryError::BadRequest("grace_minutes is for attendance".into()).into(),
-                );
-            }
-            Ok(kpi::activity(session, request, identities).await?)
-        },
-    )
-    .await
+fn page_json<T: serde::Serialize>(
+    page: kpi::Page<T>,
+) -> Result<kpi::Page<serde_json::Value>, ApiError> {
+    let rows = page
+        .rows
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::Encode(e.to_string()))?;
+    Ok(kpi::Page {
+        rows,
+        next_offset: page.next_offset,
+    })
 }
 
-async fn kpi_apps(
-    State(state): State<Arc<QueryState>>,
-    caller: Caller,
-    params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
-    uri: axum::http::Uri,
-) -> Result<Response, ApiError> {
-    kpi_route(
-        &state,
-        &caller,
-        "query.kpi.apps",
-        params,
-        &uri,
-        async |session, _, params, request, identities| {
-            no_grace(params)?;
-            Ok(kpi::apps(session, request, identities).await?)
-        },
-    )
-    .await
-}
-
-async fn kpi_gps(
-    State(state): State<Arc<QueryState>>,
-    caller: Caller,
-    params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
-    uri: axum::http::Uri,
-) -> Result<Response, ApiError> {
-    kpi_route(
-        &state,
-        &caller,
-        "query.kpi.gps",
-        params,
-        &uri,
-        async |session, _, params, request, identities| {
-            no_grace(params)?;
-            Ok(kpi::gps(session, request, identities).await?)
-        },
-    )
-    .await
-}
-
-fn no_grace(params: &KpiParams) -> Result<(), ApiError> {
-    match params.grace_minutes {
-        Some(_) => Err(QueryError::BadRequest("grace_minutes is for attendance".into()).into()),
-        None => Ok(()),
+/// The schedule and grace, and the directory's employees in the caller's
+/// scope (for absences), for the attendance KPI.
+fn attendance_inputs(
+    state: &QueryState,
+    view: &TenantView,
+    session: &ScopedSession,
+    params: &KpiParams,
+) -> Result<(kpi::AttendancePolicy, kpi::Roster), ApiError> {
+    let grace_minutes = params.grace_minutes.unwrap_or(10);
+    if grace_minutes > 240 {
+        return Err(QueryError::BadRequest("grace_minutes must be 0 to 240".into()).into());
     }
-}
-
-async fn kpi_attendance(
-    State(state): State<Arc<QueryState>>,
-    caller: Caller,
-    params: Result<axum::extract::Query<KpiParams>, axum::extract::rejection::QueryRejection>,
-    uri: axum::http::Uri,
-) -> Result<Response, ApiError> {
-    let identities_cache = &state.identities;
-    kpi_route(
-        &state,
-        &caller,
-        "query.kpi.attendance",
-        params,
-        &uri,
-        async |session, view, params, request, identities| {
-            let grace_minutes = params.grace_minutes.unwrap_or(10);
-            if grace_minutes > 240 {
-                return Err(QueryError::BadRequest("grace_minutes must be 0 to 240".into()).into());
-            }
-            let doc = &view.tenant.doc;
-            let policy = kpi::AttendancePolicy {
-                work_hours: doc.work_hours.clone(),
-                grace_minutes,
-                today: chrono::Utc::now().with_timezone(&doc.tz()).date_naive(),
+    let doc = &view.tenant.doc;
+    let policy = kpi::AttendancePolicy {
+        work_hours: doc.work_hours.clone(),
+        grace_minutes,
+        today: chrono::Utc::now().with_timezone(&doc.tz()).date_naive(),
+    };
+    let everyone = state.identities.get(view)?;
+    let in_scope = everyone
+        .iter()
+        .filter_map(|(subject, employee)| {
+            let department = view.directory.department_of(employee).map(str::to_string);
+            let visible = match &session.scope().rows {
+                Rows::Tenant => true,
+                Rows::Departments(set) => department.as_ref().is_some_and(|d| set.contains(d)),
+                Rows::Subject(own) => own == subject,
             };
-            // Absences are counted for the directory's employees in scope.
-            let everyone = identities_cache.get(view)?;
-            let in_scope: Vec<(String, Option<String>)> = everyone
-                .iter()
-                .filter_map(|(subject, employee)| {
-                    let department = view.directory.department_of(employee).map(str::to_string);
-                    let visible = match &session.scope().rows {
-                        Rows::Tenant => true,
-                        Rows::Departments(set) => {
-                            department.as_ref().is_some_and(|d| set.contains(d))
-                        }
-                        Rows::Subject(own) => own == subject,
-                    };
-                    visible.then(|| (subject.to_string(), department))
-                })
-                .collect();
-            Ok(kpi::attendance(session, request, &policy, &in_scope, identities).await?)
-        },
-    )
-    .await
+            visible.then(|| (subject.to_string(), department))
+        })
+        .collect();
+    Ok((policy, in_scope))
 }
 
 #[derive(Debug, Deserialize)]

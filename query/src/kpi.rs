@@ -367,6 +367,10 @@ pub struct AttendanceRow {
     pub absent_days: u32,
 }
 
+/// The (subject, department) of the directory's employees a caller may
+/// see: who can be absent.
+pub type Roster = Vec<(String, Option<String>)>;
+
 /// One employee-day before grouping.
 struct Attended {
     subject: String,
