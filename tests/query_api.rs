@@ -57,6 +57,7 @@ struct Service {
     http: reqwest::Client,
     control: Control,
     master: candor_schemas::keys::MasterSecret,
+    state: Arc<QueryState>,
     tokens: BTreeMap<&'static str, String>,
     _dir: tempfile::TempDir,
 }
@@ -237,11 +238,12 @@ impl Service {
             prometheus::Registry::new(),
         );
         state.limits = limits;
+        let state = Arc::new(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(candor_query::api::serve(
             listener,
-            Arc::new(state),
+            state.clone(),
             Default::default(),
             std::future::pending(),
         ));
@@ -250,6 +252,7 @@ impl Service {
             http: reqwest::Client::new(),
             control,
             master,
+            state,
             tokens,
             _dir: dir,
         }
@@ -937,6 +940,18 @@ async fn an_extract_shows_no_small_group_and_no_id_and_is_signed_and_audited() {
 
         let entries = s.control.admin.audit_log().entries(&acme).await.unwrap();
         let target = format!("sha256:{sha256}");
+        // The schedule delivers yesterday's extract once: a second run finds
+        // its receipt and sends nothing.
+        let scheduled = candor_query::api::scheduled_extracts(&s.state)
+            .await
+            .unwrap();
+        assert_eq!(scheduled, 1);
+        assert_eq!(received.lock().unwrap().len(), 3);
+        let again = candor_query::api::scheduled_extracts(&s.state)
+            .await
+            .unwrap();
+        assert_eq!((again, received.lock().unwrap().len()), (0, 3));
+
         for action in ["extract.produce", "extract.deliver"] {
             assert!(
                 entries

@@ -851,6 +851,11 @@ pub fn extract_location(tenant: &TenantId, request: &ExtractRequest) -> String {
     )
 }
 
+/// Where the receipt of a scheduled extract's delivery is kept.
+fn receipt_location(tenant: &TenantId, request: &ExtractRequest) -> String {
+    extract_location(tenant, request).replace(".json", ".delivered.json")
+}
+
 /// Produces an extract of the tenant's whole lake, writes it to the lake's
 /// extracts area, audits it with its content hash (before it leaves: if
 /// the audit cannot be written it is not delivered), and delivers it when
@@ -1000,13 +1005,17 @@ pub async fn run_extract_schedule(
     }
 }
 
-async fn scheduled_extracts(state: &QueryState) -> Result<(), ApiError> {
+/// One run of the schedule: the previous local day's extract of every
+/// active tenant with a receiver, unless one was already delivered (its
+/// receipt is in the lake). Returns how many were delivered.
+pub async fn scheduled_extracts(state: &QueryState) -> Result<usize, ApiError> {
     let ids = state
         .control
         .documents()
         .ids(candor_control::Kind::Tenant)
         .await
         .map_err(AdminError::Document)?;
+    let mut delivered = 0;
     let actor = Actor {
         id: "scheduler".into(),
         role: None,
@@ -1031,21 +1040,31 @@ async fn scheduled_extracts(state: &QueryState) -> Result<(), ApiError> {
             to: day,
             period: Period::Day,
         };
-        if state
-            .lake
-            .exists(doc, &extract_location(&tenant, &request))
-            .await?
-        {
+        let receipt = receipt_location(&tenant, &request);
+        if state.lake.exists(doc, &receipt).await? {
             continue;
         }
         match produce_extract(state, &actor, &view, &request).await {
+            Ok(Produced {
+                delivered: Some(d),
+                sha256,
+                ..
+            }) => {
+                let body = serde_json::json!({"sha256": sha256, "status": d.status, "attempts": d.attempts});
+                state
+                    .lake
+                    .put(doc, &receipt, body.to_string().into_bytes())
+                    .await?;
+                tracing::info!(%tenant, %day, sha256, "extract delivered");
+                delivered += 1;
+            }
             Ok(p) => {
-                tracing::info!(%tenant, %day, sha256 = p.sha256, delivered = p.delivered.is_some(), "extract produced")
+                tracing::error!(%tenant, %day, error = p.delivery_error, "extract not delivered; retrying at the next run")
             }
             Err(e) => tracing::error!(%tenant, %day, error = %e, "extract failed"),
         }
     }
-    Ok(())
+    Ok(delivered)
 }
 
 /// The owner's copy of the tenant's audit log. The chain is verified as it
