@@ -107,6 +107,12 @@ impl Service {
                 .doc;
             doc.app_categories.productive = vec!["Excel".into()];
             doc.app_categories.unproductive = vec!["youtube.com".into()];
+            doc.sites = vec![candor_control::Site {
+                name: "Client".into(),
+                lat: 48.01,
+                lon: 11.0,
+                radius_m: 100.0,
+            }];
             control
                 .admin
                 .update_tenant(&Actor::operator(), &doc, None)
@@ -616,6 +622,37 @@ async fn kpis_answer_within_each_roles_scope() {
         );
         let km = gps["rows"][0]["distance_km"].as_f64().unwrap();
         assert!((km - 1.112).abs() < 0.001, "{km}");
+        // 556 m per 2 minutes is moving; the last segment ends at the client.
+        let carol = &gps["rows"][0];
+        assert_eq!(
+            [
+                &carol["moving_s"],
+                &carol["stopped_s"],
+                &carol["stops"],
+                &carol["on_site_s"]
+            ],
+            [240, 0, 0, 120]
+        );
+        let sites: Value = s
+            .http
+            .get(format!("{}/v1/kpi/gps", s.url))
+            .bearer_auth(t["hr"].clone())
+            .query(&[
+                ("from", day().to_string()),
+                ("to", day().to_string()),
+                ("group_by", "site".into()),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(sites["rows"][0]["site"], "Client", "{sites}");
+        assert_eq!(sites["rows"][0]["points"], 1);
+        assert!(sites["rows"][1].get("site").is_none(), "outside every site");
+        let (status, _) = s.kpi(&t["owner"], "site").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "site is for gps only");
         let managed: Value = s
             .http
             .get(format!("{}/v1/kpi/gps", s.url))

@@ -34,5 +34,5 @@ pub use directory::{Directory, Member};
 pub use documents::{DocumentError, DocumentStore, Kind, Versioned};
 pub use keyring::{KeyringError, TenantKeys};
 pub use store::{StoreError, open_store};
-pub use tenant::{Plan, Tenant, TenantError, WorkHours};
+pub use tenant::{Plan, Site, Tenant, TenantError, WorkHours};
 pub use tokens::{Role, TokenRecord};

@@ -114,6 +114,49 @@ impl WorkWindow {
     }
 }
 
+/// Most sites a tenant may define.
+pub const MAX_SITES: usize = 500;
+
+/// A circular geofence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// 1-64 bytes of printable text, unique in the tenant.
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// 10 m to 10 km.
+    pub radius_m: f64,
+}
+
+impl Site {
+    fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self.name.trim() == self.name
+            && !self.name.chars().any(char::is_control);
+        if !name_ok {
+            return Err(format!(
+                "site name {:?} must be 1-64 bytes of printable text",
+                self.name
+            ));
+        }
+        if !((-90.0..=90.0).contains(&self.lat) && (-180.0..=180.0).contains(&self.lon)) {
+            return Err(format!(
+                "site {:?}: latitude or longitude out of range",
+                self.name
+            ));
+        }
+        if !(10.0..=10_000.0).contains(&self.radius_m) {
+            return Err(format!(
+                "site {:?}: radius must be 10 m to 10 km",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How a tenant rates applications and web hosts, for the productive share.
 /// Anything listed in neither is neutral.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +267,11 @@ pub struct Tenant {
     /// Productive and unproductive apps and hosts.
     #[serde(default, skip_serializing_if = "AppCategories::is_empty")]
     pub app_categories: AppCategories,
+    /// Places whose visits are measured (customer sites, depots): the
+    /// processor attributes GPS time and distance to the first site a
+    /// position lies in, from precise positions, before coarsening them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<Site>,
     /// Smallest group an AI extract may show.
     #[serde(default = "default_extract_k")]
     pub extract_k: u32,
@@ -255,6 +303,8 @@ pub enum TenantError {
     BadAppCategories(String),
     #[error("extract k of {0}; it must be 2 to 1000")]
     BadExtractK(u32),
+    #[error("sites: {0}")]
+    BadSites(String),
     #[error("extract epsilon of {0}; it must be above 0 and at most 10")]
     BadExtractEpsilon(String),
     #[error("{field}: {reason}")]
@@ -272,6 +322,7 @@ impl Tenant {
             work_hours: WorkHours::default(),
             track_outside_work_hours: false,
             app_categories: AppCategories::default(),
+            sites: Vec::new(),
             extract_k: default_extract_k(),
             extract_epsilon: None,
             ai_delivery_url: None,
@@ -343,6 +394,19 @@ impl Tenant {
                 });
             }
         }
+        if self.sites.len() > MAX_SITES {
+            return Err(TenantError::BadSites(format!("at most {MAX_SITES} sites")));
+        }
+        let mut names = std::collections::HashSet::new();
+        for site in &self.sites {
+            site.validate().map_err(TenantError::BadSites)?;
+            if !names.insert(site.name.as_str()) {
+                return Err(TenantError::BadSites(format!(
+                    "site {:?} is defined twice",
+                    site.name
+                )));
+            }
+        }
         if let Some(u) = &self.lake_url {
             let scheme_ok =
                 !u.contains("://") || u.starts_with("s3://") || u.starts_with("file://");
@@ -396,6 +460,17 @@ mod tests {
             (|t| t.work_hours.days = vec![0], "work hours"),
             (|t| t.extract_k = 1, "extract k"),
             (|t| t.extract_epsilon = Some(0.0), "extract epsilon"),
+            (
+                |t| {
+                    t.sites = vec![Site {
+                        name: "Depot".into(),
+                        lat: 48.0,
+                        lon: 11.0,
+                        radius_m: 5.0,
+                    }]
+                },
+                "radius",
+            ),
             (
                 |t| t.ai_delivery_url = Some("http://example.com/hook".into()),
                 "https",

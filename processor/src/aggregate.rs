@@ -17,7 +17,7 @@ use arrow::array::{
     TimestampMillisecondArray,
 };
 use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
-use candor_control::tenant::{AppCategories, Category, Tenant, WorkWindow};
+use candor_control::tenant::{AppCategories, Category, Site, Tenant, WorkWindow};
 use candor_schemas::datasets::{Dataset, slot_start};
 use candor_schemas::ids::TenantId;
 use candor_schemas::record::LogRecord;
@@ -64,7 +64,17 @@ struct GpsRow {
     distance_m: f64,
     lat_sum: f64,
     lon_sum: f64,
+    moving_ms: i64,
+    stopped_ms: i64,
+    stops: i64,
 }
+
+/// Consecutive positions further apart in time are not one segment: the
+/// device was off or without a fix, so the time between is not counted.
+const MAX_SEGMENT_MS: i64 = 10 * 60 * 1000;
+/// A segment faster than this is moving (walking is about 1.4 m/s); slower
+/// is stopped, which GPS jitter of a resting device stays well below.
+const MOVING_SPEED_MPS: f64 = 1.0;
 
 struct AttendanceRow {
     events: i64,
@@ -90,7 +100,7 @@ struct AppRow {
 struct Rows {
     activity: BTreeMap<(Subject, i64), ActivityRow>,
     app_usage: BTreeMap<(Subject, i64, String, Option<String>), AppRow>,
-    gps: BTreeMap<(Subject, i64), GpsRow>,
+    gps: BTreeMap<(Subject, i64, Option<String>), GpsRow>,
     attendance: BTreeMap<(Subject, i64, String), AttendanceRow>,
 }
 
@@ -100,6 +110,7 @@ pub struct TenantPolicy {
     /// `None`: keep events at any hour.
     pub work_window: Option<WorkWindow>,
     pub categories: AppCategories,
+    pub sites: Vec<Site>,
 }
 
 impl TenantPolicy {
@@ -107,7 +118,16 @@ impl TenantPolicy {
         Self {
             work_window: tenant.work_window(),
             categories: tenant.app_categories.clone(),
+            sites: tenant.sites.clone(),
         }
+    }
+
+    /// The first of the tenant's sites that holds `at`.
+    fn site_at(&self, at: (f64, f64)) -> Option<&str> {
+        self.sites
+            .iter()
+            .find(|s| haversine_m((s.lat, s.lon), at) <= s.radius_m)
+            .map(|s| s.name.as_str())
     }
 
     fn keeps(&self, ts_ms: i64) -> bool {
@@ -193,7 +213,9 @@ impl Aggregator {
                 let (at, lat, lon) = (ts(0), f64s(1), f64s(2));
                 let mut order: Vec<usize> = (0..e.num_rows()).collect();
                 order.sort_by_key(|&i| at.value(i));
-                let mut previous: Option<(f64, f64)> = None;
+                // The previous kept point: its time, position and whether
+                // the segment that ended there was moving.
+                let mut previous: Option<(i64, (f64, f64), Option<bool>)> = None;
                 for i in order {
                     if !policy.keeps(at.value(i)) {
                         // The route is cut: no distance across the gap.
@@ -201,22 +223,36 @@ impl Aggregator {
                         previous = None;
                         continue;
                     }
-                    let slot = slot_start(at.value(i));
-                    let here = (lat.value(i), lon.value(i));
+                    let (t, here) = (at.value(i), (lat.value(i), lon.value(i)));
+                    let slot = slot_start(t);
+                    let site = policy.site_at(here).map(str::to_string);
                     let row = self
                         .rows(Dataset::Gps, tenant, slot)
                         .gps
-                        .entry((subject.clone(), slot))
+                        .entry((subject.clone(), slot, site))
                         .or_default();
                     row.points += 1;
                     row.lat_sum += here.0;
                     row.lon_sum += here.1;
-                    // Distance comes from precise points, before coarsening;
-                    // a segment counts in the slot where it ends.
-                    if let Some(prev) = previous {
-                        row.distance_m += haversine_m(prev, here);
+                    // Distance and time come from precise points, before
+                    // coarsening; a segment counts in the row where it ends.
+                    let mut moving = None;
+                    if let Some((prev_t, prev, was_moving)) = previous {
+                        let metres = haversine_m(prev, here);
+                        row.distance_m += metres;
+                        let dt = t - prev_t;
+                        if dt > 0 && dt <= MAX_SEGMENT_MS {
+                            let fast = metres / (dt as f64 / 1000.0) > MOVING_SPEED_MPS;
+                            if fast {
+                                row.moving_ms += dt;
+                            } else {
+                                row.stopped_ms += dt;
+                                row.stops += i64::from(was_moving == Some(true));
+                            }
+                            moving = Some(fast);
+                        }
                     }
-                    previous = Some(here);
+                    previous = Some((t, here, moving));
                 }
             }
             Dataset::Attendance => {
@@ -309,6 +345,10 @@ impl Rows {
                 c.push(Arc::new(
                     m.values().map(|r| Some(r.cell())).collect::<StringArray>(),
                 ));
+                c.push(strings(m.keys().map(|k| k.2.as_deref())));
+                c.push(ints(m.values().map(|r| r.moving_ms / 1000)));
+                c.push(ints(m.values().map(|r| r.stopped_ms / 1000)));
+                c.push(ints(m.values().map(|r| r.stops)));
                 c
             }
             Dataset::Attendance => {
@@ -465,5 +505,92 @@ mod tests {
             agg.add(&r, &subject, &TenantPolicy::of(&around_the_clock));
         }
         assert_eq!(agg.outside_work_hours, 0);
+    }
+
+    #[test]
+    fn gps_time_is_split_into_moving_and_stopped_and_attributed_to_sites() {
+        use candor_schemas::datasets::SLOT_MS;
+        // 12:00 UTC, in one slot: drive 1.1 km north in 2 minutes (9 m/s),
+        // then stand at the depot for 4 minutes, then a 20-minute gap.
+        let t0 = 1_780_000_200_000_i64 - 1_780_000_200_000 % SLOT_MS;
+        let point = |minute: i64, lat: f64| {
+            format!(
+                r#"{{"at_ms":{},"lat":{lat},"lon":11.0,"accuracy_m":5.0}}"#,
+                t0 + minute * 60_000
+            )
+        };
+        let points = [
+            point(0, 48.0),
+            point(2, 48.01),
+            point(4, 48.01001),
+            point(6, 48.01),
+            point(26, 48.01),
+        ];
+        let json = format!(
+            r#"{{"v":1,"sent_at_ms":{t0},"gps":[{}]}}"#,
+            points.join(",")
+        );
+        let mut tenant = Tenant::new(
+            TenantId::new("acme").unwrap(),
+            candor_control::tenant::Plan::Starter,
+            "UTC",
+        );
+        tenant.track_outside_work_hours = true;
+        tenant.sites = vec![Site {
+            name: "Depot".into(),
+            lat: 48.01,
+            lon: 11.0,
+            radius_m: 100.0,
+        }];
+        let subject = Subject {
+            pseudonym: "p1".into(),
+            department: None,
+        };
+        let mut agg = Aggregator::default();
+        for r in record(&json, t0 + 30 * 60_000) {
+            agg.add(&r, &subject, &TenantPolicy::of(&tenant));
+        }
+        let out = agg.finish();
+        let gps = out
+            .iter()
+            .filter(|(k, _)| k.dataset == Dataset::Gps)
+            .map(|(_, b)| b)
+            .collect::<Vec<_>>();
+        let column = |b: &RecordBatch, name: &str| b.column_by_name(name).unwrap().clone();
+        let mut rows = Vec::new();
+        for b in gps {
+            for i in 0..b.num_rows() {
+                let int = |name: &str| {
+                    column(b, name)
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .value(i)
+                };
+                let site = column(b, "site");
+                let site = site.as_string::<i32>();
+                rows.push((
+                    site.is_valid(i).then(|| site.value(i).to_string()),
+                    b.column_by_name("slot_start")
+                        .unwrap()
+                        .as_primitive::<TimestampMillisecondType>()
+                        .value(i),
+                    int("points"),
+                    int("moving_s"),
+                    int("stopped_s"),
+                    int("stops"),
+                ));
+            }
+        }
+        rows.sort();
+        let depot = Some("Depot".to_string());
+        assert_eq!(
+            rows,
+            vec![
+                (None, t0, 1, 0, 0, 0),
+                // Arrived moving (2 min), stood 4 min: one stop.
+                (depot.clone(), t0, 3, 120, 240, 1),
+                // After the gap: a point, no time.
+                (depot, t0 + SLOT_MS, 1, 0, 0, 0),
+            ]
+        );
     }
 }

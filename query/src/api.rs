@@ -667,6 +667,9 @@ async fn kpi_page(
         }
         let (view, session) = open_scope(&state, &caller).await?;
         let request = params.request(&view)?;
+        if request.group_by.contains(&GroupBy::Site) && !matches!(kpi, Kpi::Gps) {
+            return Err(QueryError::BadRequest("group_by site is for gps".into()).into());
+        }
         let identities = if session.scope().identities {
             Some(state.identities.get(&view)?)
         } else {

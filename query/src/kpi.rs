@@ -42,6 +42,8 @@ pub enum GroupBy {
     Day,
     /// The Monday that starts the ISO week, in the tenant's time zone.
     Week,
+    /// The tenant's site (GPS only); null outside every site.
+    Site,
 }
 
 impl FromStr for GroupBy {
@@ -52,8 +54,9 @@ impl FromStr for GroupBy {
             "department" => Ok(GroupBy::Department),
             "day" => Ok(GroupBy::Day),
             "week" => Ok(GroupBy::Week),
+            "site" => Ok(GroupBy::Site),
             other => Err(QueryError::BadRequest(format!(
-                "group_by {other:?}: use employee, department, day or week"
+                "group_by {other:?}: use employee, department, day, week or (for gps) site"
             ))),
         }
     }
@@ -66,6 +69,7 @@ impl GroupBy {
             GroupBy::Department => "department",
             GroupBy::Day => "day",
             GroupBy::Week => "week",
+            GroupBy::Site => "site",
         }
     }
 }
@@ -151,6 +155,8 @@ pub struct GroupKey {
     /// The Monday that starts the ISO week, in the tenant's time zone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub week: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 impl GroupKey {
@@ -176,6 +182,7 @@ impl GroupKey {
             department: value(GroupBy::Department),
             day: value(GroupBy::Day),
             week: value(GroupBy::Week),
+            site: value(GroupBy::Site),
         }
     }
 }
@@ -313,9 +320,17 @@ pub struct GpsRow {
     pub points: i64,
     /// Distance along each slot's precise positions (haversine), summed.
     pub distance_km: f64,
+    /// Time of segments faster than 1 m/s (consecutive positions at most 10
+    /// minutes apart), and of slower ones.
+    pub moving_s: i64,
+    pub stopped_s: i64,
+    /// Changes from moving to stopped.
+    pub stops: i64,
+    /// Time (moving or stopped) inside any of the tenant's sites.
+    pub on_site_s: i64,
 }
 
-/// Distance travelled per group.
+/// Distance, movement and time on sites per group.
 pub async fn gps(
     session: &ScopedSession,
     request: &KpiRequest,
@@ -325,8 +340,15 @@ pub async fn gps(
         session,
         request,
         "gps",
-        "subject, department, points, distance_m",
-        &["points", "distance_m"],
+        "subject, department, site, points, distance_m, moving_s, stopped_s, stops",
+        &[
+            "points",
+            "distance_m",
+            "coalesce(moving_s, 0)",
+            "coalesce(stopped_s, 0)",
+            "coalesce(stops, 0)",
+            "CASE WHEN site IS NULL THEN 0 ELSE coalesce(moving_s, 0) + coalesce(stopped_s, 0) END",
+        ],
         identities,
     )
     .await?;
@@ -334,6 +356,10 @@ pub async fn gps(
         key,
         points: v[0] as i64,
         distance_km: v[1] / 1000.0,
+        moving_s: v[2] as i64,
+        stopped_s: v[3] as i64,
+        stops: v[4] as i64,
+        on_site_s: v[5] as i64,
     }))
 }
 
@@ -472,6 +498,7 @@ pub async fn attendance(
             GroupBy::Department => a.department.clone(),
             GroupBy::Day => Some(a.day.to_string()),
             GroupBy::Week => Some(week.to_string()),
+            GroupBy::Site => None,
         };
         let key: Vec<Option<String>> = by.iter().map(key_of).collect();
         let row = groups.entry(key.clone()).or_insert_with(|| AttendanceRow {

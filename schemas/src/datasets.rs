@@ -111,6 +111,16 @@ impl Dataset {
                 field("distance_m", DataType::Float64, false),
                 // Centroid of the slot's points, rounded to 0.01 degrees (about 1 km).
                 field("cell", DataType::Utf8, false),
+                // The tenant's site the points lie in (the first that
+                // matches), or null outside every site: a subject's slot has
+                // one row per site it was in, so sums over rows stay exact.
+                field("site", DataType::Utf8, true),
+                // Time of segments (consecutive points at most 10 minutes
+                // apart) faster than 1 m/s, and slower; stops: changes from
+                // moving to stopped. Null in rows written before they existed.
+                field("moving_s", DataType::Int64, true),
+                field("stopped_s", DataType::Int64, true),
+                field("stops", DataType::Int64, true),
             ],
             Self::Attendance => vec![
                 field("kind", DataType::Utf8, false),
