@@ -153,7 +153,11 @@ pub struct ControlCache {
     docs: DocumentStore,
     master: MasterSecret,
     config: CacheConfig,
-    tenants: RwLock<HashMap<TenantId, Entry>>,
+    /// Each tenant's entry, with the number of the load that produced it.
+    tenants: RwLock<HashMap<TenantId, (u64, Entry)>>,
+    /// Numbers loads in the order they start, so a slow load (a refresh
+    /// that began before a change) never replaces what a later one stored.
+    loads: std::sync::atomic::AtomicU64,
     health: Mutex<Health>,
     metrics: CacheMetrics,
 }
@@ -170,6 +174,7 @@ impl ControlCache {
             master,
             config,
             tenants: RwLock::new(HashMap::new()),
+            loads: std::sync::atomic::AtomicU64::new(0),
             health: Mutex::new(Health {
                 last_ok: Instant::now(),
                 last_error: None,
@@ -226,20 +231,41 @@ impl ControlCache {
         }))
     }
 
-    fn store(&self, id: &TenantId, view: Option<TenantView>) -> Option<Arc<TenantView>> {
+    /// Loads a tenant and keeps it, unless a load that started later has
+    /// stored one already (then that newer copy is returned).
+    async fn load_and_store(&self, id: &TenantId) -> Result<Option<Arc<TenantView>>, CacheError> {
+        let seq = self
+            .loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let view = self.load(id).await?;
+        Ok(self.store(id, seq, view))
+    }
+
+    fn store(&self, id: &TenantId, seq: u64, view: Option<TenantView>) -> Option<Arc<TenantView>> {
         let mut tenants = self.tenants.write().expect("cache lock");
+        if let Some((newer, entry)) = tenants.get(id)
+            && *newer > seq
+        {
+            return match entry {
+                Entry::Present(v) => Some(v.clone()),
+                Entry::Absent(_) => None,
+            };
+        }
         let view = view.map(Arc::new);
         tenants.insert(
             id.clone(),
-            match &view {
-                Some(v) => Entry::Present(v.clone()),
-                None => Entry::Absent(Instant::now()),
-            },
+            (
+                seq,
+                match &view {
+                    Some(v) => Entry::Present(v.clone()),
+                    None => Entry::Absent(Instant::now()),
+                },
+            ),
         );
         self.metrics.tenants.set(
             tenants
                 .values()
-                .filter(|e| matches!(e, Entry::Present(_)))
+                .filter(|(_, e)| matches!(e, Entry::Present(_)))
                 .count() as i64,
         );
         view
@@ -250,8 +276,10 @@ impl ControlCache {
     /// cannot be read.
     pub async fn get(&self, id: &TenantId) -> Result<Option<Arc<TenantView>>, CacheError> {
         match self.tenants.read().expect("cache lock").get(id) {
-            Some(Entry::Present(view)) => return Ok(Some(view.clone())),
-            Some(Entry::Absent(at)) if at.elapsed() < self.config.miss_retry => return Ok(None),
+            Some((_, Entry::Present(view))) => return Ok(Some(view.clone())),
+            Some((_, Entry::Absent(at))) if at.elapsed() < self.config.miss_retry => {
+                return Ok(None);
+            }
             _ => {}
         }
         self.reload(id).await
@@ -259,8 +287,8 @@ impl ControlCache {
 
     /// Loads a tenant now (after this node changed it, or on a miss).
     pub async fn reload(&self, id: &TenantId) -> Result<Option<Arc<TenantView>>, CacheError> {
-        match self.load(id).await {
-            Ok(view) => Ok(self.store(id, view)),
+        match self.load_and_store(id).await {
+            Ok(view) => Ok(view),
             Err(e) => {
                 self.metrics.refresh_failures.inc();
                 Err(e)
@@ -273,15 +301,14 @@ impl ControlCache {
         let ids: Vec<TenantId> = {
             let mut tenants = self.tenants.write().expect("cache lock");
             // Forget misses; they are looked up again when asked for.
-            tenants.retain(|_, e| matches!(e, Entry::Present(_)));
+            tenants.retain(|_, (_, e)| matches!(e, Entry::Present(_)));
             tenants.keys().cloned().collect()
         };
         let outcome = async {
             // A listing proves the store is reachable even with no tenant cached.
             self.docs.ids(Kind::Tenant).await?;
             for id in &ids {
-                let view = self.load(id).await?;
-                self.store(id, view);
+                self.load_and_store(id).await?;
             }
             Ok::<(), CacheError>(())
         }
@@ -335,5 +362,44 @@ impl ControlCache {
                 ),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::Plan;
+
+    fn view(version: u64) -> TenantView {
+        TenantView {
+            tenant: Versioned {
+                version,
+                doc: Tenant::new(TenantId::new("acme").unwrap(), Plan::Starter, "UTC"),
+            },
+            keys: None,
+            revocations: Revocations::default(),
+            tokens: TokensDoc::default(),
+            directory: Arc::new(Directory::default()),
+            loaded_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_load_that_started_earlier_never_replaces_a_later_one() {
+        let cache = ControlCache::new(
+            crate::testkit::TestStore::local().documents(),
+            MasterSecret::from_bytes(&[1; 32]).unwrap(),
+            CacheConfig::default(),
+            &Registry::new(),
+        );
+        let acme = TenantId::new("acme").unwrap();
+        // A refresh began (load 1), then a change was reloaded (load 2) and
+        // stored first; the refresh's older copy arrives last.
+        let kept = cache.store(&acme, 2, Some(view(7)));
+        assert_eq!(kept.unwrap().tenant.version, 7);
+        let kept = cache.store(&acme, 1, Some(view(6)));
+        assert_eq!(kept.unwrap().tenant.version, 7, "the newer copy stays");
+        let kept = cache.store(&acme, 3, Some(view(8)));
+        assert_eq!(kept.unwrap().tenant.version, 8);
     }
 }
