@@ -144,8 +144,8 @@ impl ScopedSession {
             .statement_to_plan(statement)
             .await
             .map_err(QueryError::from_planning)?;
-        // A query can still hide DDL or DML nowhere, but check the plan too:
-        // it is the contract DataFusion itself enforces.
+        // A SELECT cannot carry DDL or DML; the plan is checked as well,
+        // with DataFusion's own rules, in case a future parser lets one in.
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
