@@ -31,11 +31,31 @@ import duckdb
 COLUMNS = {"employee": "subject", "department": "department", "day": "day", "week": "week"}
 
 
-def statement(glob, time_zone, group_by, first, last, limit):
+def statement(glob, time_zone, group_by, first, last, limit, day_as_date=False):
     keys = ", ".join(COLUMNS[g] for g in group_by)
     day = datetime.date.fromisoformat
     first_partition = day(first) - datetime.timedelta(days=1)
     last_partition = day(last) + datetime.timedelta(days=1)
+    if day_as_date:
+        # The variant `candor-bench-query` times as "date-keyed": the local
+        # day stays a DATE until the page is cut.
+        return f"""
+        SELECT {keys}, sum(tracked_s) AS tracked_s, sum(active_s) AS active_s, sum(idle_s) AS idle_s
+        FROM (
+          SELECT subject, department, tracked_s, active_s, idle_s, day,
+                 CAST(date_trunc('week', day) AS DATE) AS week
+          FROM (
+            SELECT subject, department, tracked_s, active_s, idle_s,
+                   CAST(timezone('{time_zone}', slot_start) AS DATE) AS day
+            FROM read_parquet('{glob}', hive_partitioning = true,
+                              hive_types = {{'date': VARCHAR}})
+            WHERE date >= '{first_partition}' AND date <= '{last_partition}'
+          )
+          WHERE day >= DATE '{first}' AND day <= DATE '{last}'
+        )
+        GROUP BY {keys}
+        ORDER BY {keys}
+        LIMIT {limit + 1}"""
     return f"""
         SELECT {keys}, sum(tracked_s) AS tracked_s, sum(active_s) AS active_s, sum(idle_s) AS idle_s
         FROM (
@@ -73,6 +93,11 @@ def main():
         required=True,
         help="name:group_by:from:to:limit, e.g. a:department,day:2026-10-29:2026-11-27:1000",
     )
+    parser.add_argument(
+        "--day-as-date",
+        action="store_true",
+        help="run the date-keyed variant (local day as DATE until the page is cut)",
+    )
     args = parser.parse_args()
     # Both go inside a statement: refuse anything but plain names.
     if not re.fullmatch(r"[A-Za-z0-9_+\-/]+", args.time_zone):
@@ -94,7 +119,7 @@ def main():
             sys.exit(f"bad group_by in {spec!r}")
         for d in (first, last):
             datetime.date.fromisoformat(d)
-        sql = statement(glob, args.time_zone, group_by, first, last, limit)
+        sql = statement(glob, args.time_zone, group_by, first, last, limit, args.day_as_date)
         for _ in range(args.warmup):
             con.execute(sql).fetchall()
         latencies, rows = [], []
@@ -107,7 +132,10 @@ def main():
                 "name": name,
                 "p50_ms": percentile(latencies, 0.5),
                 "p95_ms": percentile(latencies, 0.95),
-                "rows": [[*r[:-3], int(r[-3]), int(r[-2]), int(r[-1])] for r in rows[:limit]],
+                "rows": [
+                    [*(str(k) if k is not None else None for k in r[:-3]), *map(int, r[-3:])]
+                    for r in rows[:limit]
+                ],
             }
         )
     json.dump(out, sys.stdout)
