@@ -23,7 +23,7 @@ use object_store::path::Path as ObjectPath;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::lake::{Lake, LakeError};
-use crate::retention::RetentionError;
+use crate::retention::{RetentionError, tenant_prefix};
 
 /// What an erasure removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -67,7 +67,7 @@ pub async fn erase_subject(
         .await?;
     let mut erased = Erased::default();
     for dataset in Dataset::ALL {
-        let prefix = ObjectPath::from(format!("{}/tenant={}", dataset.name(), request.tenant));
+        let prefix = tenant_prefix(dataset, &request.tenant);
         let objects: Vec<_> = lake
             .store()
             .list(Some(&prefix))

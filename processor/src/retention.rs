@@ -107,7 +107,8 @@ pub async fn expire_tenant(
     Ok(deleted)
 }
 
-fn tenant_prefix(dataset: Dataset, tenant: &TenantId) -> ObjectPath {
+/// `<dataset>/tenant=<id>`: where one tenant's objects of a dataset live.
+pub(crate) fn tenant_prefix(dataset: Dataset, tenant: &TenantId) -> ObjectPath {
     ObjectPath::from(format!("{}/tenant={tenant}", dataset.name()))
 }
 

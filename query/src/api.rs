@@ -496,19 +496,24 @@ async fn metrics_text(State(state): State<Arc<QueryState>>) -> Response {
 /// [`Limits::max_sql_bytes`]).
 const MAX_SQL_BODY_BYTES: usize = 64 * 1024;
 
+/// The caller's tenant as the control plane has it now.
+async fn caller_tenant(state: &QueryState, caller: &Caller) -> Result<Arc<TenantView>, ApiError> {
+    let tenant = &caller.principal.tenant;
+    state
+        .control
+        .get(tenant)
+        .await
+        .map_err(AuthError::from)?
+        .ok_or_else(|| ApiError::UnknownTenant(tenant.clone()))
+}
+
 /// The caller's session: its tenant as the control plane has it now, its
 /// scope, and a session over that tenant's views only.
 async fn open_scope(
     state: &QueryState,
     caller: &Caller,
 ) -> Result<(Arc<TenantView>, ScopedSession), ApiError> {
-    let tenant = &caller.principal.tenant;
-    let view = state
-        .control
-        .get(tenant)
-        .await
-        .map_err(AuthError::from)?
-        .ok_or_else(|| ApiError::UnknownTenant(tenant.clone()))?;
+    let view = caller_tenant(state, caller).await?;
     let scope = Scope::of(&caller.principal, &view)?;
     let tables = state.lake.tables(&view.tenant.doc)?;
     let session = ScopedSession::new(&state.lake, &tables, &scope, state.limits.clone())?;
@@ -959,13 +964,7 @@ async fn request_extract(
         if !matches!(role, Role::Ai | Role::Owner | Role::Admin) {
             return Err(ApiError::Scope(ScopeError::RoleNotAllowed(role)));
         }
-        let tenant = &caller.principal.tenant;
-        let view = state
-            .control
-            .get(tenant)
-            .await
-            .map_err(AuthError::from)?
-            .ok_or_else(|| ApiError::UnknownTenant(tenant.clone()))?;
+        let view = caller_tenant(&state, &caller).await?;
         let produced = produce_extract(&state, &caller.actor, &view, &request).await?;
         let mut answer =
             serde_json::to_value(&produced).map_err(|e| ApiError::Encode(e.to_string()))?;
