@@ -2,6 +2,7 @@
 //! Logic lives in the crates; this file only reads settings and starts things.
 
 mod ingest_args;
+mod simulate_args;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,8 +18,9 @@ use candor_log::kafka::{
     Acks, Compression, KafkaConfig, KafkaConsumer, KafkaProducer, ProducerStats, ensure_topic,
 };
 use candor_log::spool::{Spool, SpoolConfig};
-use candor_processor::retention::{self, RetentionConfig};
-use candor_processor::{Lake, Processor, ProcessorConfig, ProcessorMetrics};
+use candor_processor::compaction::{self, Compacted, CompactionConfig};
+use candor_processor::retention::{self, RetentionConfig, RetentionError};
+use candor_processor::{Lake, MaintenanceMetrics, Processor, ProcessorConfig, ProcessorMetrics};
 use candor_query::TenantLake;
 use candor_query::api::QueryState;
 use candor_query::lake::{LakeConfig, QueryLake};
@@ -83,8 +85,16 @@ enum Command {
     /// written to the tenant's audit trail first.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Merge each lake partition's small objects into one, once, now
+    /// (answers do not change; processors and standalone also do it on a
+    /// schedule with --compact-every-minutes).
+    Compact(CompactArgs),
     /// Print the hex key a device seals its batches with (see schemas/WIRE.md).
     DeviceKey(DeviceKeyArgs),
+    /// Simulated agents: a tenant's employees post realistic, sealed
+    /// workdays to an ingest node (demos, load tests).
+    #[command(long_about = simulate_args::LONG_ABOUT)]
+    Simulate(simulate_args::SimulateArgs),
 }
 
 #[derive(Args)]
@@ -112,6 +122,10 @@ struct StandaloneArgs {
     /// Hours between retention runs (the first at start); 0 turns them off.
     #[arg(long, env = "CANDOR_RETENTION_EVERY_HOURS", default_value_t = 6)]
     retention_every_hours: u64,
+    /// Minutes between compaction runs (the first at start), which merge
+    /// each lake partition's small objects into one; 0 turns them off.
+    #[arg(long, env = "CANDOR_COMPACT_EVERY_MINUTES", default_value_t = 10)]
+    compact_every_minutes: u64,
     /// Hours between runs that produce and deliver the previous day's AI
     /// extract of each tenant with a receiver (`ai_delivery_url`); 0 turns
     /// them off.
@@ -311,6 +325,12 @@ struct ProcessorArgs {
     /// processor of the group.
     #[arg(long, env = "CANDOR_RETENTION_EVERY_HOURS", default_value_t = 0)]
     retention_every_hours: u64,
+    /// Minutes between compaction runs of this processor (the first at
+    /// start), which merge each lake partition's small objects into one; 0,
+    /// the default, leaves it to `candor compact`. Safe on several
+    /// processors: a lease on the lake lets one run at a time.
+    #[arg(long, env = "CANDOR_COMPACT_EVERY_MINUTES", default_value_t = 0)]
+    compact_every_minutes: u64,
     #[command(flatten)]
     retention: RetentionArgs,
     /// Address for `/metrics` and `/healthz` (plain HTTP; none when unset).
@@ -523,6 +543,13 @@ struct ActivityArgs {
     to: NaiveDate,
 }
 
+#[derive(Args)]
+struct CompactArgs {
+    /// The lake: a directory or `s3://bucket/prefix` (as the processor's).
+    #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
+    lake: String,
+}
+
 #[derive(Subcommand)]
 enum RetentionCommand {
     /// Apply retention once, now, to every tenant.
@@ -567,27 +594,129 @@ impl RetentionArgs {
     }
 }
 
-/// Applies retention now and then every `every` until `stop`; a failed run
-/// is logged and retried at the next one.
-async fn retention_schedule(
-    lake: Lake,
-    control: ControlArgs,
-    master: MasterSecret,
-    config: RetentionConfig,
+/// Runs `job` now and then every `every` until `stop`. A job logs its own
+/// failure and is tried again at its next run.
+async fn run_every<F, Fut>(
     every: std::time::Duration,
     stop: impl std::future::Future<Output = ()>,
-) {
+    mut job: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut stop = std::pin::pin!(stop);
     loop {
-        match retention_once(&lake, &control, &master, &config).await {
-            Ok(n) => tracing::info!(partitions_deleted = n, "retention applied"),
-            Err(e) => tracing::error!(error = %e, "retention failed; retrying at the next run"),
-        }
+        job().await;
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             () = &mut stop => return,
         }
     }
+}
+
+#[derive(Clone, Copy)]
+enum Job {
+    Retention,
+    Compaction,
+}
+
+/// The lake's maintenance jobs, as a long-running process schedules them.
+struct Maintenance {
+    lake: Lake,
+    control: ControlArgs,
+    master: MasterSecret,
+    retention: RetentionConfig,
+    metrics: MaintenanceMetrics,
+}
+
+impl Maintenance {
+    /// Runs retention every `retention_secs` and compaction every
+    /// `compact_secs` (0 leaves a job out), each first at once, until a
+    /// future made by `stop` resolves.
+    fn schedule<S, F>(self: &Arc<Self>, retention_secs: u64, compact_secs: u64, stop: S)
+    where
+        S: Fn() -> F,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        for (job, secs) in [
+            (Job::Retention, retention_secs),
+            (Job::Compaction, compact_secs),
+        ] {
+            if secs == 0 {
+                continue;
+            }
+            let m = self.clone();
+            tokio::spawn(run_every(
+                std::time::Duration::from_secs(secs),
+                stop(),
+                move || {
+                    let m = m.clone();
+                    async move {
+                        match job {
+                            Job::Retention => m.retention().await,
+                            Job::Compaction => m.compaction().await,
+                        }
+                    }
+                },
+            ));
+        }
+    }
+
+    fn count(&self, job: &str, outcome: &str) {
+        self.metrics.runs.with_label_values(&[job, outcome]).inc();
+    }
+
+    async fn retention(&self) {
+        match retention_once(&self.lake, &self.control, &self.master, &self.retention).await {
+            Ok(n) => {
+                self.count("retention", "ok");
+                self.metrics.partitions_deleted.inc_by(n as u64);
+                tracing::info!(partitions_deleted = n, "retention applied");
+            }
+            Err(e) if matches!(e.downcast_ref(), Some(RetentionError::LeaseBusy)) => {
+                self.count("retention", "busy");
+                tracing::info!("retention skipped: another maintenance job holds the lake");
+            }
+            Err(e) => {
+                self.count("retention", "failed");
+                tracing::error!(error = %e, "retention failed; retrying at the next run");
+            }
+        }
+    }
+
+    async fn compaction(&self) {
+        match compact_once(&self.lake).await {
+            Ok(done) if done.lease_busy => self.count("compaction", "busy"),
+            Ok(done) => {
+                self.count("compaction", "ok");
+                self.metrics
+                    .objects_compacted
+                    .inc_by(done.objects_merged as u64);
+                self.metrics
+                    .merged_objects_written
+                    .inc_by(done.objects_written as u64);
+                if done.objects_written > 0 {
+                    tracing::info!(
+                        folders = done.folders,
+                        objects_merged = done.objects_merged,
+                        rows = done.rows,
+                        "lake compacted"
+                    );
+                }
+            }
+            Err(e) => {
+                self.count("compaction", "failed");
+                tracing::error!(error = %e, "compaction failed; retrying at the next run");
+            }
+        }
+    }
+}
+
+/// Merges the lake's small objects once, now.
+async fn compact_once(lake: &Lake) -> Result<Compacted> {
+    let holder = format!("compaction, process {}", std::process::id());
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    Ok(compaction::compact(lake, &CompactionConfig::default(), &holder, now_ms).await?)
 }
 
 async fn retention_once(
@@ -677,6 +806,24 @@ async fn main() -> Result<()> {
         Command::Keys(cmd) => keys_command(cmd).await,
         Command::Audit(cmd) => audit_command(cmd).await,
         Command::Kpi(KpiCommand::Activity(args)) => print_activity(args).await,
+        Command::Compact(args) => {
+            let done = compact_once(&Lake::open(&args.lake)?).await?;
+            if done.lease_busy {
+                bail!(
+                    "another maintenance job (compaction, retention or erasure) is running on the lake; try again in a few minutes"
+                );
+            }
+            println!(
+                "compaction: {} objects merged into {} in {} partitions ({} rows); {} left for uncommitted flushes; {} interrupted merges finished",
+                done.objects_merged,
+                done.objects_written,
+                done.folders,
+                done.rows,
+                done.pending_skipped,
+                done.resumed
+            );
+            Ok(())
+        }
         Command::Retention(RetentionCommand::Run {
             control,
             retention,
@@ -722,6 +869,7 @@ async fn main() -> Result<()> {
             .await?;
             print_json(&erased)
         }
+        Command::Simulate(args) => simulate_args::run(args).await,
         Command::DeviceKey(args) => {
             let key = master_secret()?.device_key(
                 &args.tenant,
@@ -786,6 +934,7 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         ..SpoolConfig::new(&spool_dir)
     })?;
     let registry = prometheus::Registry::new();
+    let maintenance_metrics = MaintenanceMetrics::register(&registry);
     // One copy of the control plane serves all three parts.
     let control = control_args.cache(&master, &registry, true)?;
     let mut processor = Processor::new(
@@ -843,16 +992,18 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     let wait_for_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    if args.retention_every_hours > 0 {
-        tokio::spawn(retention_schedule(
-            Lake::local(&lake_dir)?,
-            control_args.clone(),
-            master.clone(),
-            args.retention.config(),
-            std::time::Duration::from_secs(args.retention_every_hours * 3600),
-            wait_for_stop(stopped.clone()),
-        ));
-    }
+    let maintenance = Arc::new(Maintenance {
+        lake: Lake::local(&lake_dir)?,
+        control: control_args.clone(),
+        master: master.clone(),
+        retention: args.retention.config(),
+        metrics: maintenance_metrics,
+    });
+    maintenance.schedule(
+        args.retention_every_hours * 3600,
+        args.compact_every_minutes * 60,
+        || wait_for_stop(stopped.clone()),
+    );
     let processing = tokio::spawn({
         let (stopped, stop) = (wait_for_stop(stopped.clone()), stop.clone());
         async move {
@@ -980,17 +1131,21 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
     ensure_topic(&dead_letters, 1)
         .await
         .with_context(|| format!("creating dead-letter topic {}", dead_letters.topic))?;
-    if args.retention_every_hours > 0 && !args.drain {
-        tokio::spawn(retention_schedule(
-            lake.clone(),
-            args.control.clone(),
-            master.clone(),
-            args.retention.config(),
-            std::time::Duration::from_secs(args.retention_every_hours * 3600),
-            std::future::pending(),
-        ));
-    }
     let registry = prometheus::Registry::new();
+    let maintenance = Arc::new(Maintenance {
+        lake: lake.clone(),
+        control: args.control.clone(),
+        master: master.clone(),
+        retention: args.retention.config(),
+        metrics: MaintenanceMetrics::register(&registry),
+    });
+    if !args.drain {
+        maintenance.schedule(
+            args.retention_every_hours * 3600,
+            args.compact_every_minutes * 60,
+            std::future::pending,
+        );
+    }
     if let Some(addr) = args.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

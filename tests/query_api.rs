@@ -1048,8 +1048,11 @@ async fn an_extract_shows_no_small_group_and_no_id_and_is_signed_and_audited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
     tokio::time::timeout(GUARD, async {
-        // A real S3-compatible server (moto, started by scripts/test or here).
-        let bucket = candor_control::testkit::fresh_named_bucket("residency");
+        // A real S3-compatible server (moto, started by scripts/test or here),
+        // behind a proxy the test can cut.
+        let proxy =
+            candor_control::testkit::TcpProxy::start(&candor_control::testkit::s3_endpoint()).await;
+        let bucket = candor_control::testkit::named_s3_client(&proxy.endpoint(), "residency");
         let s = Service::start_with(Limits::default(), Some(bucket)).await;
         let (status, owner) = s.kpi(&s.tokens["owner"], "employee").await;
         assert_eq!(status, StatusCode::OK, "{owner}");
@@ -1083,6 +1086,33 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
             .unwrap();
         let location = answer["location"].as_str().unwrap();
         assert!(location.starts_with("s3://residency-"), "{location}");
+
+        // The tenant's lake unreachable: a clear 503, audited, then answers
+        // again once it is back.
+        proxy.cut();
+        let (status, answer) = s.kpi(&s.tokens["owner"], "employee").await;
+        assert_eq!(
+            (status, answer["reason"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("lake_unavailable")),
+            "{answer}"
+        );
+        let entries = s
+            .control
+            .admin
+            .audit_log()
+            .entries(&TenantId::new("acme").unwrap())
+            .await
+            .unwrap();
+        let last = &entries.last().unwrap().event;
+        assert_eq!(last.action, "query.kpi.activity");
+        assert!(
+            last.detail.to_string().contains("lake_unavailable"),
+            "{last:?}"
+        );
+        proxy.restore();
+        let (status, again) = s.kpi(&s.tokens["owner"], "employee").await;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        assert_eq!(by_employee(&again), expected("acme", |_, _| true));
     })
     .await
     .expect("test finished within its hang guard");
@@ -1152,6 +1182,129 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
             let text = serde_json::to_string(entry).unwrap();
             assert!(!text.contains("\"alice\""), "the raw id stays out: {text}");
         }
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+/// Every row of every view the analyst can see, as sorted JSON texts: the
+/// whole tenant's lake content, independent of how it is split in files.
+/// Folders are listed afresh, not from the service's listing cache.
+async fn every_row(s: &Service) -> Vec<String> {
+    s.state.lake.forget_listings();
+    let mut rows = Vec::new();
+    for view in ["activity", "app_usage", "gps", "attendance"] {
+        let (status, answer) = s.sql("analyst", &format!("SELECT * FROM {view}")).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        for row in answer["rows"].as_array().unwrap() {
+            rows.push(format!("{view} {row}"));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// The Parquet objects and other files of a lake folder, by name.
+fn folder_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_changes_no_answer_even_when_interrupted() {
+    use candor_processor::compaction::{CompactionConfig, compact};
+    tokio::time::timeout(GUARD, async {
+        let s = Service::start(Limits::default()).await;
+        // More flushes, so acme's partition of the day holds many objects.
+        for i in 0..8 {
+            let batch = activity_batch(samples(ms(day(), 12, i * 2), 2, 30, 30));
+            s.add("acme", ["alice", "bob"][i as usize % 2], &batch)
+                .await;
+        }
+        let lake_dir = s._dir.path().join("lake");
+        let folder = lake_dir.join(format!("activity/tenant=acme/date={}", day()));
+        let before_files = folder_files(&folder);
+        let before = every_row(&s).await;
+        let (_, kpi_before) = s.kpi(&s.tokens["owner"], "department").await;
+        assert!(before_files.len() >= 6, "{before_files:?}");
+
+        let lake = Lake::local(&lake_dir).unwrap();
+        let config = CompactionConfig::default();
+        let now = Utc::now().timestamp_millis();
+        let done = compact(&lake, &config, "test", now).await.unwrap();
+        assert!(
+            done.objects_written >= 1 && done.objects_merged >= 4,
+            "{done:?}"
+        );
+        // The last flush of each log partition is not committed as far as
+        // compaction can tell: its objects stay as they are.
+        assert!(done.pending_skipped >= 1, "{done:?}");
+        let after_files = folder_files(&folder);
+        assert!(after_files.len() < before_files.len(), "{after_files:?}");
+        let merged: Vec<&String> = after_files
+            .iter()
+            .filter(|f| f.starts_with("compact-") && f.ends_with(".parquet"))
+            .collect();
+        assert_eq!(merged.len(), 1, "{after_files:?}");
+        assert_eq!(every_row(&s).await, before, "compaction changed a row");
+        let (_, kpi_after) = s.kpi(&s.tokens["owner"], "department").await;
+        assert_eq!(kpi_after, kpi_before);
+
+        // A crash between writing the merged object and deleting its
+        // members: both are in the folder, with the members file. Readers
+        // count each row once; the next run finishes the job.
+        let members: Vec<String> = before_files
+            .iter()
+            .filter(|f| !after_files.contains(f))
+            .cloned()
+            .collect();
+        let stem = merged[0].trim_end_matches(".parquet");
+        let members_file = folder.join(format!("{stem}.members.json"));
+        std::fs::write(&members_file, json!({"objects": members}).to_string()).unwrap();
+        // Each member is restored as a copy of the merged object: were the
+        // reader to count a member, rows would multiply.
+        for member in &members {
+            std::fs::copy(folder.join(merged[0]), folder.join(member)).unwrap();
+        }
+        assert_eq!(
+            every_row(&s).await,
+            before,
+            "members counted next to their merge"
+        );
+        let again = compact(&lake, &config, "test", now + 1).await.unwrap();
+        assert_eq!(again.resumed, 1, "{again:?}");
+        assert_eq!(folder_files(&folder), after_files);
+        assert_eq!(every_row(&s).await, before);
+
+        // A crash before the merged object was written: a members file
+        // alone. It is ignored by readers and removed by the next run.
+        std::fs::write(
+            folder.join("compact-00000000000000000001-000001.members.json"),
+            json!({"objects": [merged[0]]}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(every_row(&s).await, before);
+        let third = compact(&lake, &config, "test", now + 2).await.unwrap();
+        assert_eq!(third.resumed, 1, "{third:?}");
+        assert_eq!(folder_files(&folder), after_files);
+
+        // While another maintenance job holds the lake, compaction waits
+        // its turn instead of running beside it.
+        let lease = lake
+            .lease("erasure", now)
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        let busy = compact(&lake, &config, "test", now).await.unwrap();
+        assert!(busy.lease_busy && busy.objects_written == 0, "{busy:?}");
+        lease.release().await.unwrap();
     })
     .await
     .expect("test finished within its hang guard");

@@ -1,7 +1,8 @@
 //! `candor standalone`, the real binary: sealed batches over HTTP into the
 //! embedded log, through the processor into the lake, out as the KPI; a
-//! clean stop on SIGTERM; and a failing lake that stops the process without
-//! losing what was accepted.
+//! clean stop on SIGTERM; a failing lake that stops the process without
+//! losing what was accepted; and `candor simulate`'s staff (field staff and
+//! late uploads included) through to the KPIs.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 use candor_query::{ActivityDay, TenantLake};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{EnvelopeHeader, TenantId};
-use chrono::{Days, Utc};
+use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
 use common::{activity_batch, header, ms, post, samples, seal_batch};
 
 /// Hang guard: a stuck process fails the test instead of stalling CI.
@@ -354,4 +355,181 @@ fn a_query_node_refuses_plain_http_on_a_public_address() {
         stderr.contains("query would serve plain HTTP on 0.0.0.0:0"),
         "{stderr}"
     );
+}
+
+/// The most recent day before today (UTC) that is a workday and follows
+/// one: two workdays to simulate, whatever day the test runs on.
+fn two_workdays_ending() -> NaiveDate {
+    let mut day = Utc::now().date_naive() - Days::new(1);
+    while !matches!(
+        day.weekday(),
+        Weekday::Tue | Weekday::Wed | Weekday::Thu | Weekday::Fri
+    ) {
+        day = day - Days::new(1);
+    }
+    day
+}
+
+/// The number before `word` in a line of `candor simulate`'s summary.
+fn count_before(summary: &str, word: &str) -> u64 {
+    summary
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[1].trim_start_matches('(') == word)
+        .and_then(|w| w[0].trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no count before {word:?} in {summary}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_staff_with_field_workers_and_late_uploads_reach_the_kpis() {
+    let data = tempfile::tempdir().unwrap();
+    let (_, secret_file) = secret_in(data.path());
+    // A tenant with the default work hours (Monday to Friday, 09-17 UTC).
+    let token = candor(
+        data.path(),
+        &secret_file,
+        &[
+            "tenant",
+            "create",
+            "--tenant",
+            "sim",
+            "--time-zone",
+            "UTC",
+            "--bootstrap-token",
+        ],
+    );
+    let token = token.trim().to_string();
+    // Six employees, two of them in the field; every device-day has an
+    // offline stretch; nobody is absent, so every employee-day is present.
+    let last_day = two_workdays_ending().to_string();
+    let staff = [
+        "--tenant",
+        "sim",
+        "--employees",
+        "6",
+        "--departments",
+        "4",
+        "--field-share",
+        "0.34",
+        "--late-share",
+        "1",
+        "--absence-share",
+        "0",
+        "--seed",
+        "3",
+    ];
+    // The matching directory first, so departments are attributed.
+    let directory = data.path().join("directory.json");
+    let mut args = vec!["simulate", "--directory-only", "--directory-out"];
+    args.push(directory.to_str().unwrap());
+    args.extend(staff);
+    candor(data.path(), &secret_file, &args);
+    candor(
+        data.path(),
+        &secret_file,
+        &[
+            "directory",
+            "load",
+            "--tenant",
+            "sim",
+            "--file",
+            directory.to_str().unwrap(),
+        ],
+    );
+    let standalone = Standalone::start(data.path(), &secret_file);
+
+    // The agents, as a process of their own.
+    let summary = {
+        let (data, secret_file) = (data.path().to_path_buf(), secret_file.clone());
+        let ingest = standalone.url.clone();
+        tokio::time::timeout(
+            GUARD,
+            tokio::task::spawn_blocking(move || {
+                let mut args = vec!["simulate", "--ingest", &ingest, "--days", "2"];
+                args.extend(["--last-day", &last_day]);
+                args.extend(staff);
+                candor(&data, &secret_file, &args)
+            }),
+        )
+        .await
+        .expect("candor simulate finished in time")
+        .unwrap()
+    };
+    let (batches, late, refused) = (
+        count_before(&summary, "batches"),
+        count_before(&summary, "uploaded"),
+        count_before(&summary, "refused"),
+    );
+    let (events, gps) = (
+        count_before(&summary, "events"),
+        count_before(&summary, "GPS"),
+    );
+    assert_eq!(refused, 0, "{summary}");
+    assert!(batches > 500 && late > 0 && gps > 300, "{summary}");
+    assert_eq!(
+        standalone
+            .metric("candor_ingest_events_accepted_total")
+            .await,
+        Some(events)
+    );
+    // Late uploads included, every event is processed, and nothing is left.
+    standalone.wait_for_events(events).await;
+    standalone
+        .wait_for_metric("candor_processor_lag_records", |lag| lag == 0)
+        .await;
+
+    // Attendance by department, as the demo prints it: two present days
+    // for each of the six, in the directory's four departments.
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let client = client.clone();
+        let (url, token) = (standalone.query_url.clone(), token.clone());
+        async move {
+            client
+                .get(format!("{url}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .error_for_status()
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let (to, from) = (two_workdays_ending(), two_workdays_ending() - Days::new(1));
+    let attendance = get(format!(
+        "/v1/kpi/attendance?from={from}&to={to}&group_by=department"
+    ))
+    .await;
+    let rows = attendance["rows"].as_array().unwrap();
+    let departments: Vec<&str> = rows
+        .iter()
+        .map(|r| {
+            r["department"]
+                .as_str()
+                .expect("every employee has a department")
+        })
+        .collect();
+    assert_eq!(departments, ["Engineering", "Field", "Sales", "Support"]);
+    let days: u64 = rows
+        .iter()
+        .map(|r| r["present_days"].as_u64().unwrap())
+        .sum();
+    assert_eq!(days, 12, "{attendance}");
+    assert!(rows.iter().all(|r| r["absent_days"] == 0), "{attendance}");
+    // The two field workers drove.
+    let gps = get(format!("/v1/kpi/gps?from={from}&to={to}&group_by=employee")).await;
+    let rows = gps["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{gps}");
+    for r in rows {
+        assert!(r["distance_km"].as_f64().unwrap() > 5.0, "{gps}");
+        assert!(r["stops"].as_u64().unwrap() >= 2, "{gps}");
+    }
+
+    standalone.terminate();
+    let status = standalone.exit_status().await;
+    assert!(status.success(), "{status}");
 }

@@ -125,9 +125,15 @@ pub struct AuditLog {
     store: Arc<dyn ObjectStore>,
     root: Path,
     master: MasterSecret,
-    /// Last known (seq, mac) per tenant, so appends need not list.
-    heads: Mutex<HashMap<TenantId, (u64, String)>>,
+    /// Per tenant, the last known (seq, mac), so appends need not list,
+    /// behind that tenant's own lock: appends of one tenant are serialized
+    /// within the node, appends of different tenants do not wait for each
+    /// other.
+    heads: std::sync::Mutex<HashMap<TenantId, Arc<Mutex<KnownHead>>>>,
 }
+
+/// A tenant's last known head entry (seq, mac), if this node knows it.
+type KnownHead = Option<(u64, String)>;
 
 fn seq_of(path: &Path) -> Option<u64> {
     path.filename()?.strip_suffix(".json")?.parse().ok()
@@ -139,7 +145,7 @@ impl AuditLog {
             store,
             root: prefix.clone().join(AUDIT_PREFIX),
             master,
-            heads: Mutex::new(HashMap::new()),
+            heads: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -239,8 +245,15 @@ impl AuditLog {
     ) -> Result<AuditEntry, AuditError> {
         // One append per tenant at a time within a node; across nodes the
         // create-if-absent put decides.
-        let mut heads = self.heads.lock().await;
-        let mut known = heads.get(tenant).cloned();
+        let slot = self
+            .heads
+            .lock()
+            .expect("audit heads lock")
+            .entry(tenant.clone())
+            .or_default()
+            .clone();
+        let mut cached = slot.lock().await;
+        let mut known = cached.clone();
         for _ in 0..APPEND_ATTEMPTS {
             let (seq, prev) = match known.take() {
                 Some(head) => head,
@@ -266,7 +279,7 @@ impl AuditLog {
                 .await;
             match put {
                 Ok(_) => {
-                    heads.insert(tenant.clone(), (entry.seq, entry.mac.clone()));
+                    *cached = Some((entry.seq, entry.mac.clone()));
                     self.write_head(tenant, entry.seq, &entry.mac).await?;
                     return Ok(entry);
                 }
@@ -278,7 +291,7 @@ impl AuditLog {
                     known = Some(self.head(tenant, Some((seq, prev))).await?);
                 }
                 Err(e) => {
-                    heads.remove(tenant);
+                    *cached = None;
                     return Err(e.into());
                 }
             }

@@ -87,7 +87,9 @@ pub fn s3_client(endpoint: &str, prefix: &str) -> Arc<dyn ObjectStore> {
     named_s3_client(endpoint, prefix).1
 }
 
-fn named_s3_client(endpoint: &str, prefix: &str) -> (String, Arc<dyn ObjectStore>) {
+/// A fresh bucket's name, and a client of it on `endpoint` (the test
+/// server, or a proxy in front of it).
+pub fn named_s3_client(endpoint: &str, prefix: &str) -> (String, Arc<dyn ObjectStore>) {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -501,8 +501,43 @@ async fn concurrent_admins_lose_nothing(store: TestStore) {
     let tokens = nodes[0].list_tokens(&op, &acme).await.unwrap();
     assert_eq!(tokens.len(), 12);
 
-    // Every change has exactly one audit entry and the chain verifies.
+    // Changes of two tenants interleaved on the same nodes: each node
+    // appends to both chains at once (one audit lock per tenant).
+    let globex = new_tenant(&admin_on(&store), "globex").await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (node, op) = (nodes[i % 4].clone(), op.clone());
+        let tenant = if i % 2 == 0 {
+            acme.clone()
+        } else {
+            globex.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            node.create_token(
+                &op,
+                &tenant,
+                &request(&format!("x{i}"), Role::Analyst, None),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+
+    // Every change has exactly one audit entry and each chain verifies.
     let audit = nodes[0].audit_log();
+    let check = audit.verify(&globex).await.unwrap();
+    assert_eq!(check.first_problem, None);
+    let entries = audit.entries(&globex).await.unwrap();
+    assert_eq!(check.verified as usize, entries.len());
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.event.action == "token.create")
+            .count(),
+        8
+    );
     let check = audit.verify(&acme).await.unwrap();
     assert_eq!(check.first_problem, None);
     let entries = audit.entries(&acme).await.unwrap();
@@ -514,7 +549,7 @@ async fn concurrent_admins_lose_nothing(store: TestStore) {
             count("device.enroll"),
             count("token.create")
         ),
-        (1, 1, 12)
+        (1, 1, 20)
     );
 }
 

@@ -9,7 +9,7 @@
 //! directory's at processing time, and each app-usage row carries the
 //! tenant's category for its app or host.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -18,8 +18,9 @@ use arrow::array::{
 };
 use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
 use candor_control::tenant::{AppCategories, Category, Site, Tenant, WorkWindow};
+use candor_schemas::batch::haversine_m;
 use candor_schemas::datasets::{Dataset, slot_start};
-use candor_schemas::ids::TenantId;
+use candor_schemas::ids::{DeviceId, TenantId};
 use candor_schemas::record::LogRecord;
 use object_store::path::Path as ObjectPath;
 
@@ -42,6 +43,8 @@ impl PartitionKey {
         ))
     }
 }
+
+const MS_PER_DAY: i64 = 86_400_000;
 
 fn utc_date(ts_ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ts_ms)
@@ -98,10 +101,10 @@ struct AppRow {
 /// Rows of one partition, keyed by (subject, slot, key columns...).
 #[derive(Default)]
 struct Rows {
-    activity: BTreeMap<(Subject, i64), ActivityRow>,
-    app_usage: BTreeMap<(Subject, i64, String, Option<String>), AppRow>,
-    gps: BTreeMap<(Subject, i64, Option<String>), GpsRow>,
-    attendance: BTreeMap<(Subject, i64, String), AttendanceRow>,
+    activity: BTreeMap<(Arc<Subject>, i64), ActivityRow>,
+    app_usage: BTreeMap<(Arc<Subject>, i64, String, Option<String>), AppRow>,
+    gps: BTreeMap<(Arc<Subject>, i64, Option<String>), GpsRow>,
+    attendance: BTreeMap<(Arc<Subject>, i64, String), AttendanceRow>,
 }
 
 /// What the processor applies of a tenant's document.
@@ -135,26 +138,80 @@ impl TenantPolicy {
     }
 }
 
+/// A device's last GPS point: its time, position, and whether the segment
+/// that ended there was moving.
+#[derive(Debug, Clone, Copy)]
+struct RoutePoint {
+    at_ms: i64,
+    at: (f64, f64),
+    moving: Option<bool>,
+}
+
+/// Each device's last GPS point, carried from one record to the next (and
+/// from one flush to the next by the processor), so the segment between two
+/// uploads counts: with an upload every 5 minutes and a point a minute, it
+/// is a fifth of the route. A record that starts more than
+/// [`MAX_SEGMENT_MS`] after the carried point, or before it (a late
+/// upload), starts a new route. Lost on a restart, which costs one segment
+/// per device.
+#[derive(Debug, Default)]
+pub struct Routes {
+    last: HashMap<(TenantId, DeviceId), RoutePoint>,
+}
+
+impl Routes {
+    /// Forgets points older than an hour before the newest one, which no
+    /// segment can join any more (bounds memory to active devices).
+    fn forget_stale(&mut self) {
+        let newest = self.last.values().map(|p| p.at_ms).max().unwrap_or(0);
+        self.last
+            .retain(|_, p| p.at_ms >= newest - 6 * MAX_SEGMENT_MS);
+    }
+}
+
 /// Collects rows from many records, then yields one batch per partition.
 #[derive(Default)]
 pub struct Aggregator {
-    partitions: BTreeMap<PartitionKey, Rows>,
+    /// Per tenant, per dataset and UTC day (days since 1970-01-01): the
+    /// rows of one partition. Looked up per event, so no key is built or
+    /// cloned on the way.
+    partitions: HashMap<TenantId, BTreeMap<(Dataset, i64), Rows>>,
+    routes: Routes,
     /// Events dropped because they lie outside the tenant's work hours.
     pub outside_work_hours: u64,
 }
 
 impl Aggregator {
+    /// An aggregator that continues the devices' routes of earlier flushes.
+    pub fn with_routes(routes: Routes) -> Self {
+        Self {
+            routes,
+            ..Self::default()
+        }
+    }
+
+    /// The devices' routes as they stand, for the next flush.
+    pub fn take_routes(&mut self) -> Routes {
+        let mut routes = std::mem::take(&mut self.routes);
+        routes.forget_stale();
+        routes
+    }
+
     fn rows(&mut self, dataset: Dataset, tenant: &TenantId, slot: i64) -> &mut Rows {
-        let key = PartitionKey {
-            dataset,
-            tenant: tenant.clone(),
-            date: utc_date(slot),
-        };
-        self.partitions.entry(key).or_default()
+        if !self.partitions.contains_key(tenant) {
+            self.partitions.insert(tenant.clone(), BTreeMap::new());
+        }
+        self.partitions
+            .get_mut(tenant)
+            .expect("inserted above")
+            .entry((dataset, slot.div_euclid(MS_PER_DAY)))
+            .or_default()
     }
 
     /// Adds one opened record's events for `subject`, under the tenant's policy.
     pub fn add(&mut self, record: &LogRecord, subject: &Subject, policy: &TenantPolicy) {
+        // Shared by every row of the record: a count, not two strings, per event.
+        let subject = &Arc::new(subject.clone());
         let e = &record.events;
         let ts = |i: usize| e.column(i).as_primitive::<TimestampMillisecondType>();
         let u32s = |i: usize| e.column(i).as_primitive::<UInt32Type>();
@@ -213,10 +270,19 @@ impl Aggregator {
                 let (at, lat, lon) = (ts(0), f64s(1), f64s(2));
                 let mut order: Vec<usize> = (0..e.num_rows()).collect();
                 order.sort_by_key(|&i| at.value(i));
-                // The previous kept point: its time, position and whether
-                // the segment that ended there was moving.
-                let mut previous: Option<(i64, (f64, f64), Option<bool>)> = None;
-                for i in order {
+                let device = (tenant.clone(), record.meta.device.clone());
+                let carried = self.routes.last.get(&device).copied();
+                // The previous kept point: the device's carried one if this
+                // record continues its route.
+                let mut previous = match (carried, order.first()) {
+                    (Some(p), Some(&i))
+                        if at.value(i) > p.at_ms && at.value(i) - p.at_ms <= MAX_SEGMENT_MS =>
+                    {
+                        Some((p.at_ms, p.at, p.moving))
+                    }
+                    _ => None,
+                };
+                for &i in &order {
                     if !policy.keeps(at.value(i)) {
                         // The route is cut: no distance across the gap.
                         self.outside_work_hours += 1;
@@ -254,6 +320,21 @@ impl Aggregator {
                     }
                     previous = Some((t, here, moving));
                 }
+                // The route goes on from this record's last point, unless
+                // the record is older than what the device already sent.
+                let last_t = order.last().map(|&i| at.value(i));
+                if last_t.is_some_and(|t| carried.is_none_or(|p| t > p.at_ms)) {
+                    match previous {
+                        Some((at_ms, at, moving)) => {
+                            self.routes
+                                .last
+                                .insert(device, RoutePoint { at_ms, at, moving });
+                        }
+                        None => {
+                            self.routes.last.remove(&device);
+                        }
+                    }
+                }
             }
             Dataset::Attendance => {
                 let (at, kind) = (ts(0), e.column(1).as_string::<i32>());
@@ -280,15 +361,25 @@ impl Aggregator {
 
     /// One batch per partition, in the dataset's lake schema.
     pub fn finish(self) -> Vec<(PartitionKey, RecordBatch)> {
-        self.partitions
+        let mut out: Vec<_> = self
+            .partitions
             .into_iter()
-            .map(|(key, rows)| {
-                let columns = rows.into_columns(key.dataset);
-                let batch = RecordBatch::try_new(key.dataset.lake_schema(), columns)
-                    .expect("columns are built to the dataset's lake schema");
-                (key, batch)
+            .flat_map(|(tenant, partitions)| {
+                partitions.into_iter().map(move |((dataset, day), rows)| {
+                    let key = PartitionKey {
+                        dataset,
+                        tenant: tenant.clone(),
+                        date: utc_date(day * MS_PER_DAY),
+                    };
+                    let batch =
+                        RecordBatch::try_new(dataset.lake_schema(), rows.into_columns(dataset))
+                            .expect("columns are built to the dataset's lake schema");
+                    (key, batch)
+                })
             })
-            .collect()
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 }
 
@@ -371,16 +462,6 @@ impl GpsRow {
         let n = self.points as f64;
         format!("{:.2},{:.2}", self.lat_sum / n, self.lon_sum / n)
     }
-}
-
-/// Great-circle distance in metres between two (lat, lon) points in degrees.
-pub fn haversine_m(a: (f64, f64), b: (f64, f64)) -> f64 {
-    const EARTH_RADIUS_M: f64 = 6_371_008.8;
-    let (lat1, lat2) = (a.0.to_radians(), b.0.to_radians());
-    let dlat = lat2 - lat1;
-    let dlon = (b.1 - a.1).to_radians();
-    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * h.sqrt().asin()
 }
 
 #[cfg(test)]
@@ -592,5 +673,95 @@ mod tests {
                 (depot, t0 + SLOT_MS, 1, 0, 0, 0),
             ]
         );
+    }
+
+    /// Total GPS distance (m) and moving seconds in the aggregator's rows.
+    fn gps_totals(out: &[(PartitionKey, RecordBatch)]) -> (f64, i64) {
+        let (mut metres, mut moving) = (0.0, 0);
+        for (_, b) in out.iter().filter(|(k, _)| k.dataset == Dataset::Gps) {
+            let d = b.column_by_name("distance_m").unwrap();
+            let m = b.column_by_name("moving_s").unwrap();
+            for i in 0..b.num_rows() {
+                metres += d.as_primitive::<Float64Type>().value(i);
+                moving += m.as_primitive::<arrow::datatypes::Int64Type>().value(i);
+            }
+        }
+        (metres, moving)
+    }
+
+    /// A device driving north at 0.001 degrees (111 m) a minute, uploading
+    /// every 5 minutes: the segment between two uploads counts, in the same
+    /// flush and in the next one; a late upload of older points neither
+    /// joins the route nor moves it back.
+    #[test]
+    fn a_route_continues_across_records_and_flushes() {
+        use candor_schemas::datasets::SLOT_MS;
+        let t0 = 1_780_000_200_000_i64 - 1_780_000_200_000 % SLOT_MS;
+        let upload = |minutes: std::ops::Range<i64>| {
+            let points: Vec<String> = minutes
+                .clone()
+                .map(|m| {
+                    format!(
+                        r#"{{"at_ms":{},"lat":{},"lon":11.0,"accuracy_m":5.0}}"#,
+                        t0 + m * 60_000,
+                        48.0 + 0.001 * m as f64
+                    )
+                })
+                .collect();
+            let json = format!(
+                r#"{{"v":1,"sent_at_ms":{},"gps":[{}]}}"#,
+                t0 + minutes.end * 60_000,
+                points.join(",")
+            );
+            record(&json, t0 + 60 * 60_000)
+        };
+        let mut tenant = Tenant::new(
+            TenantId::new("acme").unwrap(),
+            candor_control::tenant::Plan::Starter,
+            "UTC",
+        );
+        tenant.track_outside_work_hours = true;
+        let policy = TenantPolicy::of(&tenant);
+        let subject = Subject {
+            pseudonym: "p1".into(),
+            department: None,
+        };
+        let step = haversine_m((48.0, 11.0), (48.001, 11.0));
+
+        // One flush: minutes 0-4 and 5-9, nine segments of one minute.
+        let mut agg = Aggregator::default();
+        for r in upload(0..5).into_iter().chain(upload(5..10)) {
+            agg.add(&r, &subject, &policy);
+        }
+        let routes = agg.take_routes();
+        let (metres, moving) = gps_totals(&agg.finish());
+        assert!(
+            (metres - 9.0 * step).abs() < 1.0,
+            "{metres} vs {}",
+            9.0 * step
+        );
+        assert_eq!(moving, 9 * 60);
+
+        // The next flush: a late upload of minutes 0-2 (three points, two
+        // segments of its own), then minutes 10-14, which continue from 9.
+        let mut agg = Aggregator::with_routes(routes);
+        for r in upload(0..3).into_iter().chain(upload(10..15)) {
+            agg.add(&r, &subject, &policy);
+        }
+        let (metres, moving) = gps_totals(&agg.finish());
+        assert!(
+            (metres - 7.0 * step).abs() < 1.0,
+            "{metres} vs {}",
+            7.0 * step
+        );
+        assert_eq!(moving, 7 * 60);
+
+        // Without a carried route, minutes 10-14 are four segments.
+        let mut agg = Aggregator::default();
+        for r in upload(10..15) {
+            agg.add(&r, &subject, &policy);
+        }
+        let (metres, _) = gps_totals(&agg.finish());
+        assert!((metres - 4.0 * step).abs() < 1.0, "{metres}");
     }
 }

@@ -18,7 +18,6 @@ use arrow::array::{AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use candor_control::{AuditEvent, AuditLog};
 use candor_schemas::{Dataset, TenantId};
-use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -43,8 +42,25 @@ pub struct ErasureRequest {
     pub source: String,
 }
 
-/// Removes every row of `request.subject` from the tenant's part of the lake.
+/// Removes every row of `request.subject` from the tenant's part of the
+/// lake, holding the lake's maintenance lease (so no compaction merges an
+/// object while its rows are being erased).
 pub async fn erase_subject(
+    lake: &Lake,
+    audit: &AuditLog,
+    request: &ErasureRequest,
+    now_ms: i64,
+) -> Result<Erased, RetentionError> {
+    let lease = lake
+        .lease("erasure", now_ms)
+        .await?
+        .ok_or(RetentionError::LeaseBusy)?;
+    let outcome = erase_held(lake, audit, request, now_ms).await;
+    lease.release().await?;
+    outcome
+}
+
+async fn erase_held(
     lake: &Lake,
     audit: &AuditLog,
     request: &ErasureRequest,
@@ -68,12 +84,7 @@ pub async fn erase_subject(
     let mut erased = Erased::default();
     for dataset in Dataset::ALL {
         let prefix = tenant_prefix(dataset, &request.tenant);
-        let objects: Vec<_> = lake
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(LakeError::from)?;
+        let objects = lake.list(&prefix).await?;
         for object in objects {
             if object.location.extension() != Some("parquet") {
                 continue;

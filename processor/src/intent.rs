@@ -21,10 +21,15 @@
 //! successor cleaned up. Its commit then fails and it stops, but what it
 //! wrote stays. Keep flushes well under the session timeout.
 
+use std::collections::HashSet;
+
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
 use crate::lake::{Lake, LakeError};
+
+/// Where the processors' own state lives in the lake, apart from datasets.
+const INTENTS_ROOT: &str = "_processor";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlushIntent {
@@ -52,7 +57,7 @@ impl Intents {
 
     fn path(&self, partition: i32) -> ObjectPath {
         ObjectPath::from(format!(
-            "_processor/{}/partition-{partition:05}.json",
+            "{INTENTS_ROOT}/{}/partition-{partition:05}.json",
             self.group
         ))
     }
@@ -93,4 +98,27 @@ impl Intents {
         self.lake.put_durable(&path, body.into()).await?;
         Ok(deleted)
     }
+}
+
+/// Every object named by an intent of any consumer group of the lake: the
+/// objects a replay may still replace, which compaction must leave alone.
+pub async fn pending_objects(lake: &Lake) -> Result<HashSet<String>, LakeError> {
+    let listed = lake.list(&ObjectPath::from(INTENTS_ROOT)).await?;
+    let mut pending = HashSet::new();
+    for meta in listed {
+        let is_intent = meta
+            .location
+            .filename()
+            .is_some_and(|name| name.starts_with("partition-") && name.ends_with(".json"));
+        if !is_intent {
+            continue;
+        }
+        let Some(bytes) = lake.get_optional(&meta.location).await? else {
+            continue; // replaced meanwhile; its successor was listed or is newer
+        };
+        let intent: FlushIntent = serde_json::from_slice(&bytes)
+            .map_err(|e| LakeError::Corrupt(format!("{}: {e}", meta.location)))?;
+        pending.extend(intent.objects);
+    }
+    Ok(pending)
 }

@@ -8,7 +8,7 @@ use arrow::array::RecordBatch;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -103,17 +103,30 @@ impl Lake {
         path: &ObjectPath,
         batch: &RecordBatch,
     ) -> Result<usize, LakeError> {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .build();
-        let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 4096);
-        let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
-        writer.write(batch)?;
-        writer.close()?;
-        let size = buf.len();
-        self.put_durable(path, buf.into()).await?;
+        let bytes = encode_parquet(batch)?;
+        let size = bytes.len();
+        self.put_durable(path, bytes.into()).await?;
         Ok(size)
+    }
+
+    /// Writes each batch as one Parquet object and returns, once all are
+    /// durable, their sizes in bytes. On a local lake each folder is
+    /// fsynced once for all of them, not once per object.
+    pub async fn write_parquet_all(
+        &self,
+        objects: &[(ObjectPath, RecordBatch)],
+    ) -> Result<Vec<usize>, LakeError> {
+        let mut sizes = Vec::with_capacity(objects.len());
+        for (path, batch) in objects {
+            let bytes = encode_parquet(batch)?;
+            sizes.push(bytes.len());
+            self.store.put(path, bytes.into()).await?;
+        }
+        if let Some(root) = &self.local_root {
+            let paths: Vec<ObjectPath> = objects.iter().map(|(p, _)| p.clone()).collect();
+            sync_local_all(root, &paths).await?;
+        }
+        Ok(sizes)
     }
 
     /// Writes one object and returns once it is durable.
@@ -123,6 +136,15 @@ impl Lake {
             sync_local(root, path).await?;
         }
         Ok(())
+    }
+
+    /// Every object under `prefix`, in no particular order.
+    pub async fn list(
+        &self,
+        prefix: &ObjectPath,
+    ) -> Result<Vec<object_store::ObjectMeta>, LakeError> {
+        use futures::TryStreamExt;
+        Ok(self.store.list(Some(prefix)).try_collect().await?)
     }
 
     /// An object's bytes, or `None` if there is no such object.
@@ -178,23 +200,128 @@ fn fsync_path(path: &Path) -> Result<(), LakeError> {
         })
 }
 
-/// fsyncs a file written under `root` and every directory from it up to
-/// `root`, so the object and its name survive a power loss.
-async fn sync_local(root: &Path, path: &ObjectPath) -> Result<(), LakeError> {
-    let file = root.join(path.as_ref());
+/// A batch as one Parquet object: zstd, page statistics (so readers can
+/// prune pages), one row group.
+fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, LakeError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build();
+    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 4096);
+    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    writer.close()?;
+    Ok(buf)
+}
+
+/// fsyncs files written under `root`, then each directory from them up to
+/// `root` once, deepest first, so the objects and their names survive a
+/// power loss.
+async fn sync_local_all(root: &Path, paths: &[ObjectPath]) -> Result<(), LakeError> {
+    let files: Vec<PathBuf> = paths.iter().map(|p| root.join(p.as_ref())).collect();
     let root = root.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        fsync_path(&file)?;
-        let mut dir = file.parent();
-        while let Some(d) = dir {
-            fsync_path(d)?;
-            if d == root {
-                break;
+        let mut dirs = std::collections::BTreeSet::new();
+        for file in &files {
+            fsync_path(file)?;
+            let mut dir = file.parent();
+            while let Some(d) = dir {
+                dirs.insert(d.to_path_buf());
+                if d == root {
+                    break;
+                }
+                dir = d.parent();
             }
-            dir = d.parent();
         }
-        Ok(())
+        // Longer paths first: a folder before the folder that names it.
+        let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        dirs.iter().try_for_each(|d| fsync_path(d))
     })
     .await
     .expect("fsync task does not panic")
+}
+
+/// fsyncs a file written under `root` and every directory from it up to
+/// `root`, so the object and its name survive a power loss.
+async fn sync_local(root: &Path, path: &ObjectPath) -> Result<(), LakeError> {
+    sync_local_all(root, std::slice::from_ref(path)).await
+}
+
+/// The lease that keeps compaction, retention and erasure from running at
+/// once on one lake (each rewrites or deletes objects the others read).
+const LEASE_PATH: &str = "_processor/maintenance.lease";
+/// A lease not released within this long (its holder died) may be taken
+/// over. Every maintenance run must finish well within it.
+pub const LEASE_MS: i64 = 30 * 60 * 1000;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeaseDocument {
+    holder: String,
+    expires_ms: i64,
+}
+
+/// The lake's maintenance lease, held until [`Lease::release`].
+#[must_use = "a lease is held until released"]
+pub struct Lease {
+    lake: Lake,
+}
+
+impl Lease {
+    pub async fn release(self) -> Result<(), LakeError> {
+        self.lake
+            .delete_durable(&ObjectPath::from(LEASE_PATH))
+            .await
+    }
+}
+
+impl Lake {
+    /// Takes the lake's maintenance lease for `holder`, or returns `None`
+    /// while someone else holds it. Created only if absent (a conditional
+    /// PUT on S3), so two processes never both hold it; an expired one is
+    /// taken over.
+    pub async fn lease(&self, holder: &str, now_ms: i64) -> Result<Option<Lease>, LakeError> {
+        let path = ObjectPath::from(LEASE_PATH);
+        for _ in 0..2 {
+            let document = LeaseDocument {
+                holder: holder.to_string(),
+                expires_ms: now_ms + LEASE_MS,
+            };
+            let body = serde_json::to_vec(&document).expect("a lease serializes");
+            let put = self
+                .store
+                .put_opts(&path, body.into(), PutOptions::from(PutMode::Create))
+                .await;
+            match put {
+                Ok(_) => {
+                    if let Some(root) = &self.local_root {
+                        sync_local(root, &path).await?;
+                    }
+                    return Ok(Some(Lease { lake: self.clone() }));
+                }
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => {
+                    let Some(bytes) = self.get_optional(&path).await? else {
+                        continue; // released meanwhile
+                    };
+                    // An unreadable lease is treated as expired: it guards
+                    // nothing anyone could honour.
+                    let held: Option<LeaseDocument> = serde_json::from_slice(&bytes).ok();
+                    if let Some(held) = held.filter(|h| h.expires_ms > now_ms) {
+                        tracing::info!(
+                            holder = held.holder,
+                            "the lake's maintenance lease is held"
+                        );
+                        return Ok(None);
+                    }
+                    tracing::warn!("taking over an expired maintenance lease of the lake");
+                    self.delete_durable(&path).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
 }

@@ -4,6 +4,7 @@
 //! cover them are durable.
 
 mod aggregate;
+pub mod compaction;
 mod dedup;
 pub mod erasure;
 mod intent;
@@ -20,11 +21,11 @@ use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Record, Resume};
 use candor_schemas::TenantId;
 use candor_schemas::record::{open_record, read_header};
 
-pub use aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
+pub use aggregate::{Aggregator, PartitionKey, Routes, Subject, TenantPolicy};
 pub use dedup::{ChunkIds, SeenBatches};
 pub use intent::{FlushIntent, Intents};
-pub use lake::{Lake, LakeError};
-pub use metrics::ProcessorMetrics;
+pub use lake::{Lake, LakeError, Lease};
+pub use metrics::{MaintenanceMetrics, ProcessorMetrics};
 
 /// Serves a processor's `/metrics` (everything in `registry`) and
 /// `/healthz` until `shutdown` resolves. A processor answers nothing else.
@@ -116,6 +117,10 @@ pub struct Processor<C> {
     metrics: ProcessorMetrics,
     /// When lag was last measured; it costs a round trip to the log.
     lag_measured: Option<Instant>,
+    /// Per log partition, the devices' GPS routes after its last chunk and
+    /// the offset the next chunk must start at to continue them (a chunk
+    /// starting elsewhere is a replay or a rebalance: the routes restart).
+    routes: HashMap<i32, (i64, Routes)>,
 }
 
 impl<C: LogConsumer> Processor<C> {
@@ -135,6 +140,7 @@ impl<C: LogConsumer> Processor<C> {
             config,
             metrics: ProcessorMetrics::default(),
             lag_measured: None,
+            routes: HashMap::new(),
         }
     }
 
@@ -288,7 +294,11 @@ impl<C: LogConsumer> Processor<C> {
             backoff.wait("reading the partition's batch ids", &e).await;
         }
         let mut ids = ChunkIds::default();
-        let mut agg = Aggregator::default();
+        let routes = match self.routes.remove(&partition) {
+            Some((next, routes)) if next == first => routes,
+            _ => Routes::default(),
+        };
+        let mut agg = Aggregator::with_routes(routes);
         let mut dead = Vec::new();
         let mut tenants: HashMap<TenantId, Option<(Arc<TenantView>, TenantPolicy)>> =
             HashMap::new();
@@ -356,6 +366,7 @@ impl<C: LogConsumer> Processor<C> {
             .events_dropped
             .with_label_values(&["outside_work_hours"])
             .inc_by(agg.outside_work_hours);
+        self.routes.insert(partition, (last + 1, agg.take_routes()));
         let objects: Vec<_> = agg
             .finish()
             .into_iter()
@@ -407,8 +418,8 @@ impl<C: LogConsumer> Processor<C> {
     ) -> Result<(), LakeError> {
         let deleted = self.intents.begin(intent).await?;
         self.metrics.leftover_objects_deleted.inc_by(deleted as u64);
-        for (path, batch) in objects {
-            let bytes = self.lake.write_parquet(path, batch).await?;
+        let sizes = self.lake.write_parquet_all(objects).await?;
+        for ((_, batch), bytes) in objects.iter().zip(sizes) {
             self.metrics.rows_written.inc_by(batch.num_rows() as u64);
             self.metrics.bytes_written.inc_by(bytes as u64);
             self.metrics.files_written.inc();

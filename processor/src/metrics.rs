@@ -123,3 +123,53 @@ impl Default for ProcessorMetrics {
         Self::register(&Registry::new())
     }
 }
+
+/// Prometheus metrics of the lake's maintenance jobs (compaction and
+/// retention) run by a processor or `candor standalone`.
+#[derive(Clone)]
+pub struct MaintenanceMetrics {
+    /// Runs by job (`compaction`, `retention`) and outcome (`ok`, `busy`,
+    /// `failed`).
+    pub runs: IntCounterVec,
+    pub objects_compacted: IntCounter,
+    pub merged_objects_written: IntCounter,
+    pub partitions_deleted: IntCounter,
+}
+
+impl MaintenanceMetrics {
+    pub fn register(registry: &Registry) -> Self {
+        let runs = IntCounterVec::new(
+            Opts::new(
+                "candor_processor_maintenance_runs_total",
+                "Runs of the lake's maintenance jobs, by job and outcome (busy: another held the lake's lease)",
+            ),
+            &["job", "outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(runs.clone()))
+            .expect("unique metric name");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+            c
+        };
+        Self {
+            runs,
+            objects_compacted: counter(
+                "candor_processor_objects_compacted_total",
+                "Small lake objects merged into larger ones (and deleted)",
+            ),
+            merged_objects_written: counter(
+                "candor_processor_merged_objects_written_total",
+                "Merged objects written by compaction",
+            ),
+            partitions_deleted: counter(
+                "candor_processor_retention_partitions_deleted_total",
+                "Date partitions deleted by retention (each audited first)",
+            ),
+        }
+    }
+}

@@ -16,7 +16,6 @@ use candor_control::documents::Kind;
 use candor_control::{AuditEvent, AuditLog, DocumentStore, Tenant};
 use candor_schemas::{Dataset, TenantId};
 use chrono::NaiveDate;
-use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 
 use crate::lake::{Lake, LakeError};
@@ -29,6 +28,10 @@ pub enum RetentionError {
     Control(#[from] candor_control::DocumentError),
     #[error("audit trail: {0}")]
     Audit(#[from] candor_control::AuditError),
+    #[error(
+        "another maintenance job (compaction, retention or erasure) is running on the lake; try again in a few minutes"
+    )]
+    LeaseBusy,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +62,22 @@ pub struct Deleted {
 /// wall clock; a tenant whose rules cannot be read is skipped and logged,
 /// so one bad document does not stop the others' deletions.
 pub async fn run(
+    lake: &Lake,
+    docs: &DocumentStore,
+    audit: &AuditLog,
+    config: &RetentionConfig,
+    now_ms: i64,
+) -> Result<Vec<Deleted>, RetentionError> {
+    let lease = lake
+        .lease("retention", now_ms)
+        .await?
+        .ok_or(RetentionError::LeaseBusy)?;
+    let outcome = expire_all(lake, docs, audit, config, now_ms).await;
+    lease.release().await?;
+    outcome
+}
+
+async fn expire_all(
     lake: &Lake,
     docs: &DocumentStore,
     audit: &AuditLog,
@@ -139,12 +158,7 @@ async fn delete_partition(
     now_ms: i64,
 ) -> Result<Option<Deleted>, RetentionError> {
     let prefix = tenant_prefix(dataset, &tenant.id).join(format!("date={date}"));
-    let objects: Vec<_> = lake
-        .store()
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(LakeError::from)?;
+    let objects = lake.list(&prefix).await?;
     if objects.is_empty() {
         lake.remove_empty_folder(&prefix)?;
         return Ok(None);

@@ -231,7 +231,9 @@ impl ApiError {
                 QueryError::BadTimeZone(_) => (StatusCode::BAD_REQUEST, "bad_time_zone"),
                 QueryError::TooLarge(_) => (StatusCode::UNPROCESSABLE_ENTITY, "query_too_large"),
                 QueryError::Timeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "query_timeout"),
-                QueryError::Lake(_) => (StatusCode::SERVICE_UNAVAILABLE, "lake_unavailable"),
+                QueryError::Lake(_) | QueryError::Vanished(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "lake_unavailable")
+                }
                 QueryError::BadLake { .. } | QueryError::Engine(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "query_failed")
                 }

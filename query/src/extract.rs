@@ -157,14 +157,14 @@ pub async fn build(
         tz,
         from,
         to,
-    );
+    )?;
     let apps = local_days_sql(
         "app_usage",
         "subject, department, app, category, seconds",
         tz,
         from,
         to,
-    );
+    )?;
     let mut cells: BTreeMap<CellKey, Cell> = BTreeMap::new();
     // Time per subject and day is clipped before it is summed, which bounds
     // what one person can add to any figure.

@@ -22,6 +22,7 @@ use arrow::array::timezone::Tz;
 use arrow::array::{Array, AsArray};
 
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
+use candor_schemas::datasets::SLOT_MS;
 use chrono::{Days, NaiveDate};
 use serde::Serialize;
 
@@ -207,27 +208,69 @@ fn page<T>(mut rows: Vec<T>, request: &KpiRequest) -> Page<T> {
 
 /// The rows of `table` (its `columns`) whose slots fall on the local days
 /// `from..=to` of `time_zone`, with each slot's local `day` and `week` (the
-/// Monday that starts it). Only the UTC date partitions that can hold those
-/// days are read. `time_zone` must be validated by the caller.
+/// Monday that starts it) as `DATE`s. Only the UTC date partitions that can
+/// hold those days are read.
+///
+/// No time zone arithmetic runs per row, which was most of a KPI's time: a
+/// zone's UTC offset is constant between its transitions, so the offsets of
+/// every slot of the partitions read are looked up here (one lookup per 15
+/// minutes, the step every slot starts on) and the statement adds the right
+/// one with a `CASE` on `slot_start`. The local day is then integer
+/// arithmetic (days since 1970-01-01, a Thursday, so the week's Monday is
+/// `day - (day + 3) % 7`), and becomes a `DATE` by reinterpretation.
 pub(crate) fn local_days_sql(
     table: &str,
     columns: &str,
     time_zone: &str,
     from: NaiveDate,
     to: NaiveDate,
-) -> String {
+) -> Result<String, QueryError> {
+    use chrono::{Offset, TimeZone};
+    let tz = Tz::from_str(time_zone).map_err(|_| QueryError::BadTimeZone(time_zone.into()))?;
     let (first, last) = (from - Days::new(1), to + Days::new(1));
-    format!(
-        r#"SELECT {columns}, slot_start, day, to_char(date_trunc('week', CAST(day AS DATE)), '%Y-%m-%d') AS week
+    let epoch_days = |day: NaiveDate| (day - NaiveDate::default()).num_days();
+    // (first slot, offset in ms) of each run of slots with one offset.
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    let end = (epoch_days(last) + 1) * MS_PER_DAY;
+    let mut at = epoch_days(first) * MS_PER_DAY;
+    while at < end {
+        let utc = chrono::DateTime::from_timestamp_millis(at)
+            .ok_or_else(|| QueryError::BadRequest(format!("{from}..{to} is out of range")))?
+            .naive_utc();
+        let offset = i64::from(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc()) * 1000;
+        if runs.last().is_none_or(|run| run.1 != offset) {
+            runs.push((at, offset));
+        }
+        at += SLOT_MS;
+    }
+    let ms = "CAST(slot_start AS BIGINT)";
+    let mut offset = String::from("CASE");
+    for pair in runs.windows(2) {
+        offset += &format!(" WHEN {ms} < {} THEN {}", pair[1].0, pair[0].1);
+    }
+    let last_offset = runs.last().map_or(0, |run| run.1);
+    let offset = if runs.len() > 1 {
+        format!("{offset} ELSE {last_offset} END")
+    } else {
+        last_offset.to_string()
+    };
+    Ok(format!(
+        r#"SELECT {columns}, slot_start,
+                  arrow_cast(day, 'Date32') AS day,
+                  arrow_cast(day - (day + 3) % 7, 'Date32') AS week
            FROM (
              SELECT {columns}, slot_start,
-                    to_char(arrow_cast(slot_start, 'Timestamp(Millisecond, Some("{time_zone}"))'), '%Y-%m-%d') AS day
+                    CAST(({ms} + {offset}) / {MS_PER_DAY} AS INT) AS day
              FROM {table}
              WHERE date >= '{first}' AND date <= '{last}'
            )
-           WHERE day >= '{from}' AND day <= '{to}'"#
-    )
+           WHERE day >= {from} AND day <= {to}"#,
+        from = epoch_days(from),
+        to = epoch_days(to),
+    ))
 }
+
+const MS_PER_DAY: i64 = 86_400_000;
 
 /// Sums of `sums` (SQL expressions over `columns` of `table`) per group of
 /// `request`, one page, ordered by the keys. Each sum comes back as f64
@@ -248,7 +291,7 @@ async fn grouped_sums(
         .iter()
         .map(|e| format!("CAST(sum({e}) AS DOUBLE)"))
         .collect();
-    let rows = local_days_sql(table, columns, &request.time_zone, request.from, request.to);
+    let rows = local_days_sql(table, columns, &request.time_zone, request.from, request.to)?;
     let sql = format!(
         r#"SELECT {keys}, {}
            FROM ({rows})
@@ -428,7 +471,7 @@ pub async fn attendance(
         &request.time_zone,
         request.from,
         request.to,
-    );
+    )?;
     let sql = format!(
         r#"SELECT subject, max(department) AS department, day,
                   min(slot_start) AS first_ms, max(slot_start) AS last_ms
@@ -571,7 +614,7 @@ pub async fn apps(
         &request.time_zone,
         request.from,
         request.to,
-    );
+    )?;
     let sql = format!(
         r#"SELECT {keys}, app, host, category, sum(seconds) AS seconds
            FROM ({rows})
@@ -625,4 +668,100 @@ pub async fn apps(
         })
         .collect();
     Ok(page(rows, request))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use chrono::{TimeZone, Utc};
+    use datafusion::prelude::SessionContext;
+    use std::sync::Arc;
+
+    /// The local (day, week) of each slot (UTC `YYYY-MM-DDTHH:MM:SS`) that
+    /// falls on 2026-03-28..=2026-03-30 in `time_zone`, in slot order.
+    async fn local_days(time_zone: &str, slots: &[&str]) -> Vec<(String, String)> {
+        let ms: Vec<i64> = slots
+            .iter()
+            .map(|s| {
+                Utc.from_utc_datetime(&s.parse::<chrono::NaiveDateTime>().unwrap())
+                    .timestamp_millis()
+            })
+            .collect();
+        let dates: Vec<String> = slots.iter().map(|s| s[..10].to_string()).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "slot_start",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("date", DataType::Utf8, false),
+        ]));
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampMillisecondArray::from(ms).with_timezone("UTC")),
+                Arc::new(StringArray::from(dates)),
+            ],
+        )
+        .unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_batch("activity", batch).unwrap();
+        let from = NaiveDate::from_ymd_opt(2026, 3, 28).unwrap();
+        let to = NaiveDate::from_ymd_opt(2026, 3, 30).unwrap();
+        let rows = local_days_sql("activity", "date", time_zone, from, to).unwrap();
+        let sql = format!("SELECT day, week FROM ({rows}) ORDER BY slot_start");
+        let mut out = Vec::new();
+        for batch in ctx.sql(&sql).await.unwrap().collect().await.unwrap() {
+            let (day, week) = (utf8(batch.column(0)), utf8(batch.column(1)));
+            for i in 0..batch.num_rows() {
+                out.push((day.value(i).to_string(), week.value(i).to_string()));
+            }
+        }
+        out
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(d, w)| (d.to_string(), w.to_string()))
+            .collect()
+    }
+
+    /// Slots around local midnight and across Berlin's 2026-03-29 change
+    /// to summer time: days and weeks are the tenant's, not UTC's.
+    #[tokio::test]
+    async fn slots_fall_on_the_local_day_and_week_across_a_dst_change() {
+        let slots = [
+            "2026-03-27T22:45:00", // Fri 23:45 CET: before `from`, left out
+            "2026-03-27T23:00:00", // Sat 00:00 CET
+            "2026-03-29T21:45:00", // Sun 23:45 CEST, after the change
+            "2026-03-29T22:00:00", // Mon 00:00 CEST: a new week
+            "2026-03-30T22:00:00", // Tue 00:00 CEST: after `to`, left out
+        ];
+        assert_eq!(
+            local_days("Europe/Berlin", &slots).await,
+            pairs(&[
+                ("2026-03-28", "2026-03-23"),
+                ("2026-03-29", "2026-03-23"),
+                ("2026-03-30", "2026-03-30"),
+            ])
+        );
+    }
+
+    /// A zone 5:45 ahead of UTC: a slot's day turns on a quarter hour.
+    #[tokio::test]
+    async fn slots_fall_on_the_local_day_in_a_quarter_hour_zone() {
+        let slots = [
+            "2026-03-27T18:00:00", // Fri 23:45
+            "2026-03-27T18:15:00", // Sat 00:00
+            "2026-03-30T18:00:00", // Mon 23:45
+            "2026-03-30T18:15:00", // Tue 00:00
+        ];
+        assert_eq!(
+            local_days("Asia/Kathmandu", &slots).await,
+            pairs(&[("2026-03-28", "2026-03-23"), ("2026-03-30", "2026-03-30")])
+        );
+    }
 }

@@ -28,6 +28,7 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use object_store::ObjectStoreExt;
 
 use crate::QueryError;
+use crate::merged::MergedAware;
 
 #[derive(Debug, Clone)]
 pub struct LakeConfig {
@@ -71,9 +72,16 @@ impl QueryLake {
                 .with_list_files_cache_ttl(Some(config.listing_ttl))
                 .with_metadata_cache_limit(config.metadata_cache_bytes),
         )?;
+        // Every store is read through `MergedAware`, the local one too, so
+        // a folder being compacted never shows a row twice.
+        let registry = DefaultObjectStoreRegistry::new();
+        let local: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new());
+        let file_url = url::Url::parse("file://").expect("a valid URL");
+        registry.register_store(&file_url, MergedAware::wrap(local));
         let lake = Self {
             config,
-            registry: Arc::new(DefaultObjectStoreRegistry::new()),
+            registry: Arc::new(registry),
             caches,
             registered: Mutex::new(HashSet::new()),
         };
@@ -93,7 +101,7 @@ impl QueryLake {
             url: base.to_string(),
             reason: e.to_string(),
         })?;
-        self.registry.register_store(&url, store);
+        self.registry.register_store(&url, MergedAware::wrap(store));
         self.registered
             .lock()
             .expect("registry lock")
@@ -103,6 +111,14 @@ impl QueryLake {
 
     pub fn config(&self) -> &LakeConfig {
         &self.config
+    }
+
+    /// Forgets every cached folder listing, so the next query lists afresh
+    /// (after objects it listed were merged or deleted).
+    pub fn forget_listings(&self) {
+        if let Some(cache) = self.caches.get_list_files_cache() {
+            cache.clear();
+        }
     }
 
     /// A runtime for one query: the shared stores and caches, its own memory
@@ -149,7 +165,8 @@ impl QueryLake {
         if !registered.contains(&base) {
             let (store, _) = candor_control::open_store(&base).map_err(|e| bad(e.to_string()))?;
             let base_url = url::Url::parse(&base).map_err(|e| bad(e.to_string()))?;
-            self.registry.register_store(&base_url, store);
+            self.registry
+                .register_store(&base_url, MergedAware::wrap(store));
             registered.insert(base);
         }
         Ok(location.trim_end_matches('/').to_string())

@@ -18,6 +18,7 @@ pub mod extract;
 pub mod format;
 pub mod kpi;
 pub mod lake;
+pub mod merged;
 pub mod scope;
 pub mod session;
 
@@ -55,6 +56,9 @@ pub enum QueryError {
     BadRange { from: NaiveDate, to: NaiveDate },
     #[error("lake: {0}")]
     Lake(String),
+    /// An object the engine listed was gone when it was read.
+    #[error("lake: an object changed while it was read: {0}")]
+    Vanished(String),
     #[error("lake {url}: {reason}")]
     BadLake { url: String, reason: String },
 }
@@ -63,9 +67,26 @@ impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
         match e.find_root() {
             DataFusionError::ResourcesExhausted(m) => QueryError::TooLarge(m.clone()),
-            _ => QueryError::Engine(e),
+            _ => match store_error(&e) {
+                Some(object_store::Error::NotFound { .. }) => QueryError::Vanished(e.to_string()),
+                Some(_) => QueryError::Lake(e.to_string()),
+                None => QueryError::Engine(e),
+            },
         }
     }
+}
+
+/// The object store's error underneath, if it failed: the engine wraps
+/// its errors (in Parquet's, in Arrow's, in context), so the chain is walked.
+fn store_error(e: &DataFusionError) -> Option<&object_store::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if let Some(store) = error.downcast_ref::<object_store::Error>() {
+            return Some(store);
+        }
+        cause = error.source();
+    }
+    None
 }
 
 impl QueryError {
@@ -74,6 +95,7 @@ impl QueryError {
     fn from_planning(e: DataFusionError) -> Self {
         match e.find_root() {
             DataFusionError::ResourcesExhausted(_) => e.into(),
+            _ if store_error(&e).is_some() => e.into(),
             _ => QueryError::BadSql(e.to_string()),
         }
     }

@@ -18,7 +18,7 @@ use datafusion::catalog::view::ViewTable;
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
-use datafusion::logical_expr::{LogicalPlanBuilder, col, lit};
+use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder, col, lit};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -152,6 +152,21 @@ impl ScopedSession {
             .with_allow_statements(false)
             .verify_plan(&plan)
             .map_err(|e| QueryError::Refused(e.to_string()))?;
+        match self.run(plan.clone()).await {
+            // An object listed moments ago is gone: compaction merged it or
+            // retention deleted it after the listing was cached. Forget the
+            // listings and run once more on a fresh one.
+            Err(QueryError::Vanished(_)) => {
+                if let Some(cache) = self.ctx.runtime_env().cache_manager.get_list_files_cache() {
+                    cache.clear();
+                }
+                self.run(plan).await
+            }
+            answer => answer,
+        }
+    }
+
+    async fn run(&self, plan: LogicalPlan) -> Result<Answer, QueryError> {
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let max_rows = self.limits.max_rows;

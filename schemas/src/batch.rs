@@ -130,3 +130,15 @@ impl Batch {
         self.activity.len() + self.app_usage.len() + self.gps.len() + self.attendance.len()
     }
 }
+
+/// Great-circle distance in metres between two (lat, lon) points in
+/// degrees (haversine on the mean Earth radius): what the processor counts
+/// as distance travelled and geofences are measured with.
+pub fn haversine_m(a: (f64, f64), b: (f64, f64)) -> f64 {
+    const EARTH_RADIUS_M: f64 = 6_371_008.8;
+    let (lat1, lat2) = (a.0.to_radians(), b.0.to_radians());
+    let dlat = lat2 - lat1;
+    let dlon = (b.1 - a.1).to_radians();
+    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_M * h.sqrt().asin()
+}

@@ -11,6 +11,21 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
+/// The file name prefix of an object that compaction merged from smaller
+/// ones of its folder.
+pub const MERGED_PREFIX: &str = "compact-";
+/// `<folder>/<merged>.members.json` names the objects `<merged>.parquet`
+/// replaces while both are in the folder: a reader that sees the merged
+/// object skips them (see `candor_processor::compaction`).
+pub const MEMBERS_SUFFIX: &str = ".members.json";
+
+/// The content of a members file: the merged objects' file names in the
+/// same folder.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MergedMembers {
+    pub objects: Vec<String>,
+}
+
 /// Length of an aggregation slot. Every real time-zone offset is a multiple
 /// of 15 minutes, so daily KPIs in any tenant's zone are exact sums of slots.
 pub const SLOT_MS: i64 = 15 * 60 * 1000;

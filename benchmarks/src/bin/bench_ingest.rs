@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use candor_benchmarks::agents::SimulatedAgent;
 use candor_control::{
     Actor, Admin, AuditLog, CacheConfig, ControlCache, DocumentStore, Plan, Tenant, open_store,
 };
@@ -31,6 +30,7 @@ use candor_schemas::batch::Batch;
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::record::{self, RecordMeta};
 use candor_schemas::{Limits, TenantId, authenticate, decode};
+use candor_simulate::SimulatedAgent;
 use chrono::{Datelike, Days, Utc, Weekday};
 use clap::{Parser, Subcommand};
 use rand::SeedableRng;
@@ -147,7 +147,7 @@ fn a_workday() -> chrono::NaiveDate {
 
 /// Consecutive 5-minute batches of one workday merged into `minutes`-long ones.
 fn merged(batches: Vec<Batch>, minutes: i64) -> Vec<Batch> {
-    let per = (minutes / candor_benchmarks::agents::BATCH_MINUTES).max(1) as usize;
+    let per = (minutes / candor_simulate::BATCH_MINUTES).max(1) as usize;
     batches
         .chunks(per)
         .map(|chunk| {

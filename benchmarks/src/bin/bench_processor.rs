@@ -33,7 +33,6 @@ use anyhow::{Context, Result, bail};
 use arrow::array::{
     ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, UInt32Builder,
 };
-use candor_benchmarks::agents::{BATCH_MINUTES, Outcome, SimulatedAgent, post_batch};
 use candor_control::tenant::AppCategories;
 use candor_control::{
     Actor, Admin, AuditLog, CacheConfig, ControlCache, DocumentStore, Plan, Tenant, open_store,
@@ -44,6 +43,7 @@ use candor_processor::{Lake, Processor, ProcessorConfig};
 use candor_schemas::batch::{Batch, GpsPoint};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{Dataset, TenantId};
+use candor_simulate::{BATCH_MINUTES, Outcome, SimulatedAgent, post_batch};
 use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
 use clap::{Parser, Subcommand};
 use parquet::arrow::ArrowWriter;
@@ -803,7 +803,9 @@ async fn prepare(
                 };
                 match post_batch(&client, &url, body.clone(), 20).await? {
                     Outcome::Accepted => {}
-                    Outcome::Rejected(status) => bail!("ingest rejected batch {i}: {status}"),
+                    Outcome::Rejected { status, reason } => {
+                        bail!("ingest rejected batch {i}: {status} {reason}")
+                    }
                 }
             }
         });

@@ -20,11 +20,9 @@
 //!    shipped.
 //! 4. The pieces of a request, timed in process on the same state: the
 //!    audit append alone, authentication, opening the scoped session, a
-//!    session plus `kpi::activity` (no HTTP, no audit), and a session plus
-//!    each variant of the KPI statement in [`VARIANTS`] (the local day kept
-//!    a `DATE`, or an integer, until the page is cut), to size that change.
+//!    session plus `kpi::activity` (no HTTP, no audit).
 //! 5. DuckDB on the same files, hot, one connection; then the answers
-//!    (Candor's, the variants', DuckDB's) are compared row by row.
+//!    (Candor's, DuckDB's) are compared row by row.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,11 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use candor_control::{
     Actor, Admin, AuditEvent, AuditLog, CacheConfig, ControlCache, Directory, DocumentStore,
     Member, Plan, Role, Tenant, TokenRequest, authenticate, open_store,
@@ -47,7 +41,7 @@ use candor_query::api::QueryState;
 use candor_query::kpi::{self, GroupBy, KpiRequest};
 use candor_query::lake::{LakeConfig, QueryLake};
 use candor_query::scope::{Identities, Rows, Scope};
-use candor_query::session::{Answer, Limits, ScopedSession};
+use candor_query::session::{Limits, ScopedSession};
 use candor_schemas::datasets::Dataset;
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{EmployeeId, TenantId};
@@ -432,7 +426,7 @@ async fn run(args: Args) -> Result<()> {
         candor.push((latencies, rows));
     }
 
-    let (pieces, variants) = pieces(&args, &state, &view, &token, &url, &shapes, &spec).await?;
+    let pieces = pieces(&args, &state, &view, &token, &url, &shapes, &spec).await?;
 
     let duckdb = if args.no_duckdb {
         None
@@ -488,14 +482,6 @@ async fn run(args: Args) -> Result<()> {
                 if let Some(problem) = compare(rows, &theirs) {
                     disagreements.push(format!("{}: {problem}", shape.describe()));
                 }
-                for (variant, answers) in &variants {
-                    if let Some(problem) = compare(&answers[i], &theirs) {
-                        disagreements.push(format!(
-                            "{} ({variant} statement): {problem}",
-                            shape.describe()
-                        ));
-                    }
-                }
                 (
                     format!("{d50:.2}"),
                     format!("{d95:.2}"),
@@ -541,7 +527,7 @@ async fn run(args: Args) -> Result<()> {
                 })
                 .collect();
             println!(
-                "Answers agree row by row (keys, tracked, active, idle), Candor's, DuckDB's and the variant statements': {}",
+                "Answers agree row by row (keys, tracked, active, idle), Candor's and DuckDB's: {}",
                 summary.join("; ")
             );
         } else {
@@ -595,7 +581,7 @@ async fn pieces(
     url: &str,
     shapes: &[Shape],
     spec: &Spec,
-) -> Result<(Vec<(String, Vec<u64>)>, Vec<Variant>)> {
+) -> Result<Vec<(String, Vec<u64>)>> {
     let (warmup, n) = (args.warmup, args.requests);
     let lake: &QueryLake = &state.lake;
     let mut out = Vec::new();
@@ -667,24 +653,6 @@ async fn pieces(
             latencies,
         ));
     }
-    let mut variants = Vec::new();
-    for (variant, statement) in VARIANTS {
-        let mut answers = Vec::new();
-        for shape in shapes {
-            let sql = statement(shape, &spec.time_zone)?;
-            eprintln!("timing {}: session + the {variant} statement", shape.name);
-            let (latencies, answer) = timed(warmup, n, || async {
-                session()?.query(&sql).await.with_context(|| sql.clone())
-            })
-            .await?;
-            out.push((
-                format!("{}: session + the {variant} statement", shape.name),
-                latencies,
-            ));
-            answers.push(answer_rows(shape, &answer)?);
-        }
-        variants.push((variant, answers));
-    }
     let http = reqwest::Client::new();
     let (healthz, _) = timed(warmup, n, || async {
         let response = http.get(format!("{url}/healthz")).send().await?;
@@ -698,162 +666,7 @@ async fn pieces(
     })
     .await?;
     out.push(("HTTP round trip (GET /healthz)".to_string(), healthz));
-    Ok((out, variants))
-}
-
-/// A statement for a shape in a time zone.
-type Statement = fn(&Shape, &str) -> Result<String>;
-
-/// A variant's answers, one per shape.
-type Variant = (&'static str, Vec<Vec<Row>>);
-
-/// Variants of the KPI statement, timed beside the service's own to size a
-/// change to `local_days_sql` in `query/src/kpi.rs`. Not what the service
-/// runs; their answers are checked against DuckDB's like the service's.
-const VARIANTS: [(&str, Statement); 2] = [
-    ("date-keyed", date_keyed_sql),
-    ("integer-day", integer_day_sql),
-];
-
-/// The statement of `kpi::activity` with one change: each slot's local day
-/// stays a `DATE` through the filter, the grouping and the ordering,
-/// instead of a string formatted for every row; only the rows of the page
-/// become text.
-fn date_keyed_sql(shape: &Shape, time_zone: &str) -> Result<String> {
-    let keys: Vec<&str> = shape
-        .keys()
-        .iter()
-        .map(|&k| if k == "employee" { "subject" } else { k })
-        .collect();
-    let keys = keys.join(", ");
-    let (first, last) = (shape.from - Days::new(1), shape.to + Days::new(1));
-    Ok(format!(
-        r#"SELECT {keys}, CAST(sum(tracked_s) AS DOUBLE), CAST(sum(active_s) AS DOUBLE), CAST(sum(idle_s) AS DOUBLE)
-           FROM (
-             SELECT subject, department, tracked_s, active_s, idle_s, day,
-                    CAST(date_trunc('week', day) AS DATE) AS week
-             FROM (
-               SELECT subject, department, tracked_s, active_s, idle_s,
-                      CAST(arrow_cast(slot_start, 'Timestamp(Millisecond, Some("{time_zone}"))') AS DATE) AS day
-               FROM activity
-               WHERE date >= '{first}' AND date <= '{last}'
-             )
-             WHERE day >= DATE '{from}' AND day <= DATE '{to}'
-           )
-           GROUP BY {keys}
-           ORDER BY {keys}
-           LIMIT {}"#,
-        shape.limit + 1,
-        from = shape.from,
-        to = shape.to,
-    ))
-}
-
-/// Days since 1970-01-01.
-fn epoch_days(day: NaiveDate) -> i64 {
-    (day - NaiveDate::default()).num_days()
-}
-
-/// The date-keyed statement with no time zone arithmetic per row: the
-/// zone's UTC offset is constant between its transitions, so the offsets
-/// over the partitions read are found here (one lookup per 15 minutes, the
-/// step every slot starts on) and the statement adds the right one with a
-/// `CASE` on `slot_start`. The local day is then an integer (days since
-/// 1970-01-01), its week's Monday is `day - (day + 3) % 7`, and both become
-/// dates only for the rows of the page.
-fn integer_day_sql(shape: &Shape, time_zone: &str) -> Result<String> {
-    use chrono::{Offset, TimeZone};
-    let tz: arrow::array::timezone::Tz = time_zone.parse()?;
-    let (first, last) = (shape.from - Days::new(1), shape.to + Days::new(1));
-    let midnight = |d: NaiveDate| epoch_days(d) * 86_400_000;
-    let mut runs: Vec<(i64, i64)> = Vec::new();
-    let mut at = midnight(first);
-    while at < midnight(last) + 86_400_000 {
-        let utc = chrono::DateTime::from_timestamp_millis(at)
-            .context("a time in range")?
-            .naive_utc();
-        let offset = i64::from(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc()) * 1000;
-        if runs.last().is_none_or(|r| r.1 != offset) {
-            runs.push((at, offset));
-        }
-        at += SLOT_MS;
-    }
-    let ms = "CAST(slot_start AS BIGINT)";
-    let last_offset = runs.last().context("a run")?.1;
-    let offset = if runs.len() == 1 {
-        last_offset.to_string()
-    } else {
-        let mut case = String::from("CASE");
-        for pair in runs.windows(2) {
-            case += &format!(" WHEN {ms} < {} THEN {}", pair[1].0, pair[0].1);
-        }
-        case + &format!(" ELSE {last_offset} END")
-    };
-    let column = |k: &str| if k == "employee" { "subject" } else { k }.to_string();
-    let keys: Vec<String> = shape.keys().iter().map(|k| column(k)).collect();
-    let outer: Vec<String> = keys
-        .iter()
-        .map(|k| match k.as_str() {
-            "day" | "week" => format!("arrow_cast({k}, 'Date32') AS {k}"),
-            _ => k.clone(),
-        })
-        .collect();
-    let keys = keys.join(", ");
-    Ok(format!(
-        r#"SELECT {outer}, tracked_s, active_s, idle_s FROM (
-             SELECT {keys}, CAST(sum(tracked_s) AS DOUBLE) AS tracked_s,
-                    CAST(sum(active_s) AS DOUBLE) AS active_s, CAST(sum(idle_s) AS DOUBLE) AS idle_s
-             FROM (
-               SELECT subject, department, tracked_s, active_s, idle_s, day,
-                      day - (day + 3) % 7 AS week
-               FROM (
-                 SELECT subject, department, tracked_s, active_s, idle_s,
-                        CAST(({ms} + {offset}) / 86400000 AS INT) AS day
-                 FROM activity
-                 WHERE date >= '{first}' AND date <= '{last}'
-               )
-               WHERE day >= {from} AND day <= {to}
-             )
-             GROUP BY {keys}
-             ORDER BY {keys}
-             LIMIT {limit}
-           )
-           ORDER BY {keys}"#,
-        outer = outer.join(", "),
-        from = epoch_days(shape.from),
-        to = epoch_days(shape.to),
-        limit = shape.limit + 1,
-    ))
-}
-
-/// The rows of an answer of a [`VARIANTS`] statement, cut to the page.
-fn answer_rows(shape: &Shape, answer: &Answer) -> Result<Vec<Row>> {
-    let n = shape.keys().len();
-    let mut rows = Vec::new();
-    for batch in &answer.batches {
-        let keys = (0..n)
-            .map(|i| Ok(cast(batch.column(i), &DataType::Utf8)?))
-            .collect::<Result<Vec<ArrayRef>>>()?;
-        let sums = (0..3)
-            .map(|j| Ok(cast(batch.column(n + j), &DataType::Int64)?))
-            .collect::<Result<Vec<ArrayRef>>>()?;
-        for i in 0..batch.num_rows() {
-            rows.push(Row {
-                keys: keys
-                    .iter()
-                    .map(|k| {
-                        let k = k.as_string::<i32>();
-                        if k.is_valid(i) { k.value(i) } else { "<null>" }.to_string()
-                    })
-                    .collect(),
-                tracked_s: sums[0].as_primitive::<Int64Type>().value(i),
-                active_s: sums[1].as_primitive::<Int64Type>().value(i),
-                idle_s: sums[2].as_primitive::<Int64Type>().value(i),
-            });
-        }
-    }
-    rows.truncate(shape.limit);
-    Ok(rows)
+    Ok(out)
 }
 
 /// One answer row: the keys in `group_by` order (employees as subjects),
