@@ -19,8 +19,8 @@ use candor_log::kafka::{
 };
 use candor_log::spool::{Spool, SpoolConfig};
 use candor_processor::compaction::{self, Compacted, CompactionConfig};
-use candor_processor::retention::{self, RetentionConfig, RetentionError};
-use candor_processor::{Lake, MaintenanceMetrics, Processor, ProcessorConfig, ProcessorMetrics};
+use candor_processor::retention::{self, RetentionConfig, RetentionRun};
+use candor_processor::{Lakes, MaintenanceMetrics, Processor, ProcessorConfig, ProcessorMetrics};
 use candor_query::TenantLake;
 use candor_query::api::QueryState;
 use candor_query::lake::{LakeConfig, QueryLake};
@@ -298,9 +298,11 @@ struct ProcessorArgs {
         default_value = "candor-processor"
     )]
     group: String,
-    /// Where the Parquet lake lives: a directory (or `file:///path`), or
-    /// `s3://bucket/prefix` with S3 settings from `AWS_*` variables
-    /// (`AWS_ENDPOINT_URL` for an S3-compatible server such as MinIO).
+    /// Where the deployment's Parquet lake lives: a directory (or
+    /// `file:///path`), or `s3://bucket/prefix` with S3 settings from
+    /// `AWS_*` variables (`AWS_ENDPOINT_URL` for an S3-compatible server
+    /// such as MinIO). A tenant whose document names a `lake_url` has its
+    /// rows written there instead; the processors' own state stays here.
     #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
     lake: String,
     /// Most log records aggregated into one set of Parquet objects. Larger
@@ -545,7 +547,12 @@ struct ActivityArgs {
 
 #[derive(Args)]
 struct CompactArgs {
-    /// The lake: a directory or `s3://bucket/prefix` (as the processor's).
+    /// Where tenants are defined; a tenant with a `lake_url` is compacted
+    /// in its own lake.
+    #[command(flatten)]
+    control: ControlArgs,
+    /// The deployment's lake: a directory or `s3://bucket/prefix` (as the
+    /// processor's).
     #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
     lake: String,
 }
@@ -558,7 +565,8 @@ enum RetentionCommand {
         control: ControlArgs,
         #[command(flatten)]
         retention: RetentionArgs,
-        /// The lake: a directory or `s3://bucket/prefix` (as the processor's).
+        /// The deployment's lake: a directory or `s3://bucket/prefix` (as
+        /// the processor's). Tenants' own lakes are visited too.
         #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
         lake: String,
     },
@@ -573,7 +581,8 @@ enum RetentionCommand {
         tenant: TenantId,
         #[arg(long)]
         employee: EmployeeId,
-        /// The lake: a directory or `s3://bucket/prefix` (as the processor's).
+        /// The deployment's lake: a directory or `s3://bucket/prefix` (as
+        /// the processor's). Tenants' own lakes are visited too.
         #[arg(long, env = "CANDOR_LAKE_URL", default_value = "lake")]
         lake: String,
     },
@@ -622,7 +631,7 @@ enum Job {
 
 /// The lake's maintenance jobs, as a long-running process schedules them.
 struct Maintenance {
-    lake: Lake,
+    lakes: Lakes,
     control: ControlArgs,
     master: MasterSecret,
     retention: RetentionConfig,
@@ -667,15 +676,22 @@ impl Maintenance {
     }
 
     async fn retention(&self) {
-        match retention_once(&self.lake, &self.control, &self.master, &self.retention).await {
-            Ok(n) => {
-                self.count("retention", "ok");
+        match retention_once(&self.lakes, &self.control, &self.master, &self.retention).await {
+            Ok(done) => {
+                let outcome = match (done.skipped, done.lakes_busy) {
+                    (0, 0) => "ok",
+                    (0, _) => "busy",
+                    _ => "failed",
+                };
+                self.count("retention", outcome);
+                let n = done.deleted.len();
                 self.metrics.partitions_deleted.inc_by(n as u64);
-                tracing::info!(partitions_deleted = n, "retention applied");
-            }
-            Err(e) if matches!(e.downcast_ref(), Some(RetentionError::LeaseBusy)) => {
-                self.count("retention", "busy");
-                tracing::info!("retention skipped: another maintenance job holds the lake");
+                tracing::info!(
+                    partitions_deleted = n,
+                    lakes_busy = done.lakes_busy,
+                    skipped = done.skipped,
+                    "retention applied"
+                );
             }
             Err(e) => {
                 self.count("retention", "failed");
@@ -685,10 +701,14 @@ impl Maintenance {
     }
 
     async fn compaction(&self) {
-        match compact_once(&self.lake).await {
-            Ok(done) if done.lease_busy => self.count("compaction", "busy"),
+        match compact_once(&self.lakes, &self.control).await {
             Ok(done) => {
-                self.count("compaction", "ok");
+                let outcome = match (done.lakes_failed, done.lakes_busy) {
+                    (0, 0) => "ok",
+                    (0, _) => "busy",
+                    _ => "failed",
+                };
+                self.count("compaction", outcome);
                 self.metrics
                     .objects_compacted
                     .inc_by(done.objects_merged as u64);
@@ -712,27 +732,31 @@ impl Maintenance {
     }
 }
 
-/// Merges the lake's small objects once, now.
-async fn compact_once(lake: &Lake) -> Result<Compacted> {
+/// Merges the small objects of every lake in use once, now.
+async fn compact_once(lakes: &Lakes, control: &ControlArgs) -> Result<Compacted> {
+    let (docs, _, _) = control.documents()?;
     let holder = format!("compaction, process {}", std::process::id());
     let now_ms = chrono::Utc::now().timestamp_millis();
-    Ok(compaction::compact(lake, &CompactionConfig::default(), &holder, now_ms).await?)
+    Ok(
+        compaction::compact_all(lakes, &docs, &CompactionConfig::default(), &holder, now_ms)
+            .await?,
+    )
 }
 
 async fn retention_once(
-    lake: &Lake,
+    lakes: &Lakes,
     control: &ControlArgs,
     master: &MasterSecret,
     config: &RetentionConfig,
-) -> Result<usize> {
+) -> Result<RetentionRun> {
     let (docs, store, prefix) = control.documents()?;
     let audit = AuditLog::new(store, &prefix, master.clone());
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let deleted = retention::run(lake, &docs, &audit, config, now_ms).await?;
-    for d in &deleted {
+    let done = retention::run(lakes, &docs, &audit, config, now_ms).await?;
+    for d in &done.deleted {
         tracing::info!(tenant = %d.tenant, dataset = d.dataset.name(), date = %d.date, objects = d.objects, bytes = d.bytes, "partition deleted");
     }
-    Ok(deleted.len())
+    Ok(done)
 }
 
 #[derive(Args)]
@@ -807,12 +831,7 @@ async fn main() -> Result<()> {
         Command::Audit(cmd) => audit_command(cmd).await,
         Command::Kpi(KpiCommand::Activity(args)) => print_activity(args).await,
         Command::Compact(args) => {
-            let done = compact_once(&Lake::open(&args.lake)?).await?;
-            if done.lease_busy {
-                bail!(
-                    "another maintenance job (compaction, retention or erasure) is running on the lake; try again in a few minutes"
-                );
-            }
+            let done = compact_once(&Lakes::open(&args.lake)?, &args.control).await?;
             println!(
                 "compaction: {} objects merged into {} in {} partitions ({} rows); {} left for uncommitted flushes; {} interrupted merges finished",
                 done.objects_merged,
@@ -822,6 +841,18 @@ async fn main() -> Result<()> {
                 done.pending_skipped,
                 done.resumed
             );
+            if done.lakes_failed > 0 {
+                bail!(
+                    "{} lakes could not be compacted (see the log)",
+                    done.lakes_failed
+                );
+            }
+            if done.lakes_busy > 0 {
+                bail!(
+                    "another maintenance job (compaction, retention or erasure) is running on {} lakes; try again in a few minutes",
+                    done.lakes_busy
+                );
+            }
             Ok(())
         }
         Command::Retention(RetentionCommand::Run {
@@ -829,14 +860,26 @@ async fn main() -> Result<()> {
             retention,
             lake,
         }) => {
-            let n = retention_once(
-                &Lake::open(&lake)?,
+            let done = retention_once(
+                &Lakes::open(&lake)?,
                 &control,
                 &master_secret()?,
                 &retention.config(),
             )
             .await?;
-            println!("retention: {n} partitions deleted");
+            println!("retention: {} partitions deleted", done.deleted.len());
+            if done.skipped > 0 {
+                bail!(
+                    "{} tenants or lakes were skipped for an error (see the log)",
+                    done.skipped
+                );
+            }
+            if done.lakes_busy > 0 {
+                bail!(
+                    "another maintenance job (compaction, retention or erasure) is running on {} lakes; try again in a few minutes",
+                    done.lakes_busy
+                );
+            }
             Ok(())
         }
         Command::Retention(RetentionCommand::Erase {
@@ -860,8 +903,10 @@ async fn main() -> Result<()> {
             };
             let audit = AuditLog::new(store, &prefix, master.clone());
             let now_ms = chrono::Utc::now().timestamp_millis();
+            // Every lake in use: the tenant's own, and the deployment's.
             let erased = candor_processor::erasure::erase_subject(
-                &Lake::open(&lake)?,
+                &Lakes::open(&lake)?,
+                &docs,
                 &audit,
                 &request,
                 now_ms,
@@ -937,10 +982,11 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     let maintenance_metrics = MaintenanceMetrics::register(&registry);
     // One copy of the control plane serves all three parts.
     let control = control_args.cache(&master, &registry, true)?;
+    let lakes = Lakes::open(&lake_dir.to_string_lossy())?;
     let mut processor = Processor::new(
         spool.consumer("candor-processor")?,
         control.clone(),
-        Lake::local(&lake_dir)?,
+        lakes.clone(),
         ProcessorConfig::default(),
     )
     .with_dead_letters(Arc::new(
@@ -993,7 +1039,7 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let maintenance = Arc::new(Maintenance {
-        lake: Lake::local(&lake_dir)?,
+        lakes,
         control: control_args.clone(),
         master: master.clone(),
         retention: args.retention.config(),
@@ -1111,7 +1157,7 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
     let master = master_secret()?;
     let kafka = args.kafka.config();
     let consumer = KafkaConsumer::new(&kafka, &args.group)?;
-    let lake = Lake::open(&args.lake)?;
+    let lakes = Lakes::open(&args.lake)?;
     let control = args
         .control
         .cache(&master, &prometheus::Registry::new(), false)?;
@@ -1133,7 +1179,7 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
         .with_context(|| format!("creating dead-letter topic {}", dead_letters.topic))?;
     let registry = prometheus::Registry::new();
     let maintenance = Arc::new(Maintenance {
-        lake: lake.clone(),
+        lakes: lakes.clone(),
         control: args.control.clone(),
         master: master.clone(),
         retention: args.retention.config(),
@@ -1157,7 +1203,7 @@ async fn run_processor(args: ProcessorArgs) -> Result<()> {
             std::future::pending(),
         ));
     }
-    let mut processor = Processor::new(consumer, control, lake, config)
+    let mut processor = Processor::new(consumer, control, lakes, config)
         .with_dead_letters(Arc::new(KafkaProducer::new(&dead_letters)?))
         .with_metrics(ProcessorMetrics::register(&registry));
     tracing::info!(lake = %args.lake, group = %args.group, topic = %kafka.topic, "processor started");

@@ -21,7 +21,7 @@ use candor_log::Record;
 use candor_log::spool::{Spool, SpoolConfig};
 use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Resume};
 use candor_processor::{
-    DeadLetter, Lake, Processor, ProcessorConfig, ProcessorError, ProcessorMetrics,
+    DeadLetter, Lake, Lakes, Processor, ProcessorConfig, ProcessorError, ProcessorMetrics,
 };
 use candor_schemas::TenantId;
 use candor_schemas::keys::MasterSecret;
@@ -178,7 +178,11 @@ impl<C: LogConsumer + Sync> LogConsumer for DiesBeforeCommit<C> {
 /// A processor dies after writing a chunk of 5 records and before its
 /// commit; its successor cuts chunks of 7. Without the flush intents, the
 /// first 5 records would be in the lake twice.
-async fn replay_with_other_chunks(lake: impl Fn() -> Lake) {
+///
+/// With `acme_lake`, acme's document names that location as its own lake
+/// (registered in `lakes`): its rows must land and be cleaned up there,
+/// and none in the deployment's lake.
+async fn replay_with_other_chunks(lakes: impl Fn() -> Lakes, acme_lake: Option<&str>) {
     tokio::time::timeout(GUARD, async {
         let OneMachine {
             // Bound, not ignored: the spool's folder lives as long as it.
@@ -188,6 +192,10 @@ async fn replay_with_other_chunks(lake: impl Fn() -> Lake) {
             spool,
             url,
         } = OneMachine::start().await;
+        if let Some(location) = acme_lake {
+            control.set_lake_url("acme", location).await;
+        }
+        let lake = || lakes().at(acme_lake).unwrap();
         let expected = post_batches(&url, &master, &control, 12).await;
         let config = |max_records_per_flush| ProcessorConfig {
             group: "g".into(),
@@ -199,7 +207,7 @@ async fn replay_with_other_chunks(lake: impl Fn() -> Lake) {
         let mut doomed = Processor::new(
             DiesBeforeCommit(spool.consumer("g").unwrap()),
             control.cache.clone(),
-            lake(),
+            lakes(),
             config(5),
         );
         assert!(matches!(doomed.step().await, Err(ProcessorError::Log(_))));
@@ -211,7 +219,7 @@ async fn replay_with_other_chunks(lake: impl Fn() -> Lake) {
         let mut successor = Processor::new(
             spool.consumer("g").unwrap(),
             control.cache.clone(),
-            lake(),
+            lakes(),
             config(7),
         );
         successor.drain().await.unwrap();
@@ -225,6 +233,17 @@ async fn replay_with_other_chunks(lake: impl Fn() -> Lake) {
         );
         assert_eq!(now.len(), 2, "chunks 0-6 and 7-11");
         assert_eq!(active_by_subject(&lake()).await, expected);
+        if acme_lake.is_some() {
+            let home = lakes().home().clone();
+            assert_eq!(
+                objects(&home, "activity").await,
+                vec![],
+                "nothing of acme at home"
+            );
+            // The processors' own state stays in the deployment's lake.
+            assert!(!objects(&home, "_processor").await.is_empty());
+            assert_eq!(objects(&lake(), "_processor").await, vec![]);
+        }
     })
     .await
     .expect("test finished within its hang guard");
@@ -233,14 +252,36 @@ async fn replay_with_other_chunks(lake: impl Fn() -> Lake) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_with_other_chunks_rewrites_instead_of_doubling() {
     let dir = tempfile::tempdir().unwrap();
-    replay_with_other_chunks(|| Lake::local(dir.path()).unwrap()).await;
+    replay_with_other_chunks(|| Lake::local(dir.path()).unwrap().into(), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_on_an_s3_lake_rewrites_instead_of_doubling() {
     // A real S3-compatible server (moto, started by scripts/test or here).
     let bucket = candor_control::testkit::fresh_bucket("lake");
-    replay_with_other_chunks(|| Lake::on_store(bucket.clone(), ObjectPath::from("lake/eu"))).await;
+    replay_with_other_chunks(
+        || Lake::on_store(bucket.clone(), ObjectPath::from("lake/eu")).into(),
+        None,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_into_a_tenants_own_s3_lake_rewrites_it_there() {
+    // The deployment's lake in a local folder; acme's on a real
+    // S3-compatible server (data residency).
+    let dir = tempfile::tempdir().unwrap();
+    let (name, bucket) = candor_control::testkit::fresh_named_bucket("residency");
+    let location = format!("s3://{name}/eu");
+    let lakes = || {
+        Lakes::from(Lake::local(dir.path()).unwrap())
+            .with_lake(
+                &location,
+                Lake::on_store(bucket.clone(), ObjectPath::from("eu")),
+            )
+            .unwrap()
+    };
+    replay_with_other_chunks(lakes, Some(&location)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use candor_control::{Actor, Directory, Member, Role, TokenRequest};
 use candor_log::LogProducer;
 use candor_log::spool::{Spool, SpoolConfig};
-use candor_processor::{Lake, Processor, ProcessorConfig};
+use candor_processor::{Lake, Lakes, Processor, ProcessorConfig};
 use candor_query::api::{QueryState, TRUNCATED_HEADER};
 use candor_query::lake::{LakeConfig, QueryLake};
 use candor_query::session::Limits;
@@ -20,6 +20,7 @@ use candor_schemas::batch::{AppUsage, GpsPoint};
 use candor_schemas::{EmployeeId, TenantId};
 use chrono::{Datelike, Days, NaiveDate, Utc};
 use common::{Control, activity_batch, header, ms, post, random_master, samples, seal_batch};
+use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -61,6 +62,8 @@ struct Service {
     tokens: BTreeMap<&'static str, String>,
     /// The ingest node's URL and the processor, for data sent later.
     pipeline: tokio::sync::Mutex<(String, Processor<candor_log::spool::SpoolConsumer>)>,
+    /// The lakes the processor writes (for maintenance jobs).
+    lakes: Lakes,
     _dir: tempfile::TempDir,
 }
 
@@ -69,9 +72,10 @@ impl Service {
         Self::start_with(limits, None).await
     }
 
-    /// With `acme_lake` (an S3 bucket's name and client), the processor
-    /// writes there, and acme's tenant document names it as its own lake
-    /// (data residency) while the deployment's lake stays empty.
+    /// With `acme_lake` (an S3 bucket's name and client), acme's tenant
+    /// document names `s3://<bucket>/lake` as its own lake (data
+    /// residency): the processor writes acme's rows there and globex's to
+    /// the deployment's lake, a local folder.
     async fn start_with(
         limits: Limits,
         acme_lake: Option<(String, Arc<dyn object_store::ObjectStore>)>,
@@ -166,14 +170,18 @@ impl Service {
             assert_eq!(status, 202, "{answer}");
         }
         let lake_dir = dir.path().join("lake");
-        let written = match &acme_lake {
-            Some((_, store)) => Lake::on_store(store.clone(), "lake".into()),
-            None => Lake::local(&lake_dir).unwrap(),
-        };
+        let mut lakes = Lakes::from(Lake::local(&lake_dir).unwrap());
+        if let Some((bucket, store)) = &acme_lake {
+            let location = format!("s3://{bucket}/lake");
+            control.set_lake_url("acme", &location).await;
+            lakes = lakes
+                .with_lake(&location, Lake::on_store(store.clone(), "lake".into()))
+                .unwrap();
+        }
         let mut processor = Processor::new(
             spool.consumer("g").unwrap(),
             control.cache.clone(),
-            written,
+            lakes.clone(),
             ProcessorConfig {
                 poll_wait: Duration::from_millis(50),
                 ..ProcessorConfig::default()
@@ -224,20 +232,6 @@ impl Service {
         if let Some((bucket, store)) = acme_lake {
             lake.register_store(&format!("s3://{bucket}"), store)
                 .unwrap();
-            let acme = TenantId::new("acme").unwrap();
-            let mut doc = control
-                .admin
-                .get_tenant(&Actor::operator(), &acme)
-                .await
-                .unwrap()
-                .doc;
-            doc.lake_url = Some(format!("s3://{bucket}/lake"));
-            control
-                .admin
-                .update_tenant(&Actor::operator(), &doc, None)
-                .await
-                .unwrap();
-            control.cache.reload(&acme).await.unwrap();
         }
         let mut state = QueryState::new(
             control.cache.clone(),
@@ -264,6 +258,7 @@ impl Service {
             state,
             tokens,
             pipeline,
+            lakes,
             _dir: dir,
         }
     }
@@ -1052,8 +1047,30 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
         // behind a proxy the test can cut.
         let proxy =
             candor_control::testkit::TcpProxy::start(&candor_control::testkit::s3_endpoint()).await;
-        let bucket = candor_control::testkit::named_s3_client(&proxy.endpoint(), "residency");
-        let s = Service::start_with(Limits::default(), Some(bucket)).await;
+        let (bucket, store) =
+            candor_control::testkit::named_s3_client(&proxy.endpoint(), "residency");
+        let s = Service::start_with(Limits::default(), Some((bucket.clone(), store.clone()))).await;
+        // Each tenant's rows were written to its own lake only.
+        let in_s3: Vec<String> = store
+            .list(None)
+            .map(|meta| meta.unwrap().location.to_string())
+            .collect()
+            .await;
+        assert!(
+            in_s3
+                .iter()
+                .any(|p| p.starts_with("lake/activity/tenant=acme/")),
+            "{in_s3:?}"
+        );
+        assert!(
+            in_s3
+                .iter()
+                .all(|p| p.contains("/tenant=acme/") || p.starts_with("lake/extracts/")),
+            "only acme's rows in acme's lake: {in_s3:?}"
+        );
+        let lake_dir = s._dir.path().join("lake");
+        assert!(!lake_dir.join("activity/tenant=acme").exists());
+        assert!(lake_dir.join("activity/tenant=globex").exists());
         let (status, owner) = s.kpi(&s.tokens["owner"], "employee").await;
         assert_eq!(status, StatusCode::OK, "{owner}");
         assert_eq!(by_employee(&owner), expected("acme", |_, _| true));
@@ -1069,9 +1086,9 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
             (status, answer["rows"][0]["n"].as_i64()),
             (StatusCode::OK, Some(4))
         );
-        // Globex has no lake of its own: the deployment's lake, empty here.
+        // Globex has no lake of its own: the deployment's lake.
         let (_, globex) = s.kpi(&s.tokens["globex"], "employee").await;
-        assert_eq!(globex["rows"], json!([]));
+        assert_eq!(by_employee(&globex), expected("globex", |_, _| true));
         // An extract of acme is written to acme's lake.
         let answer: Value = s
             .http
@@ -1113,6 +1130,63 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
         let (status, again) = s.kpi(&s.tokens["owner"], "employee").await;
         assert_eq!(status, StatusCode::OK, "{again}");
         assert_eq!(by_employee(&again), expected("acme", |_, _| true));
+
+        // Compaction reaches acme's own lake and changes no answer there.
+        for i in 0..6 {
+            let batch = activity_batch(samples(ms(day(), 12, i * 2), 2, 30, 30));
+            s.add("acme", ["alice", "bob"][i as usize % 2], &batch)
+                .await;
+        }
+        let before = every_row(&s).await;
+        let done = candor_processor::compaction::compact_all(
+            &s.lakes,
+            &s.control.store.documents(),
+            &Default::default(),
+            "test",
+            Utc::now().timestamp_millis(),
+        )
+        .await
+        .unwrap();
+        assert!(done.objects_merged >= 4, "{done:?}");
+        assert_eq!((done.lakes_busy, done.lakes_failed), (0, 0), "{done:?}");
+        let folder = format!("lake/activity/tenant=acme/date={}/", day());
+        let merged: Vec<String> = store
+            .list(Some(&folder.as_str().into()))
+            .map(|meta| meta.unwrap().location.to_string())
+            .filter(|p| std::future::ready(p.contains("/compact-") && p.ends_with(".parquet")))
+            .collect()
+            .await;
+        assert_eq!(merged.len(), 1, "{merged:?}");
+        assert_eq!(every_row(&s).await, before, "compaction changed a row");
+
+        // Erasure reaches it too.
+        let alice = s
+            .control
+            .subject(
+                &TenantId::new("acme").unwrap(),
+                &EmployeeId::new("alice").unwrap(),
+            )
+            .await;
+        assert!(before.iter().any(|row| row.contains(&alice)));
+        let request = candor_processor::erasure::ErasureRequest {
+            tenant: TenantId::new("acme").unwrap(),
+            subject: alice.clone(),
+            actor: "operator".into(),
+            source: "test".into(),
+        };
+        let erased = candor_processor::erasure::erase_subject(
+            &s.lakes,
+            &s.control.store.documents(),
+            s.control.admin.audit_log(),
+            &request,
+            Utc::now().timestamp_millis(),
+        )
+        .await
+        .unwrap();
+        assert!(erased.rows_removed > 0, "{erased:?}");
+        let after = every_row(&s).await;
+        assert!(!after.iter().any(|row| row.contains(&alice)));
+        assert!(after.len() < before.len());
     })
     .await
     .expect("test finished within its hang guard");
@@ -1128,7 +1202,6 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
             .control
             .subject(&acme, &EmployeeId::new("alice").unwrap())
             .await;
-        let lake = Lake::local(s._dir.path().join("lake")).unwrap();
         let request = ErasureRequest {
             tenant: acme.clone(),
             subject: alice.clone(),
@@ -1137,7 +1210,10 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
         };
         let audit = s.control.admin.audit_log();
         let now = Utc::now().timestamp_millis();
-        let erased = erase_subject(&lake, audit, &request, now).await.unwrap();
+        let docs = s.control.store.documents();
+        let erased = erase_subject(&s.lakes, &docs, audit, &request, now)
+            .await
+            .unwrap();
         // Alice's activity and app rows were in objects shared with others.
         assert!(erased.rows_removed >= 3, "{erased:?}");
         assert!(
@@ -1160,7 +1236,9 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
         assert_eq!(bob_apps["rows"][0]["n"], 900, "bob's app time is untouched");
 
         // Running it again finds nothing; both runs are on record.
-        let again = erase_subject(&lake, audit, &request, now).await.unwrap();
+        let again = erase_subject(&s.lakes, &docs, audit, &request, now)
+            .await
+            .unwrap();
         assert_eq!(again.rows_removed, 0);
         let entries = audit.entries(&acme).await.unwrap();
         let target = format!("subject:{alice}");
@@ -1235,10 +1313,10 @@ async fn compaction_changes_no_answer_even_when_interrupted() {
         let (_, kpi_before) = s.kpi(&s.tokens["owner"], "department").await;
         assert!(before_files.len() >= 6, "{before_files:?}");
 
-        let lake = Lake::local(&lake_dir).unwrap();
+        let lake = s.lakes.home().clone();
         let config = CompactionConfig::default();
         let now = Utc::now().timestamp_millis();
-        let done = compact(&lake, &config, "test", now).await.unwrap();
+        let done = compact(&s.lakes, None, &config, "test", now).await.unwrap();
         assert!(
             done.objects_written >= 1 && done.objects_merged >= 4,
             "{done:?}"
@@ -1278,7 +1356,9 @@ async fn compaction_changes_no_answer_even_when_interrupted() {
             before,
             "members counted next to their merge"
         );
-        let again = compact(&lake, &config, "test", now + 1).await.unwrap();
+        let again = compact(&s.lakes, None, &config, "test", now + 1)
+            .await
+            .unwrap();
         assert_eq!(again.resumed, 1, "{again:?}");
         assert_eq!(folder_files(&folder), after_files);
         assert_eq!(every_row(&s).await, before);
@@ -1291,20 +1371,35 @@ async fn compaction_changes_no_answer_even_when_interrupted() {
         )
         .unwrap();
         assert_eq!(every_row(&s).await, before);
-        let third = compact(&lake, &config, "test", now + 2).await.unwrap();
+        let third = compact(&s.lakes, None, &config, "test", now + 2)
+            .await
+            .unwrap();
         assert_eq!(third.resumed, 1, "{third:?}");
         assert_eq!(folder_files(&folder), after_files);
 
         // While another maintenance job holds the lake, compaction waits
         // its turn instead of running beside it.
-        let lease = lake
+        let _never_released = lake
             .lease("erasure", now)
             .await
             .unwrap()
             .expect("the lease is free");
-        let busy = compact(&lake, &config, "test", now).await.unwrap();
-        assert!(busy.lease_busy && busy.objects_written == 0, "{busy:?}");
-        lease.release().await.unwrap();
+        let busy = compact(&s.lakes, None, &config, "test", now).await.unwrap();
+        assert!(
+            busy.lakes_busy == 1 && busy.objects_written == 0,
+            "{busy:?}"
+        );
+        // A holder that died without releasing it: once the lease has
+        // expired, the next run takes it over.
+        let stale = now + candor_processor::LEASE_MS + 1;
+        let taken = compact(&s.lakes, None, &config, "test", stale)
+            .await
+            .unwrap();
+        assert_eq!(taken.lakes_busy, 0, "{taken:?}");
+        assert!(
+            lake.lease("erasure", stale).await.unwrap().is_some(),
+            "the run released the lease it took over"
+        );
     })
     .await
     .expect("test finished within its hang guard");

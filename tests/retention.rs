@@ -1,7 +1,9 @@
 //! Retention on a real lake directory and control plane: expired date
 //! partitions are deleted per tenant plan, a cancelled tenant is purged
 //! after its grace period, each deletion is in the tenant's audit trail
-//! (which still verifies), and a second run finds nothing more to do.
+//! (which still verifies), and a second run finds nothing more to do. A
+//! tenant with a lake of its own (on a real S3-compatible server) has its
+//! partitions deleted there.
 
 mod common;
 
@@ -9,8 +11,8 @@ use std::collections::BTreeSet;
 
 use candor_control::testkit::{TcpProxy, s3_client};
 use candor_control::{AuditLog, Plan, Tenant};
-use candor_processor::Lake;
 use candor_processor::retention::{self, RetentionConfig};
+use candor_processor::{Lake, Lakes};
 use candor_schemas::TenantId;
 use chrono::{Days, NaiveDate, Utc};
 use common::{Control, random_master};
@@ -41,12 +43,14 @@ async fn expired_partitions_and_cancelled_tenants_go_and_each_deletion_is_audite
     let master = random_master();
     let control = Control::local_with(&master, &["acme"]).await; // starter: 30 days
     let now_ms = Utc::now().timestamp_millis();
+    // Initech's lake is its own, on S3 (data residency).
+    let (bucket, store) = candor_control::testkit::fresh_named_bucket("initech");
+    let initech_location = format!("s3://{bucket}/lake");
     control
-        .create(Tenant::new(
-            TenantId::new("initech").unwrap(),
-            Plan::Free,
-            "UTC",
-        )) // 7 days
+        .create(Tenant {
+            lake_url: Some(initech_location.clone()),
+            ..Tenant::new(TenantId::new("initech").unwrap(), Plan::Free, "UTC") // 7 days
+        })
         .await;
     control
         .create(Tenant {
@@ -63,14 +67,21 @@ async fn expired_partitions_and_cancelled_tenants_go_and_each_deletion_is_audite
         .await;
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::local(dir.path()).unwrap();
+    let initech_lake = Lake::on_store(store, ObjectPath::from("lake"));
+    let lakes = Lakes::from(lake.clone())
+        .with_lake(&initech_location, initech_lake.clone())
+        .unwrap();
     let today = Utc::now().date_naive();
     let ago = |days| today - Days::new(days);
 
     let acme_expired = put(&lake, "activity", "acme", ago(31)).await;
     let acme_expired_apps = put(&lake, "app_usage", "acme", ago(45)).await;
     let acme_kept = put(&lake, "activity", "acme", ago(30)).await;
-    let initech_expired = put(&lake, "gps", "initech", ago(8)).await;
-    let initech_kept = put(&lake, "gps", "initech", ago(7)).await;
+    let initech_expired = put(&initech_lake, "gps", "initech", ago(8)).await;
+    let initech_kept = put(&initech_lake, "gps", "initech", ago(7)).await;
+    // Initech's rows left in the deployment's lake from before it moved
+    // expire there too.
+    let initech_left_behind = put(&lake, "gps", "initech", ago(8)).await;
     let globex_purged = put(&lake, "activity", "globex", ago(1)).await;
     let hooli_kept = put(&lake, "activity", "hooli", ago(1)).await;
     // The processor's own state is not a dataset and is never touched.
@@ -88,9 +99,11 @@ async fn expired_partitions_and_cancelled_tenants_go_and_each_deletion_is_audite
     let audit = AuditLog::new(store, &prefix, master.clone());
     let docs = control.store.documents();
     let config = RetentionConfig::default();
-    let deleted = retention::run(&lake, &docs, &audit, &config, now_ms)
+    let done = retention::run(&lakes, &docs, &audit, &config, now_ms)
         .await
         .unwrap();
+    assert_eq!((done.lakes_busy, done.skipped), (0, 0), "{done:?}");
+    let deleted = done.deleted;
     let gone: BTreeSet<_> = deleted
         .iter()
         .map(|d| format!("{}/{}/{}", d.tenant, d.dataset.name(), d.date))
@@ -104,19 +117,27 @@ async fn expired_partitions_and_cancelled_tenants_go_and_each_deletion_is_audite
             format!("initech/gps/{}", ago(8)),
         ])
     );
+    assert_eq!(
+        deleted.len(),
+        5,
+        "initech's partition in each lake: {deleted:?}"
+    );
     assert!(deleted.iter().all(|d| d.objects == 1 && d.bytes == 4));
     let left = all_objects(&lake).await;
     for path in [
         &acme_expired,
         &acme_expired_apps,
-        &initech_expired,
         &globex_purged,
+        &initech_left_behind,
     ] {
         assert!(!left.contains(path.as_str()), "{path} survived");
     }
-    for path in [&acme_kept, &initech_kept, &hooli_kept] {
+    for path in [&acme_kept, &hooli_kept] {
         assert!(left.contains(path.as_str()), "{path} was deleted");
     }
+    let left_in_initechs = all_objects(&initech_lake).await;
+    assert!(!left_in_initechs.contains(initech_expired.as_str()));
+    assert!(left_in_initechs.contains(initech_kept.as_str()));
     assert!(left.contains("_processor/g/partition-00000.json"));
     assert!(
         !dir.path()
@@ -149,10 +170,10 @@ async fn expired_partitions_and_cancelled_tenants_go_and_each_deletion_is_audite
     assert!(audit.verify(&acme).await.unwrap().first_problem.is_none());
 
     // A second run has nothing left to delete and records nothing.
-    let again = retention::run(&lake, &docs, &audit, &config, now_ms)
+    let again = retention::run(&lakes, &docs, &audit, &config, now_ms)
         .await
         .unwrap();
-    assert!(again.is_empty(), "{again:?}");
+    assert!(again.deleted.is_empty(), "{again:?}");
     assert_eq!(audit.entries(&acme).await.unwrap().len(), entries.len());
 }
 
@@ -179,18 +200,20 @@ async fn nothing_is_deleted_when_the_deletion_cannot_be_audited() {
     proxy.cut();
     let docs = control.store.documents();
     let now_ms = Utc::now().timestamp_millis();
-    let deleted = retention::run(&lake, &docs, &audit, &RetentionConfig::default(), now_ms)
+    let lakes = Lakes::from(lake.clone());
+    let done = retention::run(&lakes, &docs, &audit, &RetentionConfig::default(), now_ms)
         .await
         .unwrap();
-    assert!(deleted.is_empty(), "{deleted:?}");
+    assert!(done.deleted.is_empty(), "{done:?}");
+    assert_eq!(done.skipped, 1, "the tenant is skipped, not the run failed");
     assert!(all_objects(&lake).await.contains(expired.as_str()));
 
     // Once the trail can be written, the same run deletes it, recorded.
     proxy.restore();
-    let deleted = retention::run(&lake, &docs, &audit, &RetentionConfig::default(), now_ms)
+    let done = retention::run(&lakes, &docs, &audit, &RetentionConfig::default(), now_ms)
         .await
         .unwrap();
-    assert_eq!(deleted.len(), 1);
+    assert_eq!(done.deleted.len(), 1);
     assert!(!all_objects(&lake).await.contains(expired.as_str()));
     let acme = TenantId::new("acme").unwrap();
     assert_eq!(audit.entries(&acme).await.unwrap().len(), 1);

@@ -30,6 +30,10 @@
 //! Retention and erasure also rewrite or delete objects; compaction, the
 //! retention run and erasure hold the lake's maintenance lease
 //! ([`Lake::lease`]) so that they never run at once on one lake.
+//!
+//! A tenant with a lake of its own (data residency) is compacted there,
+//! under that lake's lease; the intents that say which objects are pending
+//! are always read from the deployment's lake.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -43,7 +47,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
 use crate::intent::pending_objects;
-use crate::lake::{Lake, LakeError};
+use crate::lake::{Lake, LakeError, Lakes};
 
 #[derive(Debug, Clone)]
 pub struct CompactionConfig {
@@ -81,31 +85,76 @@ pub struct Compacted {
     pub resumed: usize,
     /// Objects left out because a flush that is not yet committed wrote them.
     pub pending_skipped: usize,
-    /// The run did nothing: another holds the lake's maintenance lease.
-    pub lease_busy: bool,
+    /// Lakes left alone because another job holds their maintenance lease.
+    pub lakes_busy: usize,
+    /// Lakes that could not be compacted (unreachable, say); logged, and
+    /// tried again at the next run.
+    pub lakes_failed: usize,
 }
 
-/// Compacts every partition folder of the lake that has enough small
-/// objects. `holder` names this process in the maintenance lease.
-pub async fn compact(
-    lake: &Lake,
+impl Compacted {
+    fn add(&mut self, other: &Compacted) {
+        self.folders += other.folders;
+        self.objects_merged += other.objects_merged;
+        self.objects_written += other.objects_written;
+        self.rows += other.rows;
+        self.resumed += other.resumed;
+        self.pending_skipped += other.pending_skipped;
+        self.lakes_busy += other.lakes_busy;
+        self.lakes_failed += other.lakes_failed;
+    }
+}
+
+/// Compacts every lake in use: the deployment's and each tenant's own
+/// (see [`Lakes::in_use`]). A lake that fails does not stop the others.
+pub async fn compact_all(
+    lakes: &Lakes,
+    docs: &candor_control::DocumentStore,
     config: &CompactionConfig,
     holder: &str,
     now_ms: i64,
 ) -> Result<Compacted, LakeError> {
+    let mut done = Compacted::default();
+    let tenants = crate::lake::tenants(docs).await?;
+    for (key, _) in lakes.in_use(&tenants)? {
+        match compact(lakes, key.as_deref(), config, holder, now_ms).await {
+            Ok(one) => done.add(&one),
+            Err(e) => {
+                let lake = key.as_deref().unwrap_or("deployment");
+                tracing::error!(lake, error = %e, "compaction of a lake failed");
+                done.lakes_failed += 1;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Compacts every partition folder with enough small objects in the lake
+/// `key` names (`None`: the deployment's; see [`Lakes::key`]). `holder`
+/// names this process in the maintenance lease.
+pub async fn compact(
+    lakes: &Lakes,
+    key: Option<&str>,
+    config: &CompactionConfig,
+    holder: &str,
+    now_ms: i64,
+) -> Result<Compacted, LakeError> {
+    let lake = lakes.at(key)?;
     let Some(lease) = lake.lease(holder, now_ms).await? else {
         return Ok(Compacted {
-            lease_busy: true,
+            lakes_busy: 1,
             ..Compacted::default()
         });
     };
-    let outcome = compact_held(lake, config, now_ms).await;
+    let outcome = compact_held(&lake, lakes.home(), key, config, now_ms).await;
     lease.release().await?;
     outcome
 }
 
 async fn compact_held(
     lake: &Lake,
+    home: &Lake,
+    key: Option<&str>,
     config: &CompactionConfig,
     now_ms: i64,
 ) -> Result<Compacted, LakeError> {
@@ -114,7 +163,7 @@ async fn compact_held(
     for dataset in Dataset::ALL {
         // Listed before the intents are read: see the module's notes.
         let listed = lake.list(&ObjectPath::from(dataset.name())).await?;
-        let pending = pending_objects(lake).await?;
+        let pending = pending_objects(home, key).await?;
         let mut folders: BTreeMap<String, Vec<ObjectMeta>> = BTreeMap::new();
         for object in listed {
             let folder = folder_of(&object.location);

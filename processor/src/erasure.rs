@@ -8,6 +8,10 @@
 //! finishes it. Each rewrite replaces the object whole (a local rename or
 //! an S3 PUT), so a query sees the object before or after, never half.
 //!
+//! Every lake in use is searched: the deployment's and each lake a tenant
+//! names (data residency), so rows a tenant left behind when its lake moved
+//! are erased too.
+//!
 //! What this does not reach: records still in the log (sealed, expiring
 //! with the topic's retention) and a flush in flight when it runs. Revoke
 //! the employee's devices and remove them from the directory first; an
@@ -21,7 +25,7 @@ use candor_schemas::{Dataset, TenantId};
 use object_store::path::Path as ObjectPath;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::lake::{Lake, LakeError};
+use crate::lake::{Lake, LakeError, Lakes, tenants};
 use crate::retention::{RetentionError, tenant_prefix};
 
 /// What an erasure removed.
@@ -42,26 +46,42 @@ pub struct ErasureRequest {
     pub source: String,
 }
 
-/// Removes every row of `request.subject` from the tenant's part of the
-/// lake, holding the lake's maintenance lease (so no compaction merges an
-/// object while its rows are being erased).
+/// Removes every row of `request.subject` from the tenant's part of every
+/// lake in use (tenants from `docs`), holding each lake's maintenance lease
+/// (so no compaction merges an object while its rows are being erased).
+/// All leases are taken before anything is touched, or none.
 pub async fn erase_subject(
-    lake: &Lake,
+    lakes: &Lakes,
+    docs: &candor_control::DocumentStore,
     audit: &AuditLog,
     request: &ErasureRequest,
     now_ms: i64,
 ) -> Result<Erased, RetentionError> {
-    let lease = lake
-        .lease("erasure", now_ms)
-        .await?
-        .ok_or(RetentionError::LeaseBusy)?;
-    let outcome = erase_held(lake, audit, request, now_ms).await;
-    lease.release().await?;
+    let mut held = Vec::new();
+    let mut busy = false;
+    for (_, lake) in lakes.in_use(&tenants(docs).await?)? {
+        match lake.lease("erasure", now_ms).await? {
+            Some(lease) => held.push((lake, lease)),
+            None => {
+                busy = true;
+                break;
+            }
+        }
+    }
+    let outcome = if busy {
+        Err(RetentionError::LeaseBusy)
+    } else {
+        let lakes: Vec<&Lake> = held.iter().map(|(lake, _)| lake).collect();
+        erase_held(&lakes, audit, request, now_ms).await
+    };
+    for (_, lease) in held {
+        lease.release().await?;
+    }
     outcome
 }
 
 async fn erase_held(
-    lake: &Lake,
+    lakes: &[&Lake],
     audit: &AuditLog,
     request: &ErasureRequest,
     now_ms: i64,
@@ -82,14 +102,15 @@ async fn erase_held(
         )
         .await?;
     let mut erased = Erased::default();
-    for dataset in Dataset::ALL {
-        let prefix = tenant_prefix(dataset, &request.tenant);
-        let objects = lake.list(&prefix).await?;
-        for object in objects {
-            if object.location.extension() != Some("parquet") {
-                continue;
+    for lake in lakes {
+        for dataset in Dataset::ALL {
+            let prefix = tenant_prefix(dataset, &request.tenant);
+            for object in lake.list(&prefix).await? {
+                if object.location.extension() != Some("parquet") {
+                    continue;
+                }
+                erase_from_object(lake, &object.location, &request.subject, &mut erased).await?;
             }
-            erase_from_object(lake, &object.location, &request.subject, &mut erased).await?;
         }
     }
     let detail = serde_json::to_value(&erased).expect("counts serialize");

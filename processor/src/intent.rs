@@ -16,17 +16,21 @@
 //! committed: its objects are deleted before the new flush writes, and the
 //! new flush (or a later one) holds its records.
 //!
+//! Objects of a tenant with a lake of its own are written there, and the
+//! intent (which always lives in the deployment's lake) names them under
+//! that lake's location, so a cleanup deletes them where they are.
+//!
 //! Known limit: a processor that lost its partition but is still writing (it
 //! stalled for longer than the group's session timeout) can write after its
 //! successor cleaned up. Its commit then fails and it stops, but what it
 //! wrote stays. Keep flushes well under the session timeout.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
-use crate::lake::{Lake, LakeError};
+use crate::lake::{Lake, LakeError, Lakes};
 
 /// Where the processors' own state lives in the lake, apart from datasets.
 const INTENTS_ROOT: &str = "_processor";
@@ -36,21 +40,40 @@ pub struct FlushIntent {
     pub partition: i32,
     pub first: i64,
     pub last: i64,
-    /// Lake paths of every object the flush writes.
+    /// Paths of every object the flush writes to the deployment's lake.
     pub objects: Vec<String>,
+    /// Paths of the objects it writes to tenants' own lakes, by the lake's
+    /// location ([`Lakes::key`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub elsewhere: BTreeMap<String, Vec<String>>,
 }
 
-/// The intents of one consumer group, kept in the lake under
+impl FlushIntent {
+    /// The objects in the lake `key` names (`None`: the deployment's).
+    pub fn objects_in(&self, key: Option<&str>) -> &[String] {
+        match key {
+            None => &self.objects,
+            Some(key) => self.elsewhere.get(key).map_or(&[], Vec::as_slice),
+        }
+    }
+
+    /// Every lake the flush writes to, by key.
+    fn lakes(&self) -> impl Iterator<Item = Option<&str>> {
+        std::iter::once(None).chain(self.elsewhere.keys().map(|k| Some(k.as_str())))
+    }
+}
+
+/// The intents of one consumer group, kept in the deployment's lake under
 /// `_processor/<group>/`, where no dataset's listing looks.
 pub struct Intents {
-    lake: Lake,
+    lakes: Lakes,
     group: String,
 }
 
 impl Intents {
-    pub fn new(lake: Lake, group: &str) -> Self {
+    pub fn new(lakes: Lakes, group: &str) -> Self {
         Self {
-            lake,
+            lakes,
             group: group.to_string(),
         }
     }
@@ -67,20 +90,24 @@ impl Intents {
     /// that the new one does not rewrite. Returns how many were deleted.
     pub async fn begin(&self, intent: &FlushIntent) -> Result<usize, LakeError> {
         let path = self.path(intent.partition);
+        let home = self.lakes.home();
         let mut deleted = 0;
-        if let Some(bytes) = self.lake.get_optional(&path).await? {
+        if let Some(bytes) = home.get_optional(&path).await? {
             let earlier: FlushIntent = serde_json::from_slice(&bytes).map_err(|e| {
                 // Objects are written whole (a rename or an S3 PUT), so this
                 // is not a torn write; guessing could lose or double rows.
                 LakeError::Corrupt(format!("{path}: {e}"))
             })?;
             if earlier.first >= intent.first {
-                for object in &earlier.objects {
-                    if !intent.objects.contains(object) {
-                        self.lake
-                            .delete_durable(&ObjectPath::from(object.as_str()))
-                            .await?;
-                        deleted += 1;
+                for key in earlier.lakes() {
+                    let rewritten = intent.objects_in(key);
+                    let lake = self.lakes.at(key)?;
+                    for object in earlier.objects_in(key) {
+                        if !rewritten.contains(object) {
+                            lake.delete_durable(&ObjectPath::from(object.as_str()))
+                                .await?;
+                            deleted += 1;
+                        }
                     }
                 }
                 if deleted > 0 {
@@ -95,15 +122,17 @@ impl Intents {
             }
         }
         let body = serde_json::to_vec(intent).expect("an intent serializes");
-        self.lake.put_durable(&path, body.into()).await?;
+        home.put_durable(&path, body.into()).await?;
         Ok(deleted)
     }
 }
 
-/// Every object named by an intent of any consumer group of the lake: the
-/// objects a replay may still replace, which compaction must leave alone.
-pub async fn pending_objects(lake: &Lake) -> Result<HashSet<String>, LakeError> {
-    let listed = lake.list(&ObjectPath::from(INTENTS_ROOT)).await?;
+/// Every object in the lake `key` names (`None`: the deployment's) that an
+/// intent of any consumer group names: the objects a replay may still
+/// replace, which compaction must leave alone. The intents are read from
+/// `home`, the deployment's lake.
+pub async fn pending_objects(home: &Lake, key: Option<&str>) -> Result<HashSet<String>, LakeError> {
+    let listed = home.list(&ObjectPath::from(INTENTS_ROOT)).await?;
     let mut pending = HashSet::new();
     for meta in listed {
         let is_intent = meta
@@ -113,12 +142,12 @@ pub async fn pending_objects(lake: &Lake) -> Result<HashSet<String>, LakeError> 
         if !is_intent {
             continue;
         }
-        let Some(bytes) = lake.get_optional(&meta.location).await? else {
+        let Some(bytes) = home.get_optional(&meta.location).await? else {
             continue; // replaced meanwhile; its successor was listed or is newer
         };
         let intent: FlushIntent = serde_json::from_slice(&bytes)
             .map_err(|e| LakeError::Corrupt(format!("{}: {e}", meta.location)))?;
-        pending.extend(intent.objects);
+        pending.extend(intent.objects_in(key).iter().cloned());
     }
     Ok(pending)
 }

@@ -1,8 +1,9 @@
 //! The lake: Parquet objects on an object store: a local directory on one
 //! machine, S3 (or any S3-compatible server) across machines.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use object_store::local::LocalFileSystem;
@@ -32,6 +33,8 @@ pub enum LakeError {
     Corrupt(String),
     #[error("lake location: {0}")]
     Location(#[from] candor_control::StoreError),
+    #[error("control plane: {0}")]
+    Control(String),
     #[error("lake directory {path}: {source}")]
     Io {
         path: PathBuf,
@@ -173,7 +176,6 @@ impl Lake {
     }
 }
 
-/// fsyncs one file or directory.
 impl Lake {
     /// Removes a local lake's folder for `prefix` once it is empty, so an
     /// emptied partition does not linger as a folder. Object stores have no
@@ -324,4 +326,141 @@ impl Lake {
         }
         Ok(None)
     }
+}
+
+/// Every lake a processor writes: the deployment's (where the processors'
+/// own state lives too: flush intents, batch ids, leases) and each tenant's
+/// own lake when its document names a `lake_url` (data residency).
+///
+/// A location is named by its `lake_url`; `None` is the deployment's lake.
+/// A `lake_url` naming the deployment's own location is the deployment's
+/// lake, so one place never goes by two names.
+#[derive(Clone)]
+pub struct Lakes {
+    home: Lake,
+    /// The deployment's location in the form [`location_key`] gives, when
+    /// it is known (a lake built from a store has none).
+    home_key: Option<String>,
+    /// Tenants' lakes opened so far, by [`location_key`].
+    others: Arc<Mutex<HashMap<String, Lake>>>,
+}
+
+impl From<Lake> for Lakes {
+    fn from(home: Lake) -> Self {
+        Self {
+            home,
+            home_key: None,
+            others: Arc::default(),
+        }
+    }
+}
+
+impl Lakes {
+    /// The deployment's lake at `location` (see [`Lake::open`]).
+    pub fn open(location: &str) -> Result<Self, LakeError> {
+        Ok(Self {
+            home_key: Some(location_key(location)?),
+            ..Self::from(Lake::open(location)?)
+        })
+    }
+
+    /// Uses `lake` for the tenants whose `lake_url` is `location`, instead
+    /// of opening it with the `AWS_*` settings (an S3 client of its own).
+    pub fn with_lake(self, location: &str, lake: Lake) -> Result<Self, LakeError> {
+        let key = location_key(location)?;
+        self.others.lock().expect("lakes lock").insert(key, lake);
+        Ok(self)
+    }
+
+    /// The deployment's lake.
+    pub fn home(&self) -> &Lake {
+        &self.home
+    }
+
+    /// The lake at `location` (`None`: the deployment's), opened on first
+    /// use.
+    pub fn at(&self, location: Option<&str>) -> Result<Lake, LakeError> {
+        match self.key(location)? {
+            None => Ok(self.home.clone()),
+            Some(key) => {
+                let mut others = self.others.lock().expect("lakes lock");
+                if let Some(lake) = others.get(&key) {
+                    return Ok(lake.clone());
+                }
+                let lake = Lake::open(location.expect("a key comes from a location"))?;
+                others.insert(key, lake.clone());
+                Ok(lake)
+            }
+        }
+    }
+
+    /// How flush intents name `location`: `None` for the deployment's lake,
+    /// else its [`location_key`].
+    pub fn key(&self, location: Option<&str>) -> Result<Option<String>, LakeError> {
+        let Some(location) = location else {
+            return Ok(None);
+        };
+        let key = location_key(location)?;
+        Ok((self.home_key.as_ref() != Some(&key)).then_some(key))
+    }
+
+    /// The deployment's lake and every lake one of `tenants` names, once
+    /// each, with the key flush intents know it by.
+    pub fn in_use(
+        &self,
+        tenants: &[candor_control::Tenant],
+    ) -> Result<Vec<(Option<String>, Lake)>, LakeError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for tenant in tenants {
+            keys.extend(self.key(tenant.lake_url.as_deref())?);
+        }
+        let mut lakes = vec![(None, self.home.clone())];
+        for key in keys {
+            // A key is itself a location.
+            lakes.push((Some(key.clone()), self.at(Some(&key))?));
+        }
+        Ok(lakes)
+    }
+}
+
+/// Every tenant document of the control plane. One that cannot be read is
+/// logged and left out, so it does not stop maintenance of the others.
+pub async fn tenants(
+    docs: &candor_control::DocumentStore,
+) -> Result<Vec<candor_control::Tenant>, LakeError> {
+    use candor_control::documents::Kind;
+    let ids = docs
+        .ids(Kind::Tenant)
+        .await
+        .map_err(|e| LakeError::Control(e.to_string()))?;
+    let mut all = Vec::new();
+    for id in ids {
+        match docs.get::<candor_control::Tenant>(Kind::Tenant, &id).await {
+            Ok(Some(tenant)) => all.push(tenant.doc),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(tenant = %id, error = %e, "unreadable tenant document left out")
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// One spelling per place: a local path made absolute without a trailing
+/// slash, a URL without a trailing slash.
+pub fn location_key(location: &str) -> Result<String, LakeError> {
+    let local = location
+        .strip_prefix("file://")
+        .or((!location.contains("://")).then_some(location));
+    let key = match local {
+        Some(path) => std::path::absolute(path)
+            .map_err(|source| LakeError::Io {
+                path: path.into(),
+                source,
+            })?
+            .to_string_lossy()
+            .into_owned(),
+        None => location.to_string(),
+    };
+    Ok(key.trim_end_matches('/').to_string())
 }

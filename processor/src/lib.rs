@@ -16,15 +16,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use candor_control::{CacheError, ControlCache, TenantView};
 use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Record, Resume};
 use candor_schemas::TenantId;
 use candor_schemas::record::{open_record, read_header};
+use object_store::path::Path as ObjectPath;
 
 pub use aggregate::{Aggregator, PartitionKey, Routes, Subject, TenantPolicy};
 pub use dedup::{ChunkIds, SeenBatches};
 pub use intent::{FlushIntent, Intents};
-pub use lake::{Lake, LakeError, Lease};
+pub use lake::{LEASE_MS, Lake, LakeError, Lakes, Lease, location_key, tenants};
 pub use metrics::{MaintenanceMetrics, ProcessorMetrics};
 
 /// Serves a processor's `/metrics` (everything in `registry`) and
@@ -108,7 +110,8 @@ pub struct Processor<C> {
     consumer: C,
     /// Tenants' keys (at rest, pseudonyms) and policy.
     control: Arc<ControlCache>,
-    lake: Lake,
+    /// The deployment's lake and the tenants' own.
+    lakes: Lakes,
     intents: Intents,
     seen: SeenBatches,
     /// Where records that cannot be opened or decoded go, with their reason.
@@ -124,18 +127,22 @@ pub struct Processor<C> {
 }
 
 impl<C: LogConsumer> Processor<C> {
+    /// A processor writing each tenant's rows to its own lake when its
+    /// document names one, else to the deployment's lake (`lakes`, or a
+    /// single [`Lake`]), which also keeps the processors' own state.
     pub fn new(
         consumer: C,
         control: Arc<ControlCache>,
-        lake: Lake,
+        lakes: impl Into<Lakes>,
         config: ProcessorConfig,
     ) -> Self {
+        let lakes = lakes.into();
         Self {
             consumer,
             control,
-            intents: Intents::new(lake.clone(), &config.group),
-            seen: SeenBatches::new(lake.clone(), &config.group, config.dedup_window),
-            lake,
+            intents: Intents::new(lakes.clone(), &config.group),
+            seen: SeenBatches::new(lakes.home().clone(), &config.group, config.dedup_window),
+            lakes,
             dead_letters: None,
             config,
             metrics: ProcessorMetrics::default(),
@@ -282,7 +289,7 @@ impl<C: LogConsumer> Processor<C> {
         &mut self,
         partition: i32,
         records: &[Delivered],
-    ) -> Result<(i64, ChunkIds, Option<object_store::path::Path>), ProcessorError> {
+    ) -> Result<(i64, ChunkIds, Option<ObjectPath>), ProcessorError> {
         let first = records.first().expect("chunks are non-empty").offset;
         let last = records.last().expect("chunks are non-empty").offset;
         let mut backoff = Backoff::default();
@@ -367,22 +374,39 @@ impl<C: LogConsumer> Processor<C> {
             .with_label_values(&["outside_work_hours"])
             .inc_by(agg.outside_work_hours);
         self.routes.insert(partition, (last + 1, agg.take_routes()));
-        let objects: Vec<_> = agg
-            .finish()
-            .into_iter()
-            .map(|(key, batch)| (key.object_path(&file_name), batch))
-            .collect();
+        // Each tenant's objects go to its own lake when it has one.
+        let mut objects = LakeObjects::new();
+        for (key, batch) in agg.finish() {
+            let location = match tenants.get(&key.tenant) {
+                Some(Some((view, _))) => view.tenant.doc.lake_url.as_deref(),
+                _ => None,
+            };
+            let lake = self.lakes.key(location)?;
+            objects
+                .entry(lake)
+                .or_default()
+                .push((key.object_path(&file_name), batch));
+        }
         // The batch ids taken in travel with the flush, as one more object.
         let ids_file =
             (!ids.is_empty()).then(|| (self.seen.ids_path(partition, first, last), ids.to_bytes()));
+        let paths = |objects: &[(ObjectPath, RecordBatch)]| -> Vec<String> {
+            objects.iter().map(|(path, _)| path.to_string()).collect()
+        };
         let intent = FlushIntent {
             partition,
             first,
             last,
             objects: objects
-                .iter()
-                .map(|(path, _)| path.to_string())
+                .get(&None)
+                .map(|home| paths(home))
+                .unwrap_or_default()
+                .into_iter()
                 .chain(ids_file.iter().map(|(path, _)| path.to_string()))
+                .collect(),
+            elsewhere: objects
+                .iter()
+                .filter_map(|(lake, objects)| Some((lake.clone()?, paths(objects))))
                 .collect(),
         };
         // While the lake cannot be written, the flush is retried as a whole
@@ -413,19 +437,29 @@ impl<C: LogConsumer> Processor<C> {
     async fn write_flush(
         &self,
         intent: &FlushIntent,
-        objects: &[(object_store::path::Path, arrow::array::RecordBatch)],
-        ids_file: Option<&(object_store::path::Path, Vec<u8>)>,
+        objects: &LakeObjects,
+        ids_file: Option<&(ObjectPath, Vec<u8>)>,
     ) -> Result<(), LakeError> {
         let deleted = self.intents.begin(intent).await?;
         self.metrics.leftover_objects_deleted.inc_by(deleted as u64);
-        let sizes = self.lake.write_parquet_all(objects).await?;
-        for ((_, batch), bytes) in objects.iter().zip(sizes) {
-            self.metrics.rows_written.inc_by(batch.num_rows() as u64);
-            self.metrics.bytes_written.inc_by(bytes as u64);
-            self.metrics.files_written.inc();
+        for (lake, objects) in objects {
+            // A key is itself a location (see `Lakes::key`).
+            let sizes = self
+                .lakes
+                .at(lake.as_deref())?
+                .write_parquet_all(objects)
+                .await?;
+            for ((_, batch), bytes) in objects.iter().zip(sizes) {
+                self.metrics.rows_written.inc_by(batch.num_rows() as u64);
+                self.metrics.bytes_written.inc_by(bytes as u64);
+                self.metrics.files_written.inc();
+            }
         }
         if let Some((path, bytes)) = ids_file {
-            self.lake.put_durable(path, bytes.clone().into()).await?;
+            self.lakes
+                .home()
+                .put_durable(path, bytes.clone().into())
+                .await?;
         }
         Ok(())
     }
@@ -501,6 +535,10 @@ impl<C: LogConsumer> Processor<C> {
         }
     }
 }
+
+/// A flush's objects by the lake they go to ([`Lakes::key`]; `None`: the
+/// deployment's).
+type LakeObjects = BTreeMap<Option<String>, Vec<(ObjectPath, RecordBatch)>>;
 
 /// Waits between retries of a call that failed transiently (the log or
 /// the lake unavailable): 100 ms, doubling up to 5 s.

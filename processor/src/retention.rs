@@ -9,16 +9,20 @@
 //! retention: `D < today (UTC) - retention_days`. Ingest accepts events back
 //! to exactly `now - retention_days`, which falls on `today - retention_days`
 //! or later, so nothing ingest accepts is deleted on arrival.
+//!
+//! Every lake in use is visited, each under its maintenance lease: the
+//! deployment's and every lake a tenant names (data residency). A tenant's
+//! partitions are expired in all of them, so rows a tenant left behind when
+//! its lake moved are deleted on time too.
 
 use std::time::Duration;
 
-use candor_control::documents::Kind;
 use candor_control::{AuditEvent, AuditLog, DocumentStore, Tenant};
 use candor_schemas::{Dataset, TenantId};
 use chrono::NaiveDate;
 use object_store::path::Path as ObjectPath;
 
-use crate::lake::{Lake, LakeError};
+use crate::lake::{Lake, LakeError, Lakes, tenants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -58,49 +62,63 @@ pub struct Deleted {
     pub bytes: u64,
 }
 
-/// Applies retention to every tenant of the control plane. `now_ms` is the
-/// wall clock; a tenant whose rules cannot be read is skipped and logged,
-/// so one bad document does not stop the others' deletions.
-pub async fn run(
-    lake: &Lake,
-    docs: &DocumentStore,
-    audit: &AuditLog,
-    config: &RetentionConfig,
-    now_ms: i64,
-) -> Result<Vec<Deleted>, RetentionError> {
-    let lease = lake
-        .lease("retention", now_ms)
-        .await?
-        .ok_or(RetentionError::LeaseBusy)?;
-    let outcome = expire_all(lake, docs, audit, config, now_ms).await;
-    lease.release().await?;
-    outcome
+/// What a retention run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionRun {
+    pub deleted: Vec<Deleted>,
+    /// Lakes left alone because another job holds their maintenance lease.
+    pub lakes_busy: usize,
+    /// Tenants or lakes skipped for an error (logged); the next run tries
+    /// them again.
+    pub skipped: usize,
 }
 
-async fn expire_all(
-    lake: &Lake,
+/// Applies retention to every tenant of the control plane, in every lake
+/// in use. `now_ms` is the wall clock. A tenant or a lake that fails is
+/// logged and skipped, so one bad document or one unreachable lake does
+/// not stop the others' deletions.
+pub async fn run(
+    lakes: &Lakes,
     docs: &DocumentStore,
     audit: &AuditLog,
     config: &RetentionConfig,
     now_ms: i64,
-) -> Result<Vec<Deleted>, RetentionError> {
-    let mut deleted = Vec::new();
-    for id in docs.ids(Kind::Tenant).await? {
-        let Some(tenant) = docs.get::<Tenant>(Kind::Tenant, &id).await? else {
-            continue;
+) -> Result<RetentionRun, RetentionError> {
+    let all = tenants(docs).await?;
+    let mut done = RetentionRun::default();
+    for (key, lake) in lakes.in_use(&all)? {
+        let name = key.as_deref().unwrap_or("deployment");
+        let lease = match lake.lease("retention", now_ms).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                done.lakes_busy += 1;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(lake = name, error = %e, "retention skipped this lake");
+                done.skipped += 1;
+                continue;
+            }
         };
-        match expire_tenant(lake, audit, &tenant.doc, config, now_ms).await {
-            Ok(done) => deleted.extend(done),
-            Err(e) => tracing::error!(tenant = %id, error = %e, "retention skipped this tenant"),
+        for tenant in &all {
+            match expire_tenant(&lake, name, audit, tenant, config, now_ms).await {
+                Ok(deleted) => done.deleted.extend(deleted),
+                Err(e) => {
+                    tracing::error!(tenant = %tenant.id, error = %e, "retention skipped this tenant");
+                    done.skipped += 1;
+                }
+            }
         }
+        lease.release().await?;
     }
-    Ok(deleted)
+    Ok(done)
 }
 
 /// Deletes one tenant's expired partitions (all of them once a cancelled
 /// tenant's grace period is over).
 pub async fn expire_tenant(
     lake: &Lake,
+    lake_name: &str,
     audit: &AuditLog,
     tenant: &Tenant,
     config: &RetentionConfig,
@@ -117,8 +135,10 @@ pub async fn expire_tenant(
     for dataset in Dataset::ALL {
         for date in partition_dates(lake, dataset, &tenant.id).await? {
             if purge || date < keep_from {
+                let partition = (dataset, date);
                 let gone =
-                    delete_partition(lake, audit, tenant, dataset, date, purge, now_ms).await?;
+                    delete_partition(lake, lake_name, audit, tenant, partition, purge, now_ms)
+                        .await?;
                 deleted.extend(gone);
             }
         }
@@ -150,10 +170,10 @@ async fn partition_dates(
 
 async fn delete_partition(
     lake: &Lake,
+    lake_name: &str,
     audit: &AuditLog,
     tenant: &Tenant,
-    dataset: Dataset,
-    date: NaiveDate,
+    (dataset, date): (Dataset, NaiveDate),
     purge: bool,
     now_ms: i64,
 ) -> Result<Option<Deleted>, RetentionError> {
@@ -176,6 +196,7 @@ async fn delete_partition(
         target: prefix.to_string(),
         source: "processor".into(),
         detail: serde_json::json!({
+            "lake": lake_name,
             "objects": objects.len(),
             "bytes": bytes,
             "retention_days": tenant.retention_days(),

@@ -92,6 +92,24 @@ impl Control {
             .expect("tenant created");
     }
 
+    /// Gives a tenant a lake of its own (data residency), as the operator
+    /// does, and makes the node cache see it at once.
+    pub async fn set_lake_url(&self, id: &str, location: &str) {
+        let id = TenantId::new(id).unwrap();
+        let mut doc = self
+            .admin
+            .get_tenant(&Actor::operator(), &id)
+            .await
+            .unwrap()
+            .doc;
+        doc.lake_url = Some(location.to_string());
+        self.admin
+            .update_tenant(&Actor::operator(), &doc, None)
+            .await
+            .unwrap();
+        self.cache.reload(&id).await.unwrap();
+    }
+
     /// The lake subject of an employee of a tenant.
     pub async fn subject(&self, tenant: &TenantId, employee: &EmployeeId) -> String {
         let view = self
