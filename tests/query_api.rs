@@ -1138,15 +1138,23 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
                 .await;
         }
         let before = every_row(&s).await;
-        let done = candor_processor::compaction::compact_all(
-            &s.lakes,
-            &s.control.store.documents(),
-            &Default::default(),
-            "test",
-            Utc::now().timestamp_millis(),
-        )
-        .await
-        .unwrap();
+        let (docs, config) = (s.control.store.documents(), Default::default());
+        let compact_all = || {
+            candor_processor::compaction::compact_all(
+                &s.lakes,
+                &docs,
+                &config,
+                "test",
+                Utc::now().timestamp_millis(),
+            )
+        };
+        // Acme's lake unreachable: the run goes on with the deployment's
+        // lake and reports acme's as failed, for the next run to redo.
+        proxy.cut();
+        let cut = compact_all().await.unwrap();
+        assert_eq!((cut.lakes_failed, cut.objects_merged), (1, 0), "{cut:?}");
+        proxy.restore();
+        let done = compact_all().await.unwrap();
         assert!(done.objects_merged >= 4, "{done:?}");
         assert_eq!((done.lakes_busy, done.lakes_failed), (0, 0), "{done:?}");
         let folder = format!("lake/activity/tenant=acme/date={}/", day());

@@ -482,9 +482,9 @@ async fn simulated_staff_with_field_workers_and_late_uploads_reach_the_kpis() {
     // Attendance by department, as the demo prints it: two present days
     // for each of the six, in the directory's four departments.
     let client = reqwest::Client::new();
-    let get = |path: String| {
+    let get_from = |url: String, path: String| {
         let client = client.clone();
-        let (url, token) = (standalone.query_url.clone(), token.clone());
+        let token = token.clone();
         async move {
             client
                 .get(format!("{url}{path}"))
@@ -499,11 +499,10 @@ async fn simulated_staff_with_field_workers_and_late_uploads_reach_the_kpis() {
                 .unwrap()
         }
     };
+    let get = |path: String| get_from(standalone.query_url.clone(), path);
     let (to, from) = (two_workdays_ending(), two_workdays_ending() - Days::new(1));
-    let attendance = get(format!(
-        "/v1/kpi/attendance?from={from}&to={to}&group_by=department"
-    ))
-    .await;
+    let attendance_path = format!("/v1/kpi/attendance?from={from}&to={to}&group_by=department");
+    let attendance = get(attendance_path.clone()).await;
     let rows = attendance["rows"].as_array().unwrap();
     let departments: Vec<&str> = rows
         .iter()
@@ -521,15 +520,34 @@ async fn simulated_staff_with_field_workers_and_late_uploads_reach_the_kpis() {
     assert_eq!(days, 12, "{attendance}");
     assert!(rows.iter().all(|r| r["absent_days"] == 0), "{attendance}");
     // The two field workers drove.
-    let gps = get(format!("/v1/kpi/gps?from={from}&to={to}&group_by=employee")).await;
+    let gps_path = format!("/v1/kpi/gps?from={from}&to={to}&group_by=employee");
+    let gps = get(gps_path.clone()).await;
     let rows = gps["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{gps}");
     for r in rows {
         assert!(r["distance_km"].as_f64().unwrap() > 5.0, "{gps}");
         assert!(r["stops"].as_u64().unwrap() >= 2, "{gps}");
     }
-
     standalone.terminate();
     let status = standalone.exit_status().await;
+    assert!(status.success(), "{status}");
+
+    // `candor compact` merges the many small objects the uploads left, and
+    // after a restart every answer is the same.
+    let lake = data.path().join("lake");
+    let out = candor(
+        data.path(),
+        &secret_file,
+        &["compact", "--lake", lake.to_str().unwrap()],
+    );
+    assert!(count_before(&out, "objects") >= 4, "{out}");
+    let restarted = Standalone::start(data.path(), &secret_file);
+    let url = restarted.query_url.clone();
+    let again = get_from(url.clone(), attendance_path).await;
+    assert_eq!(again["rows"], attendance["rows"]);
+    let again = get_from(url, gps_path).await;
+    assert_eq!(again["rows"], gps["rows"]);
+    restarted.terminate();
+    let status = restarted.exit_status().await;
     assert!(status.success(), "{status}");
 }

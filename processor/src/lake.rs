@@ -395,7 +395,8 @@ impl Lakes {
     }
 
     /// How flush intents name `location`: `None` for the deployment's lake,
-    /// else its [`location_key`].
+    /// else one spelling of it (a path made absolute, no trailing slash),
+    /// which [`Lakes::at`] accepts as a location.
     pub fn key(&self, location: Option<&str>) -> Result<Option<String>, LakeError> {
         let Some(location) = location else {
             return Ok(None);
@@ -425,7 +426,7 @@ impl Lakes {
 
 /// Every tenant document of the control plane. One that cannot be read is
 /// logged and left out, so it does not stop maintenance of the others.
-pub async fn tenants(
+pub(crate) async fn tenants(
     docs: &candor_control::DocumentStore,
 ) -> Result<Vec<candor_control::Tenant>, LakeError> {
     use candor_control::documents::Kind;
@@ -447,8 +448,9 @@ pub async fn tenants(
 }
 
 /// One spelling per place: a local path made absolute without a trailing
-/// slash, a URL without a trailing slash.
-pub fn location_key(location: &str) -> Result<String, LakeError> {
+/// slash, a URL without a trailing slash. A key is itself a location, and
+/// its own key.
+fn location_key(location: &str) -> Result<String, LakeError> {
     let local = location
         .strip_prefix("file://")
         .or((!location.contains("://")).then_some(location));

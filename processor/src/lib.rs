@@ -26,7 +26,7 @@ use object_store::path::Path as ObjectPath;
 pub use aggregate::{Aggregator, PartitionKey, Routes, Subject, TenantPolicy};
 pub use dedup::{ChunkIds, SeenBatches};
 pub use intent::{FlushIntent, Intents};
-pub use lake::{LEASE_MS, Lake, LakeError, Lakes, Lease, location_key, tenants};
+pub use lake::{LEASE_MS, Lake, LakeError, Lakes, Lease};
 pub use metrics::{MaintenanceMetrics, ProcessorMetrics};
 
 /// Serves a processor's `/metrics` (everything in `registry`) and
