@@ -18,9 +18,12 @@ The same aggregates as `processor/src/aggregate.rs`:
   15-minute slot;
 - app_usage: seconds per subject, slot, app and host, with the tenant's
   category (the tenants' rules, in a CASE);
-- gps: points and haversine distance per subject and slot (distance between
-  consecutive points of one batch, counted in the slot where a segment ends,
-  as the processor does), and the centroid rounded to 0.01 degrees;
+- gps: points and haversine distance per subject and slot, and the centroid
+  rounded to 0.01 degrees. As the processor does, a segment joins two
+  consecutive points of a device, counted in the slot where it ends: any
+  two of one batch, and across batches when the later batch's point comes
+  after the earlier one's by at most 10 minutes (the route carried from
+  one upload to the next);
 - attendance: events, first and last time per subject, slot and kind.
 Department is NULL on both sides (no directory is loaded).
 
@@ -118,9 +121,14 @@ def queries(input_dir, conf):
                      AS distance_m,
                    avg(lat) AS lat_c, avg(lon) AS lon_c
             FROM (SELECT tenant, employee, at_ms, lat, lon,
-                         lag(lat) OVER w AS plat, lag(lon) OVER w AS plon
-                  FROM read_parquet({src['gps']})
-                  WINDOW w AS (PARTITION BY batch ORDER BY at_ms))
+                         CASE WHEN pbatch = batch OR (at_ms > pat AND at_ms - pat <= 600000)
+                              THEN plat END AS plat,
+                         plon
+                  FROM (SELECT tenant, employee, batch, at_ms, lat, lon,
+                               lag(lat) OVER w AS plat, lag(lon) OVER w AS plon,
+                               lag(at_ms) OVER w AS pat, lag(batch) OVER w AS pbatch
+                        FROM read_parquet({src['gps']})
+                        WINDOW w AS (PARTITION BY tenant, device ORDER BY at_ms, batch)))
             GROUP BY ALL""",
             "points, distance_m, printf('%.2f,%.2f', lat_c, lon_c) AS cell",
         ),

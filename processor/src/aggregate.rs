@@ -159,13 +159,19 @@ pub struct Routes {
     last: HashMap<(TenantId, DeviceId), RoutePoint>,
 }
 
+/// How far behind the newest point a device's carried point is kept. Its
+/// next upload continues the route only if it starts within
+/// [`MAX_SEGMENT_MS`] of that point, but it arrives an upload interval
+/// later, while other devices' newer points come in: a device uploading
+/// every few hours must still find its point.
+const ROUTE_MEMORY_MS: i64 = 6 * 3600 * 1000;
+
 impl Routes {
-    /// Forgets points older than an hour before the newest one, which no
-    /// segment can join any more (bounds memory to active devices).
+    /// Forgets points older than [`ROUTE_MEMORY_MS`] before the newest one
+    /// (bounds memory to the devices active in that span).
     fn forget_stale(&mut self) {
         let newest = self.last.values().map(|p| p.at_ms).max().unwrap_or(0);
-        self.last
-            .retain(|_, p| p.at_ms >= newest - 6 * MAX_SEGMENT_MS);
+        self.last.retain(|_, p| p.at_ms >= newest - ROUTE_MEMORY_MS);
     }
 }
 
@@ -713,7 +719,7 @@ mod tests {
                 t0 + minutes.end * 60_000,
                 points.join(",")
             );
-            record(&json, t0 + 60 * 60_000)
+            record(&json, t0 + minutes.end.max(60) * 60_000)
         };
         let mut tenant = Tenant::new(
             TenantId::new("acme").unwrap(),
@@ -763,5 +769,26 @@ mod tests {
         }
         let (metres, _) = gps_totals(&agg.finish());
         assert!((metres - 4.0 * step).abs() < 1.0, "{metres}");
+
+        // An hourly uploader: while its next hour is on the way, another
+        // device's newer points arrive, 70 minutes past its last point.
+        // Its route still continues: minutes 60-64 are five segments.
+        let mut agg = Aggregator::default();
+        for r in upload(0..60) {
+            agg.add(&r, &subject, &policy);
+        }
+        let routes = agg.take_routes();
+        let mut agg = Aggregator::with_routes(routes);
+        for mut r in upload(60..120).into_iter().chain(upload(120..130)) {
+            r.meta.device = candor_schemas::DeviceId::new("d2").unwrap();
+            agg.add(&r, &subject, &policy);
+        }
+        let routes = agg.take_routes();
+        let mut agg = Aggregator::with_routes(routes);
+        for r in upload(60..65) {
+            agg.add(&r, &subject, &policy);
+        }
+        let (metres, _) = gps_totals(&agg.finish());
+        assert!((metres - 5.0 * step).abs() < 1.0, "{metres}");
     }
 }
