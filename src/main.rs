@@ -678,12 +678,7 @@ impl Maintenance {
     async fn retention(&self) {
         match retention_once(&self.lakes, &self.control, &self.master, &self.retention).await {
             Ok(done) => {
-                let outcome = match (done.skipped, done.lakes_busy) {
-                    (0, 0) => "ok",
-                    (0, _) => "busy",
-                    _ => "failed",
-                };
-                self.count("retention", outcome);
+                self.count("retention", outcome(done.skipped, done.lakes_busy));
                 let n = done.deleted.len();
                 self.metrics.partitions_deleted.inc_by(n as u64);
                 tracing::info!(
@@ -703,12 +698,7 @@ impl Maintenance {
     async fn compaction(&self) {
         match compact_once(&self.lakes, &self.control).await {
             Ok(done) => {
-                let outcome = match (done.lakes_failed, done.lakes_busy) {
-                    (0, 0) => "ok",
-                    (0, _) => "busy",
-                    _ => "failed",
-                };
-                self.count("compaction", outcome);
+                self.count("compaction", outcome(done.lakes_failed, done.lakes_busy));
                 self.metrics
                     .objects_compacted
                     .inc_by(done.objects_merged as u64);
@@ -730,6 +720,30 @@ impl Maintenance {
             }
         }
     }
+}
+
+/// How a maintenance run over every lake in use ended, as its metric says:
+/// `failed` when a lake or tenant failed (logged), `busy` when another job
+/// held a lake's lease, else `ok`.
+fn outcome(failed: usize, busy: usize) -> &'static str {
+    match (failed, busy) {
+        (0, 0) => "ok",
+        (0, _) => "busy",
+        _ => "failed",
+    }
+}
+
+/// A maintenance command's exit: an error unless every lake was done.
+fn command_outcome(failed: usize, busy: usize) -> Result<()> {
+    if failed > 0 {
+        bail!("{failed} lakes or tenants failed and were left for the next run (see the log)");
+    }
+    if busy > 0 {
+        bail!(
+            "another maintenance job (compaction, retention or erasure) is running on {busy} lakes; try again in a few minutes"
+        );
+    }
+    Ok(())
 }
 
 /// Merges the small objects of every lake in use once, now.
@@ -841,19 +855,7 @@ async fn main() -> Result<()> {
                 done.pending_skipped,
                 done.resumed
             );
-            if done.lakes_failed > 0 {
-                bail!(
-                    "{} lakes could not be compacted (see the log)",
-                    done.lakes_failed
-                );
-            }
-            if done.lakes_busy > 0 {
-                bail!(
-                    "another maintenance job (compaction, retention or erasure) is running on {} lakes; try again in a few minutes",
-                    done.lakes_busy
-                );
-            }
-            Ok(())
+            command_outcome(done.lakes_failed, done.lakes_busy)
         }
         Command::Retention(RetentionCommand::Run {
             control,
@@ -868,19 +870,7 @@ async fn main() -> Result<()> {
             )
             .await?;
             println!("retention: {} partitions deleted", done.deleted.len());
-            if done.skipped > 0 {
-                bail!(
-                    "{} tenants or lakes were skipped for an error (see the log)",
-                    done.skipped
-                );
-            }
-            if done.lakes_busy > 0 {
-                bail!(
-                    "another maintenance job (compaction, retention or erasure) is running on {} lakes; try again in a few minutes",
-                    done.lakes_busy
-                );
-            }
-            Ok(())
+            command_outcome(done.skipped, done.lakes_busy)
         }
         Command::Retention(RetentionCommand::Erase {
             control,
