@@ -793,7 +793,7 @@ async fn sql_reaches_only_the_scoped_views_and_every_refusal_is_audited() {
             (format!("SELECT * FROM read_parquet('{lake_globex}')"), "bad_sql"),
             ("SELECT * FROM generate_series(1, 10)".into(), "bad_sql"),
             ("SELECT 1; SELECT 2".into(), "bad_sql"),
-            (format!("SELECT {}1{}", "(".repeat(500), ")".repeat(500)), "bad_sql"),
+            (format!("SELECT {}1{}", "(".repeat(500), ")".repeat(500)), "statement_too_complex"),
             (format!("SELECT 1 -- {}", "x".repeat(20_000)), "statement_too_long"),
         ];
         for (sql, reason) in &refused {
@@ -1408,6 +1408,159 @@ async fn compaction_changes_no_answer_even_when_interrupted() {
             lake.lease("erasure", stale).await.unwrap().is_some(),
             "the run released the lease it took over"
         );
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+/// `n` copies of `term` joined by `op`.
+fn chain(op: &str, term: &str, n: usize) -> String {
+    vec![term; n].join(op)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_that_could_overflow_the_stack_are_refused_and_the_node_stays_up() {
+    tokio::time::timeout(GUARD, async {
+        let s = Service::start(Limits::default()).await;
+        let mut ctes = String::from("WITH c0 AS (SELECT 1 AS x)");
+        for i in 1..300 {
+            ctes += &format!(", c{i} AS (SELECT x FROM c{})", i - 1);
+        }
+        ctes += " SELECT * FROM c299";
+        let attacks = [
+            format!("SELECT {} AS x", chain("+", "1", 300)),
+            format!("SELECT {} AS x", chain("+", "1", 8000)),
+            format!("SELECT 1 AS x WHERE {}", chain(" AND ", "true", 2000)),
+            format!("SELECT {} AS x", chain("||", "'a'", 3000)),
+            ctes,
+        ];
+        for sql in &attacks {
+            // The employee role is enough to try.
+            let (status, answer) = s.sql("employee", sql).await;
+            assert_eq!(
+                (status, answer["reason"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("statement_too_complex")),
+                "{answer}"
+            );
+        }
+        let (status, answer) = s.sql("employee", "SELECT 1 + 1 AS x").await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        // Each was on record when it arrived, and with its outcome after.
+        let acme = TenantId::new("acme").unwrap();
+        let entries = s.control.admin.audit_log().entries(&acme).await.unwrap();
+        let received = entries.iter().filter(|e| e.event.action == "query.sql.received").count();
+        assert_eq!(received, attacks.len() + 1);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_its_time_limit_is_stopped_and_the_node_keeps_serving() {
+    tokio::time::timeout(GUARD, async {
+        let s = Arc::new(
+            Service::start(Limits {
+                timeout: Duration::from_secs(2),
+                ..Limits::default()
+            })
+            .await,
+        );
+        // 10^10 pairs, none of which matches: no answer for hours.
+        let endless = "SELECT count(*) AS n FROM (SELECT unnest(range(1, 60000)) AS a) x \
+                       JOIN (SELECT unnest(range(1, 60000)) AS b) y ON x.a * y.b < 0 OR x.a = -y.b";
+        let heavy = {
+            let s = s.clone();
+            tokio::spawn(async move { s.sql("employee", endless).await })
+        };
+        let engine = s.state.lake.engine().clone();
+        while engine.running() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Meanwhile the node answers its health check and another tenant.
+        let health = s.http.get(format!("{}/healthz", s.url)).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        let (status, answer) = s.sql("globex", "SELECT count(*) AS n FROM activity").await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let (status, answer) = heavy.await.unwrap();
+        assert_eq!(
+            (status, answer["reason"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("query_timeout")),
+            "{answer}"
+        );
+        // The work itself ends, not only the wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while engine.running() != 0 {
+            assert!(std::time::Instant::now() < deadline, "the timed-out statement kept running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_over_the_node_cap_get_429_and_large_results_are_refused_before_they_allocate() {
+    tokio::time::timeout(GUARD, async {
+        let s = Arc::new(Service::start(Limits {
+            timeout: Duration::from_secs(3),
+            ..Limits::default()
+        })
+        .await);
+        let cap = s.state.lake.engine().config().max_statements_per_tenant;
+        let endless = "SELECT count(*) AS n FROM (SELECT unnest(range(1, 60000)) AS a) x \
+                       JOIN (SELECT unnest(range(1, 60000)) AS b) y ON x.a * y.b < 0 OR x.a = -y.b";
+        let heavy: Vec<_> = (0..cap)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.sql("analyst", endless).await })
+            })
+            .collect();
+        let engine = s.state.lake.engine().clone();
+        while (engine.running() as usize) < cap {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let response = s.sql_as(&s.tokens["owner"], "SELECT 1 AS x", "json").await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "1");
+        for h in heavy {
+            let (status, _) = h.await.unwrap();
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        }
+
+        // Six large results at once: each refused before it allocates.
+        let before = engine.memory_reserved();
+        let big: Vec<_> = (0..6)
+            .map(|i| {
+                let s = s.clone();
+                let who = if i % 2 == 0 { "analyst" } else { "globex" };
+                tokio::spawn(async move {
+                    s.sql(who, "SELECT length(repeat('xy', 300000000)) AS n").await
+                })
+            })
+            .collect();
+        for b in big {
+            let (status, answer) = b.await.unwrap();
+            assert!(
+                status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::TOO_MANY_REQUESTS,
+                "{status} {answer}"
+            );
+            if status == StatusCode::UNPROCESSABLE_ENTITY {
+                assert_eq!(answer["reason"], "query_too_large", "{answer}");
+            }
+        }
+        assert_eq!(engine.memory_reserved(), before);
+
+        // Caller mistakes are 4xx; the engine's name and server paths are not told.
+        for sql in [
+            "SELECT CAST('abc' AS INT) AS n",
+            "SELECT version() AS v",
+            "SELECT input_file_name() AS f FROM activity",
+        ] {
+            let (status, answer) = s.sql("analyst", sql).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{sql}: {answer}");
+            let text = answer.to_string();
+            assert!(!text.contains("DataFusion") && !text.contains(&*s._dir.path().to_string_lossy()), "{text}");
+        }
     })
     .await
     .expect("test finished within its hang guard");

@@ -1,7 +1,7 @@
 //! Anonymized extracts for AI summarization jobs: group-level figures per
 //! department and day (or ISO week), never a row about one person.
 //!
-//! What an extract may show, per period:
+//! What an extract may show, per day:
 //! - one row for the whole tenant and one per department, each with its
 //!   number of distinct subjects, tracked/active/idle hours, activity % and
 //!   the share of app time per category;
@@ -9,33 +9,53 @@
 //!   that department (totals carry no apps, so no app figure of a small
 //!   remainder can be had by subtraction).
 //!
-//! Suppression, with k from the tenant (default 5):
+//! Suppression, with k from the tenant (default 5), per day:
 //! - a department with fewer than k subjects is suppressed (primary);
 //! - the tenant row minus the published departments equals the suppressed
 //!   ones, so while the suppressed departments hold fewer than k subjects
 //!   together, the smallest published department is suppressed too
-//!   (complementary); if none is left, the whole period is suppressed;
-//! - a period with fewer than k subjects in all is suppressed whole.
+//!   (complementary); if none is left, the whole day is suppressed;
+//! - a day with fewer than k subjects in all is suppressed whole.
+//!
+//! **Across extracts.** A figure is computed from the lake once only: the
+//! first extract that covers a day (which must have ended in the tenant's
+//! zone) writes that day's published rows, noise included, to the tenant's
+//! release ledger (`extracts/tenant=<id>/released/<day>.json`, created only
+//! if absent), and every later extract publishes exactly those rows for
+//! that day. A week row is computed from its days' released rows only
+//! (sums of hours, the most subjects of any one day), and only when its
+//! department was published on every released day of that week in the
+//! range. So every number ever published is a function of the released
+//! day rows, each of which covers at least k subjects and passed
+//! complementary suppression: no difference of two published figures,
+//! whichever extracts they come from (week minus day, overlapping ranges,
+//! an earlier and a later request after late data), isolates a group under
+//! k. The price: data that arrives after a day was released is not in
+//! that day's extracts.
 //!
 //! With `extract_epsilon` set, each published number gets Laplace noise of
 //! scale sensitivity/ε: 1 for subject counts, and for time sums the most
 //! one subject can add, since each subject's day is clipped to
 //! [`MAX_SECONDS_PER_SUBJECT_DAY`] first. The noise is drawn from a
-//! generator keyed by the tenant's extract key and the value's place in
-//! the extract, so asking again for the same extract returns the same
-//! noise and averaging repeated requests does not remove it. ε is spent
-//! per published value; it is not a budget across values or extracts.
+//! generator keyed by a secret only the nodes hold (the tenant's extract
+//! noise key, never the signing key a receiver has), the value's place and
+//! ε, and it is frozen in the ledger with the value: asking again, or at
+//! another ε, returns the same noisy figure, so repeated or differing
+//! requests cannot average or solve it away. ε is spent once per published
+//! value; it is not a budget across values.
 
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use candor_control::Tenant;
-use chrono::{Days, NaiveDate};
+use candor_schemas::TenantId;
+use chrono::{Datelike, Days, NaiveDate};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::kpi::local_days_sql;
+use crate::lake::QueryLake;
 use crate::session::ScopedSession;
 use crate::{QueryError, utf8};
 
@@ -52,15 +72,6 @@ pub enum Period {
     #[default]
     Day,
     Week,
-}
-
-impl Period {
-    fn days(self) -> i64 {
-        match self {
-            Period::Day => 1,
-            Period::Week => 7,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -101,6 +112,12 @@ pub struct Group {
     pub activity_pct: f64,
     /// Share of app time per category (productive, neutral, unproductive).
     pub app_time_share: BTreeMap<String, f64>,
+    /// Week rows only: the released days summed (a week at the edge of the
+    /// range, or with days that published nothing, has fewer than 7).
+    /// Their `subjects` is the most subjects of any one of those days, and
+    /// their top apps the hours of the days on which the app was listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_apps: Vec<AppLine>,
 }
@@ -127,12 +144,43 @@ struct Cell {
 
 type CellKey = (String, Option<String>);
 
-/// Builds the extract of `tenant` from a whole-tenant session.
+/// Where the release ledger keeps a day's published rows.
+pub fn released_location(tenant: &TenantId, day: NaiveDate) -> String {
+    format!("extracts/tenant={tenant}/released/{day}.json")
+}
+
+/// A day's published rows as the release ledger keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleasedDay {
+    pub day: NaiveDate,
+    pub k: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    pub released_at_ms: i64,
+    pub groups: Vec<ReleasedGroup>,
+    pub suppressed_groups: usize,
+}
+
+/// A published row with the hours per app category its shares came from,
+/// so a week can be summed from its days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleasedGroup {
+    #[serde(flatten)]
+    pub group: Group,
+    pub category_hours: BTreeMap<String, f64>,
+}
+
+/// Builds the extract of `tenant` from a whole-tenant session: days the
+/// ledger has are taken from it, the others are computed, suppressed,
+/// noised and released to it first. `today` is the tenant's current day;
+/// only days before it can be extracted.
 pub async fn build(
     session: &ScopedSession,
+    lake: &QueryLake,
     tenant: &Tenant,
     request: &ExtractRequest,
     noise_key: &[u8; 32],
+    today: NaiveDate,
 ) -> Result<Extract, QueryError> {
     let ExtractRequest { from, to, period } = *request;
     if from > to {
@@ -143,14 +191,98 @@ pub async fn build(
             "at most {MAX_EXTRACT_DAYS} days per extract"
         )));
     }
+    if to >= today {
+        return Err(QueryError::BadRequest(format!(
+            "only days that have ended in the tenant's time zone can be extracted; the last is {}",
+            today - Days::new(1)
+        )));
+    }
+    let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
+    let ledger = futures::future::try_join_all(days.iter().map(|day| async move {
+        let bytes = lake
+            .get(tenant, &released_location(&tenant.id, *day))
+            .await?;
+        bytes.map(|b| parse_released(&b)).transpose()
+    }))
+    .await?;
+    let mut released: BTreeMap<NaiveDate, ReleasedDay> =
+        ledger.into_iter().flatten().map(|r| (r.day, r)).collect();
+    // Days with nothing published stay out of the ledger: a later release
+    // of them, once enough data is in, differs from "nothing" only by itself.
+    let mut unpublished: BTreeMap<NaiveDate, usize> = BTreeMap::new();
+    let missing: Vec<NaiveDate> = days
+        .iter()
+        .copied()
+        .filter(|d| !released.contains_key(d))
+        .collect();
+    if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
+        for day in compute_days(session, tenant, *first, *last, noise_key).await? {
+            if released.contains_key(&day.day) || !missing.contains(&day.day) {
+                continue;
+            }
+            if day.groups.is_empty() {
+                unpublished.insert(day.day, day.suppressed_groups);
+                continue;
+            }
+            let location = released_location(&tenant.id, day.day);
+            let bytes = serde_json::to_vec(&day).map_err(|e| QueryError::Lake(e.to_string()))?;
+            let day = if lake.create(tenant, &location, bytes).await? {
+                day
+            } else {
+                // Another node released this day first: its rows are the ones.
+                let theirs = lake.get(tenant, &location).await?.ok_or_else(|| {
+                    QueryError::Lake(format!("{location} vanished after it was created"))
+                })?;
+                parse_released(&theirs)?
+            };
+            released.insert(day.day, day);
+        }
+    }
+    let released_suppressed: usize = released
+        .values()
+        .map(|d| d.suppressed_groups)
+        .sum::<usize>()
+        + unpublished.values().sum::<usize>();
+    let (groups, suppressed_groups) = match period {
+        Period::Day => (
+            released
+                .into_values()
+                .flat_map(|d| d.groups.into_iter().map(|g| g.group))
+                .collect(),
+            released_suppressed,
+        ),
+        Period::Week => weeks(&released),
+    };
+    Ok(Extract {
+        tenant: tenant.id.to_string(),
+        time_zone: tenant.time_zone.clone(),
+        from,
+        to,
+        period,
+        k: tenant.extract_k,
+        epsilon: tenant.extract_epsilon,
+        groups,
+        suppressed_groups,
+    })
+}
+
+fn parse_released(bytes: &[u8]) -> Result<ReleasedDay, QueryError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| QueryError::Lake(format!("a released extract day does not parse: {e}")))
+}
+
+/// Computes, suppresses and noises the rows of every day `from..=to`.
+async fn compute_days(
+    session: &ScopedSession,
+    tenant: &Tenant,
+    from: NaiveDate,
+    to: NaiveDate,
+    noise_key: &[u8; 32],
+) -> Result<Vec<ReleasedDay>, QueryError> {
     let tz = &tenant.time_zone;
     if tz.contains(['\'', '"']) {
         return Err(QueryError::BadTimeZone(tz.clone()));
     }
-    let key = match period {
-        Period::Day => "day",
-        Period::Week => "week",
-    };
     let activity = local_days_sql(
         "activity",
         "subject, department, tracked_s, active_s, idle_s",
@@ -181,7 +313,7 @@ pub async fn build(
                       sum(least(active_s, {clip})) AS active_s,
                       sum(least(idle_s, {clip})) AS idle_s
                FROM (
-                 SELECT {key} AS p, {dep} AS dep, subject, day,
+                 SELECT CAST(day AS VARCHAR) AS p, {dep} AS dep, subject, day,
                         sum(tracked_s) AS tracked_s, sum(active_s) AS active_s, sum(idle_s) AS idle_s
                  FROM ({activity})
                  GROUP BY 1, 2, subject, day
@@ -196,7 +328,7 @@ pub async fn build(
             }
         }
         let sql = format!(
-            r#"SELECT {key} AS p, {dep} AS dep, category, app,
+            r#"SELECT CAST(day AS VARCHAR) AS p, {dep} AS dep, category, app,
                       count(DISTINCT subject) AS subjects, sum(seconds) AS seconds
                FROM ({apps})
                GROUP BY 1, 2, category, app"#
@@ -215,75 +347,177 @@ pub async fn build(
     }
 
     let k = i64::from(tenant.extract_k);
+    let days: std::collections::BTreeSet<String> = cells.keys().map(|(p, _)| p.clone()).collect();
     let suppressed = suppress(&mut cells, k);
     let noise = Noise::new(noise_key, tenant.extract_epsilon);
-    let time_sensitivity = (clip * period.days()) as f64 / 3600.0;
-    let groups = cells
-        .into_iter()
-        .map(|((p, department), cell)| {
-            let at = format!("{p}/{}", department.as_deref().unwrap_or("*"));
-            let hours = |s: i64, what: &str| {
-                noise
-                    .add(s as f64 / 3600.0, time_sensitivity, &format!("{at}/{what}"))
-                    .max(0.0)
-            };
-            let (tracked, active, idle) = (
-                hours(cell.tracked_s, "tracked"),
-                hours(cell.active_s, "active"),
-                hours(cell.idle_s, "idle"),
-            );
-            let category_h: BTreeMap<String, f64> = cell
-                .category_s
+    let time_sensitivity = clip as f64 / 3600.0;
+    let mut out: BTreeMap<String, ReleasedDay> = BTreeMap::new();
+    for day in &days {
+        let parsed = NaiveDate::parse_from_str(day, "%Y-%m-%d")
+            .map_err(|e| QueryError::Lake(format!("day {day:?}: {e}")))?;
+        out.insert(
+            day.clone(),
+            ReleasedDay {
+                day: parsed,
+                k: tenant.extract_k,
+                epsilon: tenant.extract_epsilon,
+                released_at_ms: chrono::Utc::now().timestamp_millis(),
+                groups: Vec::new(),
+                suppressed_groups: suppressed.get(day).copied().unwrap_or(0),
+            },
+        );
+    }
+    for ((p, department), cell) in cells {
+        let at = format!("{p}/{}", department.as_deref().unwrap_or("*"));
+        let hours = |s: i64, what: &str| {
+            noise
+                .add(s as f64 / 3600.0, time_sensitivity, &format!("{at}/{what}"))
+                .max(0.0)
+        };
+        let (tracked, active, idle) = (
+            hours(cell.tracked_s, "tracked"),
+            hours(cell.active_s, "active"),
+            hours(cell.idle_s, "idle"),
+        );
+        let category_hours: BTreeMap<String, f64> = cell
+            .category_s
+            .iter()
+            .map(|(c, s)| (c.clone(), hours(*s, &format!("category/{c}"))))
+            .collect();
+        let top_apps = top(cell
+            .apps
+            .iter()
+            .filter(|(_, (subjects, _))| *subjects >= k)
+            .map(|((app, category), (_, s))| AppLine {
+                app: app.clone(),
+                category: category.clone(),
+                hours: hours(*s, &format!("app/{app}")),
+            })
+            .collect());
+        let subjects = noise
+            .add(cell.subjects as f64, 1.0, &format!("{at}/subjects"))
+            .max(0.0)
+            .round();
+        let group = Group::new(
+            p.clone(),
+            department,
+            subjects,
+            tracked,
+            active,
+            idle,
+            &category_hours,
+            top_apps,
+        );
+        if let Some(day) = out.get_mut(&p) {
+            day.groups.push(ReleasedGroup {
+                group,
+                category_hours,
+            });
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+impl Group {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        period: String,
+        department: Option<String>,
+        subjects: f64,
+        tracked: f64,
+        active: f64,
+        idle: f64,
+        category_hours: &BTreeMap<String, f64>,
+        top_apps: Vec<AppLine>,
+    ) -> Self {
+        let app_total: f64 = category_hours.values().sum();
+        Group {
+            period,
+            department,
+            subjects,
+            tracked_hours: tracked,
+            active_hours: active,
+            idle_hours: idle,
+            activity_pct: if tracked > 0.0 {
+                (100.0 * active / tracked).min(100.0)
+            } else {
+                0.0
+            },
+            app_time_share: category_hours
                 .iter()
-                .map(|(c, s)| (c.clone(), hours(*s, &format!("category/{c}"))))
-                .collect();
-            let app_total: f64 = category_h.values().sum();
-            let mut top_apps: Vec<AppLine> = cell
-                .apps
-                .iter()
-                .filter(|(_, (subjects, _))| *subjects >= k)
-                .map(|((app, category), (_, s))| AppLine {
-                    app: app.clone(),
-                    category: category.clone(),
-                    hours: hours(*s, &format!("app/{app}")),
-                })
-                .collect();
-            top_apps.sort_by(|a, b| b.hours.total_cmp(&a.hours).then(a.app.cmp(&b.app)));
-            top_apps.truncate(TOP_APPS);
-            Group {
-                period: p,
-                subjects: noise
-                    .add(cell.subjects as f64, 1.0, &format!("{at}/subjects"))
-                    .max(0.0)
-                    .round(),
-                department,
-                tracked_hours: tracked,
-                active_hours: active,
-                idle_hours: idle,
-                activity_pct: if tracked > 0.0 {
-                    (100.0 * active / tracked).min(100.0)
-                } else {
-                    0.0
-                },
-                app_time_share: category_h
-                    .into_iter()
-                    .map(|(c, h)| (c, if app_total > 0.0 { h / app_total } else { 0.0 }))
-                    .collect(),
-                top_apps,
+                .map(|(c, h)| (c.clone(), if app_total > 0.0 { h / app_total } else { 0.0 }))
+                .collect(),
+            days: None,
+            top_apps,
+        }
+    }
+}
+
+/// The [`TOP_APPS`] apps with the most hours.
+fn top(mut apps: Vec<AppLine>) -> Vec<AppLine> {
+    apps.sort_by(|a, b| b.hours.total_cmp(&a.hours).then(a.app.cmp(&b.app)));
+    apps.truncate(TOP_APPS);
+    apps
+}
+
+/// Week rows from released day rows only; returns them and how many
+/// (week, department) rows were left out because the department was not
+/// published on every released day of its week.
+fn weeks(released: &BTreeMap<NaiveDate, ReleasedDay>) -> (Vec<Group>, usize) {
+    let monday = |d: NaiveDate| d - Days::new(u64::from(d.weekday().num_days_from_monday()));
+    let mut by_week: BTreeMap<NaiveDate, Vec<&ReleasedDay>> = BTreeMap::new();
+    for day in released.values() {
+        by_week.entry(monday(day.day)).or_default().push(day);
+    }
+    let (mut groups, mut suppressed) = (Vec::new(), 0);
+    for (week, days) in by_week {
+        let mut rows: BTreeMap<Option<String>, Vec<&ReleasedGroup>> = BTreeMap::new();
+        for day in &days {
+            for g in &day.groups {
+                rows.entry(g.group.department.clone()).or_default().push(g);
             }
-        })
-        .collect();
-    Ok(Extract {
-        tenant: tenant.id.to_string(),
-        time_zone: tz.clone(),
-        from,
-        to,
-        period,
-        k: tenant.extract_k,
-        epsilon: tenant.extract_epsilon,
-        groups,
-        suppressed_groups: suppressed,
-    })
+        }
+        for (department, parts) in rows {
+            if parts.len() < days.len() {
+                suppressed += 1;
+                continue;
+            }
+            let sum = |f: fn(&Group) -> f64| parts.iter().map(|g| f(&g.group)).sum::<f64>();
+            let mut category_hours: BTreeMap<String, f64> = BTreeMap::new();
+            let mut app_hours: BTreeMap<(String, String), f64> = BTreeMap::new();
+            for part in &parts {
+                for (c, h) in &part.category_hours {
+                    *category_hours.entry(c.clone()).or_default() += h;
+                }
+                for a in &part.group.top_apps {
+                    *app_hours
+                        .entry((a.app.clone(), a.category.clone()))
+                        .or_default() += a.hours;
+                }
+            }
+            let top_apps = top(app_hours
+                .into_iter()
+                .map(|((app, category), hours)| AppLine {
+                    app,
+                    category,
+                    hours,
+                })
+                .collect());
+            let mut group = Group::new(
+                week.to_string(),
+                department,
+                parts.iter().map(|g| g.group.subjects).fold(0.0, f64::max),
+                sum(|g| g.tracked_hours),
+                sum(|g| g.active_hours),
+                sum(|g| g.idle_hours),
+                &category_hours,
+                top_apps,
+            );
+            group.days = Some(days.len() as u32);
+            groups.push(group);
+        }
+    }
+    (groups, suppressed)
 }
 
 /// Rows of `(p, dep, <skip columns>, <n integers>)`: the cell key and the
@@ -309,11 +543,11 @@ fn keyed_rows(batch: &RecordBatch, skip: usize, n: usize) -> Vec<(CellKey, Vec<i
         .collect()
 }
 
-/// Removes the cells that may not be published; returns how many.
-fn suppress(cells: &mut BTreeMap<CellKey, Cell>, k: i64) -> usize {
+/// Removes the cells that may not be published; returns how many per period.
+fn suppress(cells: &mut BTreeMap<CellKey, Cell>, k: i64) -> BTreeMap<String, usize> {
     let periods: std::collections::BTreeSet<String> =
         cells.keys().map(|(p, _)| p.clone()).collect();
-    let mut removed = 0;
+    let mut removed = BTreeMap::new();
     for p in periods {
         let total = cells.get(&(p.clone(), None)).map_or(0, |c| c.subjects);
         let mut departments: Vec<(i64, CellKey)> = cells
@@ -350,9 +584,11 @@ fn suppress(cells: &mut BTreeMap<CellKey, Cell>, k: i64) -> usize {
             hidden.extend(published.into_iter().map(|(_, key)| key));
             hidden.push((p.clone(), None));
         }
-        for key in hidden {
-            removed += usize::from(cells.remove(&key).is_some());
-        }
+        let count = hidden
+            .into_iter()
+            .filter(|key| cells.remove(key).is_some())
+            .count();
+        removed.insert(p, count);
     }
     removed
 }
@@ -372,6 +608,9 @@ impl<'a> Noise<'a> {
         let Some(epsilon) = self.epsilon else {
             return value;
         };
+        // ε is part of the place: a value released at two ε is two
+        // independent draws, never one draw scaled twice.
+        let place = format!("{place}/eps={epsilon}");
         let seed = candor_schemas::keys::hmac_sha256(self.key, place.as_bytes());
         let mut rng = rand::rngs::StdRng::from_seed(seed);
         // Inverse CDF of the Laplace distribution with scale b.
@@ -413,7 +652,7 @@ mod tests {
             ("d", Some("Ops"), 6),
             ("d", Some("Field"), 2),
         ]);
-        assert_eq!(suppress(&mut c, 5), 2);
+        assert_eq!(suppress(&mut c, 5).values().sum::<usize>(), 2);
         assert_eq!(
             kept(&c),
             [("d".into(), None), ("d".into(), Some("Sales".into()))]
@@ -428,7 +667,7 @@ mod tests {
             ("d", Some("Ops"), 3),
             ("d", Some("Field"), 3),
         ]);
-        assert_eq!(suppress(&mut c, 5), 2);
+        assert_eq!(suppress(&mut c, 5).values().sum::<usize>(), 2);
         assert_eq!(kept(&c).len(), 2);
     }
 
@@ -450,6 +689,74 @@ mod tests {
             [("d".into(), None)],
             "total of 9 stays; its parts do not"
         );
+    }
+
+    fn released(day: &str, rows: &[(Option<&str>, f64, f64)]) -> ReleasedDay {
+        let day: NaiveDate = day.parse().unwrap();
+        ReleasedDay {
+            day,
+            k: 5,
+            epsilon: None,
+            released_at_ms: 0,
+            groups: rows
+                .iter()
+                .map(|(department, subjects, active)| ReleasedGroup {
+                    group: Group::new(
+                        day.to_string(),
+                        department.map(str::to_string),
+                        *subjects,
+                        *active,
+                        *active,
+                        0.0,
+                        &BTreeMap::new(),
+                        Vec::new(),
+                    ),
+                    category_hours: BTreeMap::new(),
+                })
+                .collect(),
+            suppressed_groups: 0,
+        }
+    }
+
+    #[test]
+    fn a_week_is_published_only_from_days_that_published_the_same_group() {
+        // Monday: Sales (5) published; Tuesday: Sales (4) was suppressed.
+        // A week row for Sales would be Monday + Tuesday, and week minus
+        // Monday's row would give Tuesday's suppressed figure: it goes.
+        let days: BTreeMap<NaiveDate, ReleasedDay> = [
+            released(
+                "2026-11-23",
+                &[(None, 9.0, 40.0), (Some("Sales"), 5.0, 20.0)],
+            ),
+            released("2026-11-24", &[(None, 8.0, 30.0)]),
+        ]
+        .into_iter()
+        .map(|d| (d.day, d))
+        .collect();
+        let (groups, suppressed) = weeks(&days);
+        assert_eq!(suppressed, 1);
+        assert_eq!(groups.len(), 1);
+        let total = &groups[0];
+        assert_eq!(
+            (total.department.as_deref(), total.period.as_str()),
+            (None, "2026-11-23")
+        );
+        // Every figure is a sum of published ones.
+        assert_eq!(
+            (total.active_hours, total.subjects, total.days),
+            (70.0, 9.0, Some(2))
+        );
+    }
+
+    #[test]
+    fn noise_depends_on_epsilon_and_a_secret_key() {
+        let key = [3u8; 32];
+        let a = Noise::new(&key, Some(1.0)).add(100.0, 1.0, "d/Sales/subjects");
+        let b = Noise::new(&key, Some(0.5)).add(100.0, 1.0, "d/Sales/subjects");
+        // Independent draws: b - 100 is not twice a - 100.
+        assert!(((b - 100.0) - 2.0 * (a - 100.0)).abs() > 1e-9);
+        let other = Noise::new(&[4u8; 32], Some(1.0)).add(100.0, 1.0, "d/Sales/subjects");
+        assert_ne!(a, other);
     }
 
     #[test]

@@ -22,12 +22,12 @@ use datafusion::datasource::listing::{
 };
 use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use object_store::ObjectStoreExt;
 
 use crate::QueryError;
+use crate::engine::{EngineConfig, SqlEngine};
 use crate::merged::MergedAware;
 
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct LakeConfig {
     pub listing_ttl: Duration,
     /// Memory for cached Parquet footers and page indexes.
     pub metadata_cache_bytes: usize,
+    /// Where and how many statements run ([`crate::engine`]).
+    pub engine: EngineConfig,
 }
 
 impl LakeConfig {
@@ -47,6 +49,7 @@ impl LakeConfig {
             url: url.into(),
             listing_ttl: Duration::from_secs(2),
             metadata_cache_bytes: 64 * 1024 * 1024,
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -56,12 +59,14 @@ pub struct QueryLake {
     config: LakeConfig,
     registry: Arc<dyn ObjectStoreRegistry>,
     caches: Arc<CacheManager>,
+    engine: Arc<SqlEngine>,
     /// Object store bases (`s3://bucket`) already registered.
     registered: Mutex<HashSet<String>>,
 }
 
 /// One tenant's four tables, rooted at its own folders.
 pub struct TenantTables {
+    pub tenant: TenantId,
     pub tables: Vec<(Dataset, Arc<ListingTable>)>,
 }
 
@@ -80,6 +85,7 @@ impl QueryLake {
         let file_url = url::Url::parse("file://").expect("a valid URL");
         registry.register_store(&file_url, MergedAware::wrap(local));
         let lake = Self {
+            engine: Arc::new(SqlEngine::new(config.engine.clone())?),
             config,
             registry: Arc::new(registry),
             caches,
@@ -113,6 +119,11 @@ impl QueryLake {
         &self.config
     }
 
+    /// The runtime and caps statements run under.
+    pub fn engine(&self) -> &Arc<SqlEngine> {
+        &self.engine
+    }
+
     /// Forgets every cached folder listing, so the next query lists afresh
     /// (after objects it listed were merged or deleted).
     pub fn forget_listings(&self) {
@@ -122,7 +133,8 @@ impl QueryLake {
     }
 
     /// A runtime for one query: the shared stores and caches, its own memory
-    /// budget, and no spilling to disk (a query over budget fails instead).
+    /// budget within the node's, and no spilling to disk (a query over
+    /// budget fails instead).
     pub fn runtime(&self, memory_bytes: usize) -> Result<Arc<RuntimeEnv>, QueryError> {
         let caches = &self.caches;
         let config = CacheManagerConfig::default()
@@ -133,7 +145,7 @@ impl QueryLake {
             .with_metadata_cache_limit(self.config.metadata_cache_bytes);
         Ok(Arc::new(
             RuntimeEnvBuilder::new()
-                .with_memory_pool(Arc::new(GreedyMemoryPool::new(memory_bytes)))
+                .with_memory_pool(self.engine.statement_pool(memory_bytes))
                 .with_disk_manager_builder(
                     DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
                 )
@@ -190,6 +202,43 @@ impl QueryLake {
         Ok(full)
     }
 
+    /// The object at `relative` under the tenant's lake root, if any.
+    pub async fn get(
+        &self,
+        tenant: &Tenant,
+        relative: &str,
+    ) -> Result<Option<Vec<u8>>, QueryError> {
+        let full = format!("{}/{relative}", self.root(tenant.lake_url.as_deref())?);
+        let url = ListingTableUrl::parse(&full)?;
+        let store = self.registry.get_store(url.as_ref())?;
+        let lake_error = |e: object_store::Error| QueryError::Lake(e.to_string());
+        match store.get(url.prefix()).await {
+            Ok(object) => Ok(Some(object.bytes().await.map_err(lake_error)?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(lake_error(e)),
+        }
+    }
+
+    /// Writes `bytes` at `relative` unless an object is there already;
+    /// returns whether this call wrote it. Two writers racing for one
+    /// place get one winner, on a local directory and on S3 alike.
+    pub async fn create(
+        &self,
+        tenant: &Tenant,
+        relative: &str,
+        bytes: Vec<u8>,
+    ) -> Result<bool, QueryError> {
+        let full = format!("{}/{relative}", self.root(tenant.lake_url.as_deref())?);
+        let url = ListingTableUrl::parse(&full)?;
+        let store = self.registry.get_store(url.as_ref())?;
+        let options = object_store::PutOptions::from(object_store::PutMode::Create);
+        match store.put_opts(url.prefix(), bytes.into(), options).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(QueryError::Lake(e.to_string())),
+        }
+    }
+
     /// Whether an object exists at `relative` under the tenant's lake root.
     pub async fn exists(&self, tenant: &Tenant, relative: &str) -> Result<bool, QueryError> {
         let full = format!("{}/{relative}", self.root(tenant.lake_url.as_deref())?);
@@ -230,6 +279,9 @@ impl QueryLake {
                 Ok((dataset, Arc::new(ListingTable::try_new(config)?)))
             })
             .collect::<Result<_, QueryError>>()?;
-        Ok(TenantTables { tables })
+        Ok(TenantTables {
+            tenant: tenant.clone(),
+            tables,
+        })
     }
 }

@@ -13,7 +13,10 @@
 //! from the directory for roles allowed to see identities.
 
 pub mod api;
+pub mod bounded_functions;
+pub mod bounds;
 pub mod delivery;
+pub mod engine;
 pub mod extract;
 pub mod format;
 pub mod kpi;
@@ -50,6 +53,10 @@ pub enum QueryError {
     BadRequest(String),
     #[error("the query ran past its limit of {0:?}")]
     Timeout(Duration),
+    #[error(transparent)]
+    TooComplex(#[from] crate::bounds::TooComplex),
+    #[error("too many statements are running; try again shortly")]
+    Busy,
     #[error("unknown time zone {0:?}; use an IANA name such as Europe/Berlin")]
     BadTimeZone(String),
     #[error("empty date range: {from} is after {to}")]
@@ -67,6 +74,20 @@ impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
         match e.find_root() {
             DataFusionError::ResourcesExhausted(m) => QueryError::TooLarge(m.clone()),
+            // A cast or an arithmetic step that the data makes impossible is
+            // the statement's fault, not the engine's.
+            DataFusionError::ArrowError(error, _)
+                if matches!(
+                    **error,
+                    arrow::error::ArrowError::CastError(_)
+                        | arrow::error::ArrowError::ParseError(_)
+                        | arrow::error::ArrowError::DivideByZero
+                        | arrow::error::ArrowError::ArithmeticOverflow(_)
+                        | arrow::error::ArrowError::InvalidArgumentError(_)
+                ) =>
+            {
+                QueryError::BadSql(format!("the statement failed on the data: {error}"))
+            }
             _ => match store_error(&e) {
                 Some(object_store::Error::NotFound { .. }) => QueryError::Vanished(e.to_string()),
                 Some(_) => QueryError::Lake(e.to_string()),

@@ -14,19 +14,24 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use candor_schemas::TenantId;
 use datafusion::catalog::view::ViewTable;
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder, col, lit};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use futures::StreamExt;
 
-use crate::QueryError;
+use crate::bounds::{self, ShapeLimits};
+use crate::engine::SqlEngine;
 use crate::lake::{QueryLake, TenantTables};
 use crate::scope::{Rows, Scope};
+use crate::{QueryError, bounded_functions};
 
 /// Bounds on one statement.
 #[derive(Debug, Clone)]
@@ -38,6 +43,8 @@ pub struct Limits {
     /// Memory for joins, sorts and aggregations; a query over it fails.
     pub memory_bytes: usize,
     pub timeout: Duration,
+    /// How large a statement's shape may be.
+    pub shape: ShapeLimits,
 }
 
 impl Default for Limits {
@@ -47,6 +54,7 @@ impl Default for Limits {
             max_rows: 100_000,
             memory_bytes: 256 * 1024 * 1024,
             timeout: Duration::from_secs(30),
+            shape: ShapeLimits::default(),
         }
     }
 }
@@ -70,6 +78,8 @@ pub struct ScopedSession {
     ctx: SessionContext,
     scope: Scope,
     limits: Limits,
+    tenant: TenantId,
+    engine: Arc<SqlEngine>,
 }
 
 impl ScopedSession {
@@ -89,6 +99,11 @@ impl ScopedSession {
             .with_table_functions(HashMap::new())
             .build();
         let ctx = SessionContext::new_with_state(state);
+        // Functions that would tell a caller about the server, not the data.
+        for name in ["version", "input_file_name"] {
+            ctx.deregister_udf(name);
+        }
+        bounded_functions::install(&ctx);
         let filter = match &scope.rows {
             Rows::Tenant => None,
             Rows::Departments(departments) => Some(
@@ -110,6 +125,8 @@ impl ScopedSession {
             ctx,
             scope: scope.clone(),
             limits,
+            tenant: tables.tenant.clone(),
+            engine: lake.engine().clone(),
         })
     }
 
@@ -117,7 +134,10 @@ impl ScopedSession {
         &self.scope
     }
 
-    /// Runs one `SELECT` statement within the limits.
+    /// Runs one `SELECT` statement within the limits, on the node's SQL
+    /// runtime ([`crate::engine`]): its shape is checked before it is
+    /// parsed and planned ([`crate::bounds`]), and the time limit covers
+    /// parsing, planning and execution alike.
     pub async fn query(&self, sql: &str) -> Result<Answer, QueryError> {
         if sql.len() > self.limits.max_sql_bytes {
             return Err(QueryError::TooLong {
@@ -125,73 +145,97 @@ impl ScopedSession {
                 max: self.limits.max_sql_bytes,
             });
         }
-        let state = self.ctx.state();
-        let dialect = state.config().options().sql_parser.dialect;
-        // One statement only (more is refused by the parser), parsed with
-        // the configured nesting limit.
-        let statement = state
-            .sql_to_statement(sql, &dialect)
-            .map_err(|e| QueryError::BadSql(e.to_string()))?;
-        match &statement {
-            Statement::Statement(s) if matches!(**s, SqlStatement::Query(_)) => {}
-            _ => {
-                return Err(QueryError::Refused(
-                    "only SELECT queries over the scoped views are allowed".into(),
-                ));
-            }
-        }
-        let plan = state
-            .statement_to_plan(statement)
-            .await
-            .map_err(QueryError::from_planning)?;
-        // A SELECT cannot carry DDL or DML; the plan is checked as well,
-        // with DataFusion's own rules, in case a future parser lets one in.
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|e| QueryError::Refused(e.to_string()))?;
-        match self.run(plan.clone()).await {
-            // An object listed moments ago is gone: compaction merged it or
-            // retention deleted it after the listing was cached. Forget the
-            // listings and run once more on a fresh one.
-            Err(QueryError::Vanished(_)) => {
-                if let Some(cache) = self.ctx.runtime_env().cache_manager.get_list_files_cache() {
-                    cache.clear();
+        let (ctx, limits, sql) = (self.ctx.clone(), self.limits.clone(), sql.to_string());
+        self.engine
+            .run(self.tenant.as_str(), self.limits.timeout, async move {
+                let plan = plan(&ctx, &limits, &sql).await?;
+                match run(&ctx, &limits, plan.clone()).await {
+                    // An object listed moments ago is gone: compaction merged
+                    // it or retention deleted it after the listing was cached.
+                    // Forget the listings and run once more on a fresh one.
+                    Err(QueryError::Vanished(_)) => {
+                        if let Some(cache) = ctx.runtime_env().cache_manager.get_list_files_cache()
+                        {
+                            cache.clear();
+                        }
+                        run(&ctx, &limits, plan).await
+                    }
+                    answer => answer,
                 }
-                self.run(plan).await
-            }
-            answer => answer,
-        }
+            })
+            .await
     }
+}
 
-    async fn run(&self, plan: LogicalPlan) -> Result<Answer, QueryError> {
-        let df = self.ctx.execute_logical_plan(plan).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let max_rows = self.limits.max_rows;
-        let collect = async {
-            let mut stream = df.execute_stream().await?;
-            let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
-                if rows + batch.num_rows() > max_rows {
-                    batches.push(batch.slice(0, max_rows - rows));
-                    truncated = true;
-                    break;
-                }
-                rows += batch.num_rows();
-                batches.push(batch);
-            }
-            Ok::<_, QueryError>((batches, truncated))
-        };
-        let (batches, truncated) = tokio::time::timeout(self.limits.timeout, collect)
-            .await
-            .map_err(|_| QueryError::Timeout(self.limits.timeout))??;
-        Ok(Answer {
-            schema,
-            batches,
-            truncated,
-        })
+/// Checks, parses and plans one statement.
+async fn plan(ctx: &SessionContext, limits: &Limits, sql: &str) -> Result<LogicalPlan, QueryError> {
+    let state = ctx.state();
+    let dialect_name = state.config().options().sql_parser.dialect;
+    {
+        // Scoped: the dialect is not `Send`, and planning awaits below.
+        let dialect = dialect_from_str(&dialect_name)
+            .ok_or_else(|| QueryError::BadSql(format!("unknown SQL dialect {dialect_name}")))?;
+        bounds::check_tokens(sql, dialect.as_ref(), &limits.shape)?;
     }
+    // One statement only (more is refused by the parser), parsed with the
+    // configured nesting limit.
+    let statement = state
+        .sql_to_statement(sql, &dialect_name)
+        .map_err(|e| QueryError::BadSql(e.to_string()))?;
+    let Statement::Statement(inner) = &statement else {
+        return Err(refused());
+    };
+    if !matches!(**inner, SqlStatement::Query(_)) {
+        return Err(refused());
+    }
+    bounds::check_tree(inner, &limits.shape)?;
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(QueryError::from_planning)?;
+    // A SELECT cannot carry DDL or DML; the plan is checked as well, with
+    // DataFusion's own rules, in case a future parser lets one in.
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| QueryError::Refused(e.to_string()))?;
+    Ok(plan)
+}
+
+fn refused() -> QueryError {
+    QueryError::Refused("only SELECT queries over the scoped views are allowed".into())
+}
+
+async fn run(
+    ctx: &SessionContext,
+    limits: &Limits,
+    plan: LogicalPlan,
+) -> Result<Answer, QueryError> {
+    let df = ctx.execute_logical_plan(plan).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await?;
+    // The answer being collected is held in the statement's memory budget
+    // too, so many large answers at once cannot take the node's memory.
+    let reservation = MemoryConsumer::new("answer").register(&ctx.runtime_env().memory_pool);
+    let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+    while let Some(batch) = stream.next().await {
+        let mut batch = batch?;
+        if rows + batch.num_rows() > limits.max_rows {
+            batch = batch.slice(0, limits.max_rows - rows);
+            truncated = true;
+        }
+        reservation.try_grow(batch.get_array_memory_size())?;
+        rows += batch.num_rows();
+        batches.push(batch);
+        if truncated {
+            break;
+        }
+    }
+    Ok(Answer {
+        schema,
+        batches,
+        truncated,
+    })
 }

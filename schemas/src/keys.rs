@@ -41,6 +41,10 @@ pub const SEED_WRAP_KEY_LABEL: &str = "candor/tenant-seed-wrap-key";
 pub const AUDIT_KEY_LABEL: &str = "candor/audit-key";
 /// Signs a tenant's AI extract deliveries (HMAC-SHA256).
 pub const EXTRACT_SIGNING_KEY_LABEL: &str = "candor/extract-signing-key";
+/// Seeds the Laplace noise of a tenant's extracts. Internal: it leaves no
+/// node, so no receiver of an extract (who holds the signing key) can
+/// recompute the noise and take it off.
+pub const EXTRACT_NOISE_KEY_LABEL: &str = "candor/extract-noise-key";
 /// Length of a tenant seed.
 pub const SEED_LEN: usize = 32;
 
@@ -156,6 +160,11 @@ impl MasterSecret {
     pub fn extract_signing_key(&self, tenant: &TenantId, version: u32) -> ExtractSigningKey {
         ExtractSigningKey(self.derive(EXTRACT_SIGNING_KEY_LABEL, &[tenant.as_str()], version, None))
     }
+
+    /// The secret a tenant's extract noise is drawn from; never given out.
+    pub fn extract_noise_key(&self, tenant: &TenantId) -> ExtractNoiseKey {
+        ExtractNoiseKey(self.derive(EXTRACT_NOISE_KEY_LABEL, &[tenant.as_str()], 1, None))
+    }
 }
 
 impl fmt::Debug for MasterSecret {
@@ -215,6 +224,10 @@ key_type!(
 key_type!(
     /// Signs a tenant's AI extract deliveries (HMAC-SHA256).
     ExtractSigningKey
+);
+key_type!(
+    /// Seeds the noise of a tenant's extracts (HMAC-SHA256 per value).
+    ExtractNoiseKey
 );
 
 impl TenantSeed {
