@@ -75,6 +75,7 @@ impl QueryState {
         master: MasterSecret,
         registry: prometheus::Registry,
     ) -> Self {
+        lake.engine().register_metrics(&registry);
         Self {
             control,
             admin,
@@ -225,6 +226,8 @@ impl ApiError {
                 QueryError::Refused(_) => (StatusCode::FORBIDDEN, "statement_refused"),
                 QueryError::BadSql(_) => (StatusCode::BAD_REQUEST, "bad_sql"),
                 QueryError::TooLong { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "statement_too_long"),
+                QueryError::TooComplex(_) => (StatusCode::BAD_REQUEST, "statement_too_complex"),
+                QueryError::Busy => (StatusCode::TOO_MANY_REQUESTS, "too_many_statements"),
                 QueryError::BadRequest(_) | QueryError::BadRange { .. } => {
                     (StatusCode::BAD_REQUEST, "bad_request")
                 }
@@ -246,6 +249,38 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// What the caller is told. A server-side failure names its kind, not
+    /// its details: those (object paths, engine internals) go to the
+    /// operator's log only.
+    fn public_message(&self) -> String {
+        let (status, _) = self.status_and_reason();
+        match self {
+            ApiError::Query(QueryError::Lake(_) | QueryError::Vanished(_)) => {
+                "the lake cannot be read now; try again shortly".into()
+            }
+            ApiError::AuditUnavailable(_) => {
+                "the audit log cannot be written, so nothing is answered".into()
+            }
+            _ if status.is_server_error() => {
+                "the request failed on the server; the operator's log has the details".into()
+            }
+            _ => self.to_string(),
+        }
+    }
+
+    /// Seconds to wait before trying again, for answers that ask for it.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Query(QueryError::Busy) => Some(1),
+            ApiError::Query(QueryError::Lake(_) | QueryError::Vanished(_))
+            | ApiError::AuditUnavailable(_)
+            | ApiError::Auth(AuthError::Unavailable(_)) => Some(5),
+            _ => None,
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
         ApiError::BadBody {
@@ -258,16 +293,21 @@ impl From<JsonRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, reason) = self.status_and_reason();
+        let message = self.public_message();
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let body =
-            serde_json::json!({"status": "error", "reason": reason, "message": self.to_string()});
+        let body = serde_json::json!({"status": "error", "reason": reason, "message": message});
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -796,6 +836,35 @@ async fn run_sql(
     use sha2::Digest;
     let started = std::time::Instant::now();
     let statement = body.as_ref().map(|b| b.sql.clone()).unwrap_or_default();
+    let digest = hex::encode(&sha2::Sha256::digest(statement.as_bytes())[..16]);
+    // The statement is kept (cut to 4 KiB) so an investigator can read what
+    // was asked; it holds no telemetry, only what the caller typed.
+    let text: String = statement.chars().take(4096).collect();
+    let request = serde_json::json!({"sql": text, "bytes": statement.len()});
+    // On record before it runs: a statement that harms the node is in the
+    // trail even if no outcome entry ever follows.
+    let arrival = AuditEvent {
+        actor: caller.actor.id.clone(),
+        role: caller.principal.role.name().to_string(),
+        action: "query.sql.received".to_string(),
+        target: format!("sql:{digest}"),
+        source: caller.actor.source.clone(),
+        detail: serde_json::json!({"request": request}),
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    if let Err(e) = state
+        .admin
+        .audit_log()
+        .append(&caller.principal.tenant, arrival, now)
+        .await
+    {
+        state
+            .metrics
+            .requests
+            .with_label_values(&["query.sql", "audit_unavailable"])
+            .inc();
+        return Err(ApiError::AuditUnavailable(e));
+    }
     let outcome = async {
         let Json(request) = body?;
         let (_, session) = open_scope(&state, &caller).await?;
@@ -818,16 +887,12 @@ async fn run_sql(
         Ok((response, result))
     }
     .await;
-    let digest = hex::encode(&sha2::Sha256::digest(statement.as_bytes())[..16]);
-    // The statement is kept (cut to 4 KiB) so an investigator can read what
-    // was asked; it holds no telemetry, only what the caller typed.
-    let text: String = statement.chars().take(4096).collect();
     audited(
         &state,
         &caller,
         "query.sql",
         format!("sql:{digest}"),
-        serde_json::json!({"sql": text, "bytes": statement.len()}),
+        request,
         outcome,
         started,
     )
@@ -886,13 +951,23 @@ pub async fn produce_extract(
         state.limits.clone(),
     )?;
     let key = state.master.extract_signing_key(&tenant.id, 1);
-    let extract = extract::build(&session, tenant, request, key.as_bytes()).await?;
+    let noise = state.master.extract_noise_key(&tenant.id);
+    let today = chrono::Utc::now().with_timezone(&tenant.tz()).date_naive();
+    let extract = extract::build(
+        &session,
+        &state.lake,
+        tenant,
+        request,
+        noise.as_bytes(),
+        today,
+    )
+    .await?;
     let body = serde_json::to_vec(&extract).map_err(|e| ApiError::Encode(e.to_string()))?;
     let sha256 = hex::encode(sha2::Sha256::digest(&body));
-    let location = state
-        .lake
-        .put(tenant, &extract_location(&tenant.id, request), body.clone())
-        .await?;
+    // Named relative to the tenant's lake: answers and audit entries carry
+    // no server path.
+    let location = extract_location(&tenant.id, request);
+    state.lake.put(tenant, &location, body.clone()).await?;
     let audit = |action: &str, detail: serde_json::Value| AuditEvent {
         actor: actor.id.clone(),
         role: actor.role.map_or("operator", |r| r.name()).to_string(),
