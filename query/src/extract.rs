@@ -313,7 +313,7 @@ async fn compute_days(
                       sum(least(active_s, {clip})) AS active_s,
                       sum(least(idle_s, {clip})) AS idle_s
                FROM (
-                 SELECT CAST(day AS VARCHAR) AS p, {dep} AS dep, subject, day,
+                 SELECT day AS p, {dep} AS dep, subject, day,
                         sum(tracked_s) AS tracked_s, sum(active_s) AS active_s, sum(idle_s) AS idle_s
                  FROM ({activity})
                  GROUP BY 1, 2, subject, day
@@ -328,7 +328,7 @@ async fn compute_days(
             }
         }
         let sql = format!(
-            r#"SELECT CAST(day AS VARCHAR) AS p, {dep} AS dep, category, app,
+            r#"SELECT day AS p, {dep} AS dep, category, app,
                       count(DISTINCT subject) AS subjects, sum(seconds) AS seconds
                FROM ({apps})
                GROUP BY 1, 2, category, app"#
