@@ -131,6 +131,15 @@ struct StandaloneArgs {
     /// them off.
     #[arg(long, env = "CANDOR_EXTRACTS_EVERY_HOURS", default_value_t = 6)]
     extracts_every_hours: u64,
+    /// Hosts an AI extract receiver may be on although they resolve to a
+    /// loopback, private or link-local address (comma-separated names);
+    /// every other such receiver is refused.
+    #[arg(
+        long,
+        env = "CANDOR_EXTRACT_RECEIVER_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    extract_receiver_allow_hosts: Vec<String>,
     #[command(flatten)]
     retention: RetentionArgs,
     #[command(flatten)]
@@ -362,6 +371,15 @@ struct QueryArgs {
     /// to one query node of the deployment.
     #[arg(long, env = "CANDOR_EXTRACTS_EVERY_HOURS", default_value_t = 0)]
     extracts_every_hours: u64,
+    /// Hosts an AI extract receiver may be on although they resolve to a
+    /// loopback, private or link-local address (comma-separated names);
+    /// every other such receiver is refused.
+    #[arg(
+        long,
+        env = "CANDOR_EXTRACT_RECEIVER_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    extract_receiver_allow_hosts: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -988,13 +1006,15 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     ))
     .with_metrics(ProcessorMetrics::register(&registry));
     let query_lake = QueryLake::new(LakeConfig::new(lake_dir.to_string_lossy()))?;
-    let query_state = Arc::new(QueryState::new(
+    let mut query_state = QueryState::new(
         control.clone(),
         Arc::new(control_args.admin(&master)?),
         Arc::new(query_lake),
         master.clone(),
         registry.clone(),
-    ));
+    );
+    query_state.delivery.allowed_internal_hosts = args.extract_receiver_allow_hosts.clone();
+    let query_state = Arc::new(query_state);
     let ingest_config = args.ingest.config(args.listen)?;
     let scheme = ingest_config.serve.scheme();
     // The query API is served with the same certificate, or plain HTTP on
@@ -1252,13 +1272,15 @@ async fn run_query(args: QueryArgs) -> Result<()> {
         async move { control.run_refresher(std::future::pending()).await }
     });
     let lake = QueryLake::new(LakeConfig::new(&args.lake))?;
-    let state = Arc::new(QueryState::new(
+    let mut state = QueryState::new(
         control,
         Arc::new(args.control.admin(&master)?),
         Arc::new(lake),
         master,
         registry,
-    ));
+    );
+    state.delivery.allowed_internal_hosts = args.extract_receiver_allow_hosts.clone();
+    let state = Arc::new(state);
     if args.extracts_every_hours > 0 {
         tokio::spawn(candor_query::api::run_extract_schedule(
             state.clone(),

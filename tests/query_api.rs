@@ -241,6 +241,9 @@ impl Service {
             prometheus::Registry::new(),
         );
         state.limits = limits;
+        // The test's AI receiver listens on loopback, as an operator's
+        // internal receiver would be allowed by name.
+        state.delivery.allowed_internal_hosts = vec!["127.0.0.1".into()];
         let state = Arc::new(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -17,6 +17,11 @@ pub struct RetryPolicy {
     pub first_backoff: Duration,
     pub max_backoff: Duration,
     pub timeout: Duration,
+    /// Hosts a receiver may be on although they resolve to a loopback,
+    /// private or link-local address (an operator's own receiver inside
+    /// its network). Every other such address is refused, so a tenant's
+    /// admin cannot make the node post to its own or its neighbours' ports.
+    pub allowed_internal_hosts: Vec<String>,
 }
 
 impl Default for RetryPolicy {
@@ -26,6 +31,7 @@ impl Default for RetryPolicy {
             first_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
+            allowed_internal_hosts: Vec::new(),
         }
     }
 }
@@ -42,6 +48,63 @@ pub enum DeliveryError {
     Refused { status: u16, attempts: u32 },
     #[error("the receiver could not be reached in {attempts} attempt(s): {last}")]
     Unreachable { attempts: u32, last: String },
+    #[error("the receiver's address is not allowed: {0}")]
+    Forbidden(String),
+}
+
+/// Refuses a receiver URL that is not http(s), or whose host resolves to
+/// an address inside the node's networks (loopback, private, link-local,
+/// shared, unspecified or multicast ranges), unless the host is allowed
+/// by name. The name is resolved at each attempt.
+pub async fn check_receiver(url: &str, allowed: &[String]) -> Result<(), DeliveryError> {
+    let forbidden = |why: &str| DeliveryError::Forbidden(why.to_string());
+    let parsed = url::Url::parse(url).map_err(|_| forbidden("not a URL"))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(forbidden("only http and https receivers"));
+    }
+    let host = parsed.host_str().ok_or_else(|| forbidden("no host"))?;
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(host)) {
+        return Ok(());
+    }
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|_| forbidden("the host does not resolve"))?;
+    for address in addresses {
+        if is_internal(address.ip()) {
+            return Err(forbidden("the host resolves to an internal address"));
+        }
+    }
+    Ok(())
+}
+
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 /// The signature header's value for `body` sent at `timestamp`.
@@ -62,6 +125,7 @@ pub async fn post_signed(
     let mut backoff = policy.first_backoff;
     let mut last = String::new();
     for attempt in 1..=policy.attempts {
+        check_receiver(url, &policy.allowed_internal_hosts).await?;
         let timestamp = chrono::Utc::now().timestamp();
         let sent = http
             .post(url)
@@ -101,4 +165,39 @@ pub async fn post_signed(
         attempts: policy.attempts,
         last,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn receivers_inside_the_node_network_are_refused_in_every_spelling() {
+        for url in [
+            "http://localhost:9/hook",
+            "http://127.1:9/hook",
+            "http://[::1]:9/hook",
+            "http://2130706433:9/hook",
+            "http://0x7f000001:9/hook",
+            "http://10.0.0.1/hook",
+            "http://169.254.169.254/latest",
+            "http://[::ffff:127.0.0.1]/hook",
+            "http://0.0.0.0/hook",
+            "file:///etc/passwd",
+        ] {
+            assert!(
+                matches!(
+                    check_receiver(url, &[]).await,
+                    Err(DeliveryError::Forbidden(_))
+                ),
+                "{url}"
+            );
+        }
+        check_receiver("http://127.0.0.1:9/hook", &["127.0.0.1".into()])
+            .await
+            .expect("allowed by name");
+        check_receiver("https://93.184.215.14/hook", &[])
+            .await
+            .expect("a public address");
+    }
 }

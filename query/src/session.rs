@@ -173,7 +173,7 @@ async fn plan(ctx: &SessionContext, limits: &Limits, sql: &str) -> Result<Logica
     let dialect_name = state.config().options().sql_parser.dialect;
     {
         // Scoped: the dialect is not `Send`, and planning awaits below.
-        let dialect = dialect_from_str(&dialect_name)
+        let dialect = dialect_from_str(dialect_name)
             .ok_or_else(|| QueryError::BadSql(format!("unknown SQL dialect {dialect_name}")))?;
         bounds::check_tokens(sql, dialect.as_ref(), &limits.shape)?;
     }
