@@ -1,6 +1,7 @@
 //! The settings of an ingest node, shared by `candor ingest` and
 //! `candor standalone`: TLS (shared with the query node), caps, quotas, the
-//! replay window, concurrency and timeouts. Every flag has an environment variable, so a container
+//! replay window, concurrency and timeouts; and the query node's connection
+//! limits and timeouts. Every flag has an environment variable, so a container
 //! is configured the same way as a command line.
 
 use std::net::SocketAddr;
@@ -53,6 +54,34 @@ impl TlsArgs {
     }
 }
 
+/// The query node's connection limits and timeouts: the same flags as an
+/// ingest node's, with `CANDOR_QUERY_*` variables.
+#[derive(Args, Clone)]
+pub struct QueryServeArgs {
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, env = "CANDOR_QUERY_MAX_CONNECTIONS", default_value_t = ServeConfig::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a connection may go without a request in flight: the time a
+    /// client has to send its request headers, and an idle connection's life.
+    #[arg(long, env = "CANDOR_QUERY_HEADER_TIMEOUT_SECS", default_value_t = ServeConfig::default().header_read_timeout.as_secs())]
+    pub header_timeout_secs: u64,
+    /// Seconds a client may take to send its request body (then 408).
+    #[arg(long, env = "CANDOR_QUERY_BODY_TIMEOUT_SECS", default_value_t = ServeConfig::default().request_body_timeout.as_secs())]
+    pub body_timeout_secs: u64,
+}
+
+impl QueryServeArgs {
+    /// `serve` with these limits and timeouts.
+    pub fn apply(&self, serve: ServeConfig) -> ServeConfig {
+        ServeConfig {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_timeout_secs),
+            request_body_timeout: Duration::from_secs(self.body_timeout_secs),
+            ..serve
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct IngestNodeArgs {
     #[command(flatten)]
@@ -88,23 +117,39 @@ pub struct IngestNodeArgs {
     /// Batch requests handled at once; more get 503 with Retry-After.
     #[arg(long, env = "CANDOR_INGEST_MAX_IN_FLIGHT", default_value_t = IngestConfig::default().max_in_flight)]
     pub max_in_flight: usize,
-    /// Connections served at once; more wait to be accepted.
+    /// Connections served at once; more wait to be accepted. In
+    /// standalone, the query listener has as many again.
     #[arg(long, env = "CANDOR_INGEST_MAX_CONNECTIONS", default_value_t = ServeConfig::default().max_connections)]
     pub max_connections: usize,
-    /// Seconds a client may take to send its request headers (and an idle
-    /// HTTP/1.1 connection stays open).
+    /// Seconds a connection may go without a request in flight: the time a
+    /// client has to send its request headers, and an idle connection's
+    /// life. In standalone, also the query listener's.
     #[arg(long, env = "CANDOR_INGEST_HEADER_TIMEOUT_SECS", default_value_t = ServeConfig::default().header_read_timeout.as_secs())]
     pub header_timeout_secs: u64,
-    /// Seconds a client may take to send its request body (then 408).
+    /// Seconds a client may take to send its request body (then 408). In
+    /// standalone, also the query listener's.
     #[arg(long, env = "CANDOR_INGEST_BODY_TIMEOUT_SECS", default_value_t = IngestConfig::default().body_timeout.as_secs())]
     pub body_timeout_secs: u64,
 }
 
 impl IngestNodeArgs {
+    /// How a node of kind `node` listening on `listen` serves with these
+    /// connection limits and timeouts (standalone's query listener uses
+    /// them too).
+    pub fn serve_config(&self, node: &str, listen: SocketAddr) -> Result<ServeConfig> {
+        let serve = self.tls.serve_config(node, listen)?;
+        Ok(ServeConfig {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_timeout_secs),
+            request_body_timeout: Duration::from_secs(self.body_timeout_secs),
+            ..serve
+        })
+    }
+
     /// The node's configuration; refuses plain HTTP on a public address
     /// unless asked for.
     pub fn config(&self, listen: SocketAddr) -> Result<IngestConfig> {
-        let serve = self.tls.serve_config("ingest", listen)?;
+        let serve = self.serve_config("ingest", listen)?;
         let defaults = IngestConfig::default();
         Ok(IngestConfig {
             limits: Limits {
@@ -125,11 +170,7 @@ impl IngestNodeArgs {
             },
             max_in_flight: self.max_in_flight,
             body_timeout: Duration::from_secs(self.body_timeout_secs),
-            serve: ServeConfig {
-                max_connections: self.max_connections,
-                header_read_timeout: Duration::from_secs(self.header_timeout_secs),
-                ..serve
-            },
+            serve,
             ..defaults
         })
     }

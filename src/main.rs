@@ -28,7 +28,7 @@ use candor_schemas::keys::MasterSecret;
 use candor_schemas::{DeviceId, EmployeeId, TenantId};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
-use ingest_args::{IngestNodeArgs, TlsArgs};
+use ingest_args::{IngestNodeArgs, QueryServeArgs, TlsArgs};
 
 #[derive(Parser)]
 #[command(
@@ -361,6 +361,8 @@ struct QueryArgs {
     listen: SocketAddr,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    serve: QueryServeArgs,
     /// The deployment's lake (the processors'): a directory or
     /// `s3://bucket/prefix`. A tenant whose document names a `lake_url` is
     /// read from there instead.
@@ -1018,8 +1020,8 @@ async fn run_standalone(args: StandaloneArgs) -> Result<()> {
     let ingest_config = args.ingest.config(args.listen)?;
     let scheme = ingest_config.serve.scheme();
     // The query API is served with the same certificate, or plain HTTP on
-    // loopback.
-    let query_serve = args.ingest.tls.serve_config("query", args.query_listen)?;
+    // loopback, and the same connection limits and timeouts.
+    let query_serve = args.ingest.serve_config("query", args.query_listen)?;
     let query_scheme = query_serve.scheme();
     let state = Arc::new(
         IngestState::new(
@@ -1263,7 +1265,9 @@ async fn print_activity(args: ActivityArgs) -> Result<()> {
 }
 
 async fn run_query(args: QueryArgs) -> Result<()> {
-    let serve = args.tls.serve_config("query", args.listen)?;
+    let serve = args
+        .serve
+        .apply(args.tls.serve_config("query", args.listen)?);
     let master = master_secret()?;
     let registry = prometheus::Registry::new();
     let control = args.control.cache(&master, &registry, true)?;

@@ -1,30 +1,40 @@
 //! How every Candor node serves HTTP: HTTP/1.1 and HTTP/2 on one port,
 //! TLS with rustls (HTTP/2 chosen by ALPN) or plain HTTP for a trusted
-//! network, bounded connections, timeouts that close slow or idle peers,
-//! and a graceful shutdown that lets in-flight requests finish.
+//! network, bounded connections, deadlines that close silent, slow or idle
+//! peers (408 for a body that stops short), and a graceful shutdown that
+//! lets in-flight requests finish.
 //!
 //! axum's own `serve` has no TLS and no header timeout, so a node put on
 //! the internet would keep every slowloris connection open forever; this
 //! loop is hyper-util's connection builder with those settings.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a node serves its routes.
 #[derive(Clone)]
@@ -35,9 +45,17 @@ pub struct ServeConfig {
     /// Connections served at once. The next one waits in the kernel's
     /// accept queue, so a flood of connections costs no memory here.
     pub max_connections: usize,
-    /// How long a client may take to send a request's headers, and how
-    /// long an HTTP/1.1 connection may sit idle between requests.
+    /// How long a connection may go without a request in flight: the
+    /// time a client has to send its first request's headers (from the
+    /// accept, or the end of the TLS handshake; this covers telling
+    /// HTTP/1.1 from HTTP/2), to send the next one's after an answer, and
+    /// an idle keep-alive connection's life (HTTP/1.1 and HTTP/2). Then
+    /// the connection is closed and its slot freed.
     pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body, from the end
+    /// of its headers; a body still unfinished then is answered 408
+    /// `request_timeout`.
+    pub request_body_timeout: Duration,
     /// How long a client may take to finish the TLS handshake.
     pub handshake_timeout: Duration,
     /// Streams one HTTP/2 connection may have open at once.
@@ -52,6 +70,7 @@ impl Default for ServeConfig {
             tls: None,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
+            request_body_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_streams: 64,
             shutdown_grace: Duration::from_secs(30),
@@ -115,6 +134,14 @@ pub fn tls_config(
 /// Serves `app` on `listener` until `shutdown` resolves; then stops
 /// accepting, lets in-flight requests finish (up to `shutdown_grace`) and
 /// returns. Handlers can read the peer's address as `ConnectInfo<SocketAddr>`.
+///
+/// Every connection holds one of `max_connections` slots until it ends,
+/// and every phase a peer controls has a deadline: the TLS handshake
+/// (`handshake_timeout`); the time with no request in flight, which covers
+/// the HTTP/1-or-HTTP/2 detection, a head sent slowly and an idle
+/// keep-alive connection (`header_read_timeout`); and each request's body
+/// (`request_body_timeout`, then 408). A peer that sends nothing cannot
+/// keep its slot.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -133,8 +160,17 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let slots = Arc::new(Semaphore::new(config.max_connections));
-    let graceful = GracefulShutdown::new();
+    // At least one, and few enough to take them all back at shutdown.
+    let max_connections = config
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let deadlines = Deadlines {
+        handshake: config.handshake_timeout,
+        idle: config.header_read_timeout,
+        body: config.request_body_timeout,
+    };
+    let (closing, closing_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -155,43 +191,25 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = with_peer(app.clone(), peer);
-        let (builder, tls, watcher) = (builder.clone(), tls.clone(), graceful.watcher());
-        let handshake_timeout = config.handshake_timeout;
+        let connection = Connection {
+            peer,
+            app: app.clone(),
+            builder: builder.clone(),
+            deadlines,
+            closing: closing_rx.clone(),
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let outcome =
-                match tls {
-                    None => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(acceptor) => {
-                        let stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                };
-            if let Err(e) = outcome {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            connection.run(stream, tls).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+    closing.send_replace(true);
+    // A connection gives its slot back when it ends: all of them back means
+    // every connection is done.
+    let all = u32::try_from(max_connections).expect("clamped to u32 above");
+    if tokio::time::timeout(config.shutdown_grace, slots.acquire_many(all))
         .await
         .is_err()
     {
@@ -203,26 +221,319 @@ pub async fn serve(
     Ok(())
 }
 
-/// The router as a hyper service that tells handlers who the peer is.
+/// The deadlines of one connection, from [`ServeConfig`].
+#[derive(Clone, Copy)]
+struct Deadlines {
+    handshake: Duration,
+    /// Longest time with no request in flight.
+    idle: Duration,
+    body: Duration,
+}
+
+/// One accepted connection, before its TLS handshake.
+struct Connection {
+    peer: SocketAddr,
+    app: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    deadlines: Deadlines,
+    /// Turns true when the server stops.
+    closing: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run(mut self, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let peer = self.peer;
+        let outcome = match tls {
+            None => self.serve_http(stream).await,
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(self.deadlines.handshake, acceptor.accept(stream));
+                let stream = tokio::select! {
+                    handshake = handshake => match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    () = closed(&mut self.closing) => return,
+                };
+                self.serve_http(stream).await
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+
+    /// HTTP/1.1 or HTTP/2 on a connection, until it ends, the server stops
+    /// or it has had no request in flight for the idle deadline.
+    async fn serve_http<I>(&mut self, io: I) -> Result<(), BoxError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let (activity, mut idle) = watch::channel(Activity {
+            in_flight: 0,
+            requests: 0,
+            idle_since: Instant::now(),
+        });
+        let service = PeerService {
+            app: self.app.clone(),
+            peer,
+            activity: Arc::new(activity),
+            body_timeout: self.deadlines.body,
+        };
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        // Set once the connection is asked to close: it may still finish
+        // the requests in flight, and is dropped if it then sits idle.
+        let mut winding_down = false;
+        let mut idle_from = Instant::now();
+        loop {
+            tokio::select! {
+                outcome = conn.as_mut() => return outcome,
+                () = closed(&mut self.closing), if !winding_down => {
+                    conn.as_mut().graceful_shutdown();
+                    winding_down = true;
+                }
+                () = idle_for(&mut idle, self.deadlines.idle, idle_from) => {
+                    // Hyper's own header timer only starts once it knows
+                    // the protocol, and HTTP/2 has none: a peer that never
+                    // finished a request head is cut off here.
+                    if winding_down || idle.borrow().requests == 0 {
+                        tracing::debug!(%peer, "connection closed: no request within the header timeout");
+                        return Ok(());
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    winding_down = true;
+                    idle_from = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the server stops (or is gone).
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+/// What a connection is doing, as its requests start and finish.
+struct Activity {
+    /// Requests whose answer is not yet fully sent.
+    in_flight: usize,
+    /// Requests received so far.
+    requests: u64,
+    /// When `in_flight` last dropped to zero (or the connection opened).
+    idle_since: Instant,
+}
+
+/// Resolves once the connection has had no request in flight for
+/// `timeout`, counted from its last answer and no earlier than `from`.
+async fn idle_for(activity: &mut watch::Receiver<Activity>, timeout: Duration, from: Instant) {
+    loop {
+        let deadline = {
+            let now = activity.borrow_and_update();
+            (now.in_flight == 0).then(|| now.idle_since.max(from) + timeout)
+        };
+        match deadline {
+            None => {
+                if activity.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            Some(deadline) => tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                changed = activity.changed() => if changed.is_err() {
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                },
+            },
+        }
+    }
+}
+
+/// Counts a request in its connection's [`Activity`] until its answer is
+/// sent (or abandoned).
+struct InFlight(Arc<watch::Sender<Activity>>);
+
+impl InFlight {
+    fn enter(activity: Arc<watch::Sender<Activity>>) -> Self {
+        activity.send_modify(|a| {
+            a.in_flight += 1;
+            a.requests += 1;
+        });
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|a| {
+            a.in_flight -= 1;
+            if a.in_flight == 0 {
+                a.idle_since = Instant::now();
+            }
+        });
+    }
+}
+
+/// The router as a hyper service that tells handlers who the peer is,
+/// puts a deadline on each request body, and counts requests in flight.
 #[derive(Clone)]
 struct PeerService {
     app: Router,
     peer: SocketAddr,
-}
-
-fn with_peer(app: Router, peer: SocketAddr) -> PeerService {
-    PeerService { app, peer }
+    activity: Arc<watch::Sender<Activity>>,
+    body_timeout: Duration,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
-    type Response = <Router as Service<hyper::Request<axum::body::Body>>>::Response;
-    type Error = <Router as Service<hyper::Request<axum::body::Body>>>::Error;
-    type Future = <Router as Service<hyper::Request<axum::body::Body>>>::Future;
+    type Response = hyper::Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        let in_flight = InFlight::enter(self.activity.clone());
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let body_timeout = self.body_timeout;
+        let request = request.map(|body| {
+            axum::body::Body::new(DeadlineBody {
+                inner: body,
+                deadline: Instant::now() + body_timeout,
+                timeout: body_timeout,
+                sleep: None,
+                timed_out: timed_out.clone(),
+            })
+        });
         // A router is always ready (axum's own `serve` relies on the same).
-        self.app.clone().call(request.map(axum::body::Body::new))
+        let answer = self.app.clone().call(request);
+        Box::pin(async move {
+            let Ok(mut response) = answer.await;
+            // Whatever the handler made of the failed read (a 400, say),
+            // the client is told its body was too slow; handlers that
+            // answer 408 themselves keep their own body.
+            if timed_out.load(Ordering::Acquire) && response.status() != StatusCode::REQUEST_TIMEOUT
+            {
+                response = body_timeout_response(body_timeout);
+            }
+            Ok(response.map(|body| TrackedBody {
+                body,
+                _in_flight: in_flight,
+            }))
+        })
+    }
+}
+
+/// What reading a request body fails with once
+/// [`ServeConfig::request_body_timeout`] has passed; the answer is then 408
+/// whatever the handler returns.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
+impl BodyTimeout {
+    /// The body timeout somewhere in an error's chain of sources (body
+    /// errors arrive wrapped by axum and by `http_body_util::Limited`).
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimeout> {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(timeout) = e.downcast_ref::<BodyTimeout>() {
+                return Some(timeout);
+            }
+            next = e.source();
+        }
+        None
+    }
+}
+
+/// The answer to a request whose body missed its deadline, in the style of
+/// the nodes' JSON errors.
+pub fn body_timeout_response(timeout: Duration) -> Response {
+    let body = serde_json::json!({
+        "status": "error",
+        "reason": "request_timeout",
+        "message": BodyTimeout(timeout).to_string(),
+    });
+    (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
+}
+
+/// A request body that fails with [`BodyTimeout`] if it has not ended by
+/// its deadline.
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: Instant,
+    timeout: Duration,
+    /// Made the first time the body has to wait.
+    sleep: Option<Pin<Box<Sleep>>>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.timed_out.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.timed_out.store(true, Ordering::Release);
+        Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An answer's body, holding its request's place in the connection's
+/// count of requests in flight until it is sent.
+struct TrackedBody {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -222,3 +222,256 @@ fn unusable_tls_files_are_clear_errors() {
         Err(TlsError::Config(_))
     ));
 }
+
+/// The first 24 bytes an HTTP/2 client sends, then an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// Waits, within the hang guard, until the server closes `stream`; fails
+/// the test if it never does.
+async fn closed_by_server(stream: &mut TcpStream, what: &str) -> Vec<u8> {
+    tokio::time::timeout(GUARD, read_until_closed(stream))
+        .await
+        .unwrap_or_else(|_| panic!("{what} was never closed"))
+}
+
+#[tokio::test]
+async fn silent_connections_beyond_the_limit_are_closed_and_the_next_request_is_served() {
+    tokio::time::timeout(GUARD, async {
+        let config = ServeConfig {
+            max_connections: 3,
+            header_read_timeout: Duration::from_millis(300),
+            ..ServeConfig::default()
+        };
+        let server = start(app(), config).await;
+        // Twice the limit: some say nothing at all, some stop inside the
+        // HTTP/2 preface (while the server still tells HTTP/1 from 2), some
+        // open HTTP/2 and then never start a stream.
+        let mut silent = Vec::new();
+        for i in 0..6 {
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            match i % 3 {
+                0 => {}
+                1 => stream.write_all(&H2_PREFACE[..10]).await.unwrap(),
+                _ => {
+                    stream.write_all(H2_PREFACE).await.unwrap();
+                    stream.write_all(H2_EMPTY_SETTINGS).await.unwrap();
+                }
+            }
+            silent.push(stream);
+        }
+        // A real request behind all of them is answered.
+        let answer = reqwest::get(format!("http://{}/peer", server.addr))
+            .await
+            .expect("answered while silent connections held every slot");
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.text().await.unwrap(), "127.0.0.1");
+        for (i, stream) in silent.iter_mut().enumerate() {
+            let got = closed_by_server(stream, &format!("silent connection {i}")).await;
+            assert!(
+                !got.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+    })
+    .await
+    .expect("within the hang guard");
+}
+
+#[tokio::test]
+async fn silent_tls_connections_are_closed_before_and_after_the_handshake() {
+    tokio::time::timeout(GUARD, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, root) = certificate(dir.path());
+        let config = ServeConfig {
+            tls: Some(load_tls(&cert, &key).unwrap()),
+            max_connections: 2,
+            header_read_timeout: Duration::from_millis(300),
+            handshake_timeout: Duration::from_millis(300),
+            ..ServeConfig::default()
+        };
+        let server = start(app(), config).await;
+
+        // Never says hello.
+        let mut no_hello = TcpStream::connect(server.addr).await.unwrap();
+        // Finishes the handshake (offering HTTP/2), then says nothing.
+        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates({
+            use rustls_pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(rustls_pki_types::CertificateDer::from_pem_file(&cert).unwrap())
+                .unwrap();
+            roots
+        })
+        .with_no_client_auth();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        let mut after_hello = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(
+                "localhost".try_into().unwrap(),
+                TcpStream::connect(server.addr).await.unwrap(),
+            )
+            .await
+            .expect("TLS handshake");
+
+        let answer = reqwest::Client::builder()
+            .add_root_certificate(root)
+            .resolve("localhost", server.addr)
+            .build()
+            .unwrap()
+            .get(format!("https://localhost:{}/peer", server.addr.port()))
+            .send()
+            .await
+            .expect("answered while silent connections held every slot");
+        assert_eq!(answer.status(), 200);
+
+        closed_by_server(&mut no_hello, "a connection without a TLS hello").await;
+        tokio::time::timeout(GUARD, async {
+            let mut got = Vec::new();
+            let _ = after_hello.read_to_end(&mut got).await;
+        })
+        .await
+        .expect("a silent connection after its TLS handshake was never closed");
+    })
+    .await
+    .expect("within the hang guard");
+}
+
+/// Sends `head` and then `trickle` forever, one byte every 20 ms, until
+/// the server closes the connection; returns what the server sent.
+async fn trickle(addr: SocketAddr, head: &'static [u8], trickle: u8) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        for byte in head.iter().copied().chain(std::iter::repeat(trickle)) {
+            if write.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(GUARD, read.read_to_end(&mut got)).await;
+    writer.abort();
+    assert!(closed.is_ok(), "a trickled head was never closed");
+    got
+}
+
+#[tokio::test]
+async fn a_head_trickled_byte_by_byte_is_closed() {
+    tokio::time::timeout(GUARD, async {
+        let config = ServeConfig {
+            header_read_timeout: Duration::from_millis(300),
+            ..ServeConfig::default()
+        };
+        let server = start(app(), config).await;
+        // An HTTP/1.1 head whose last header never ends, and an HTTP/2
+        // preface sent so slowly that it is still being read when the
+        // deadline passes (the server has not yet chosen a protocol).
+        for (head, byte) in [
+            (&b"GET /peer HTTP/1.1\r\nHost: x\r\nX-Slow: "[..], b'a'),
+            (H2_PREFACE, 0),
+        ] {
+            let got = trickle(server.addr, head, byte).await;
+            assert!(
+                got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+                "a trickled head got {:?}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        // The server still serves.
+        let answer = reqwest::get(format!("http://{}/peer", server.addr))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    })
+    .await
+    .expect("within the hang guard");
+}
+
+#[tokio::test]
+async fn a_body_that_stops_short_of_its_length_gets_408() {
+    tokio::time::timeout(GUARD, async {
+        let app = app().route(
+            "/echo",
+            axum::routing::post(|body: axum::body::Bytes| async move { body }),
+        );
+        let config = ServeConfig {
+            max_connections: 2,
+            request_body_timeout: Duration::from_millis(300),
+            ..ServeConfig::default()
+        };
+        let server = start(app, config).await;
+        // More stopped bodies than slots: each is answered and closed, so
+        // none keeps its slot.
+        for _ in 0..3 {
+            let mut short = TcpStream::connect(server.addr).await.unwrap();
+            short
+                .write_all(
+                    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+                )
+                .await
+                .unwrap();
+            let got = closed_by_server(&mut short, "a short body").await;
+            let got = String::from_utf8_lossy(&got);
+            assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+            assert!(got.contains(r#""reason":"request_timeout""#), "{got}");
+            assert!(got.contains(r#""status":"error""#), "{got}");
+        }
+        // A whole body is echoed as before.
+        let answer = reqwest::Client::new()
+            .post(format!("http://{}/echo", server.addr))
+            .body("whole")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.text().await.unwrap(), "whole");
+    })
+    .await
+    .expect("within the hang guard");
+}
+
+#[tokio::test]
+async fn a_request_in_flight_outlives_the_idle_deadline() {
+    tokio::time::timeout(GUARD, async {
+        let release = Arc::new(Notify::new());
+        let app = Router::new().route(
+            "/slow",
+            get({
+                let release = release.clone();
+                move || async move {
+                    release.notified().await;
+                    "finished"
+                }
+            }),
+        );
+        let config = ServeConfig {
+            header_read_timeout: Duration::from_millis(100),
+            ..ServeConfig::default()
+        };
+        let server = start(app, config).await;
+        for client in [
+            reqwest::Client::new(),
+            reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .unwrap(),
+        ] {
+            let url = format!("http://{}/slow", server.addr);
+            let answer = tokio::spawn(async move { client.get(url).send().await?.text().await });
+            // Several idle deadlines pass while the handler works: the
+            // connection has a request in flight, so it stays open.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            release.notify_one();
+            assert_eq!(answer.await.unwrap().unwrap(), "finished");
+        }
+    })
+    .await
+    .expect("within the hang guard");
+}

@@ -296,13 +296,17 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
 }
 
 /// Reads at most `max` bytes: a longer body is refused as soon as it passes
-/// the cap, without buffering the rest.
+/// the cap, without buffering the rest. A body past the listener's deadline
+/// (`ServeConfig::request_body_timeout`) is a 408 like one past the node's
+/// own `body_timeout`.
 async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, IngestError> {
     axum::body::to_bytes(body, max).await.map_err(|e| {
         // `to_bytes` wraps its length-limit error; anything else is a broken read.
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
             IngestError::BodyTooLarge(max)
+        } else if let Some(candor_http::BodyTimeout(timeout)) = candor_http::BodyTimeout::find(&e) {
+            IngestError::BodyTimeout(*timeout)
         } else {
             IngestError::BadBody(e.to_string())
         }
