@@ -414,12 +414,28 @@ enum TenantCommand {
         #[arg(long)]
         tenant: TenantId,
     },
-    /// Replace a tenant's document with a JSON file (see `tenant show`).
+    /// Replace a tenant's document with a JSON file (see `tenant show`);
+    /// `cancelled_at_ms` must stay as it is (see `tenant cancel`).
     Update {
         #[command(flatten)]
         control: ControlArgs,
         #[arg(long)]
         file: PathBuf,
+    },
+    /// Cancel a tenant now: its tokens and devices stop working, and its
+    /// lake is purged once the grace period after this moment is over.
+    Cancel {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Undo a tenant's cancellation (nothing is purged within the grace period).
+    Reinstate {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[arg(long)]
+        tenant: TenantId,
     },
 }
 
@@ -525,12 +541,19 @@ enum KeysCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Walk a tenant's audit chain and report the first edited, reordered or
-    /// missing entry (exit status 1 if there is one).
+    /// missing entry, a cut end, or a head that is missing, older than the
+    /// chain or forged (exit status 1 if there is one).
     Verify {
         #[command(flatten)]
         control: ControlArgs,
         #[arg(long)]
         tenant: TenantId,
+        /// A file kept where the store's writers cannot reach it: the chain
+        /// must reach the entry it names, unchanged (else a cut end with a
+        /// rolled-back head is reported); an intact chain's last entry is
+        /// written back to it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
     /// Print a tenant's audit entries as JSON lines.
     Show {
@@ -1361,6 +1384,16 @@ async fn tenant_command(cmd: TenantCommand) -> Result<()> {
             let version = admin.update_tenant(&op, &doc, None).await?;
             eprintln!("tenant {} is now at version {version}", doc.id);
         }
+        TenantCommand::Cancel { control, tenant } => {
+            let done = control.operator()?.cancel_tenant(&op, &tenant).await?;
+            eprintln!("tenant {tenant} is cancelled; `candor tenant reinstate` undoes it");
+            print_json(&done.doc)?;
+        }
+        TenantCommand::Reinstate { control, tenant } => {
+            let done = control.operator()?.reinstate_tenant(&op, &tenant).await?;
+            eprintln!("tenant {tenant} is active again");
+            print_json(&done.doc)?;
+        }
     }
     Ok(())
 }
@@ -1484,14 +1517,38 @@ async fn keys_command(cmd: KeysCommand) -> Result<()> {
 
 async fn audit_command(cmd: AuditCommand) -> Result<()> {
     match cmd {
-        AuditCommand::Verify { control, tenant } => {
+        AuditCommand::Verify {
+            control,
+            tenant,
+            checkpoint,
+        } => {
             let admin = control.operator()?;
-            let report = admin.audit_log().verify(&tenant).await?;
+            let seen: Option<candor_control::Checkpoint> = match &checkpoint {
+                Some(path) if path.exists() => Some(read_json(path)?),
+                _ => None,
+            };
+            if let Some(seen) = &seen
+                && seen.tenant != tenant
+            {
+                bail!("the checkpoint is of tenant {}, not {tenant}", seen.tenant);
+            }
+            let report = admin
+                .audit_log()
+                .verify_against(&tenant, seen.as_ref())
+                .await?;
             match &report.first_problem {
-                None => println!(
-                    "audit trail of {tenant}: {} entries, intact",
-                    report.verified
-                ),
+                None => {
+                    println!(
+                        "audit trail of {tenant}: {} entries, intact",
+                        report.verified
+                    );
+                    if let (Some(path), Some(at)) = (&checkpoint, &report.checkpoint) {
+                        let part = path.with_extension("partial");
+                        std::fs::write(&part, serde_json::to_vec_pretty(at)?)?;
+                        std::fs::rename(&part, path)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                    }
+                }
                 Some(problem) => {
                     println!(
                         "audit trail of {tenant}: {} entries verify, then: {problem}",

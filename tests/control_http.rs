@@ -3,7 +3,10 @@
 //! node; a device enrolled there seals batches an ingest node (on the
 //! embedded log) accepts; its revocation reaches the ingest node through the
 //! node's refresh; tokens are created, refused and revoked; bad requests
-//! change nothing; every change is in the audit chain.
+//! change nothing; every change is in the audit chain. Cancelling a tenant
+//! is the owner's, stamped now and reversible; an admin change that cannot
+//! be audited is not made; `candor audit verify` reports a head that is
+//! missing or older than the chain.
 
 mod common;
 
@@ -26,6 +29,15 @@ const BATCH: &str = "application/vnd.candor.batch";
 
 /// A query node of its own (its own cache, as on another machine).
 async fn start_query(control: &Control, master: &candor_schemas::keys::MasterSecret) -> String {
+    start_query_with(control, control.admin.clone(), master).await
+}
+
+/// A query node whose admin operations are `admin`'s.
+async fn start_query_with(
+    control: &Control,
+    admin: Arc<candor_control::Admin>,
+    master: &candor_schemas::keys::MasterSecret,
+) -> String {
     let config = CacheConfig {
         tokens: true,
         directory: true,
@@ -46,7 +58,7 @@ async fn start_query(control: &Control, master: &candor_schemas::keys::MasterSec
     .unwrap();
     let state = Arc::new(QueryState::new(
         cache,
-        control.admin.clone(),
+        admin,
         Arc::new(lake),
         master.clone(),
         registry,
@@ -383,6 +395,408 @@ async fn admin_api_and_revocation_reach_ingest(store: TestStore) {
 }
 
 candor_control::on_both_stores!(admin_api_and_revocation_reach_ingest);
+
+/// An owner token of a tenant of its own on a fresh local control plane.
+async fn tenant_with_owner(control: &Control, plan: candor_control::Plan) -> (TenantId, String) {
+    let acme = TenantId::new("acme").unwrap();
+    control
+        .create(candor_control::Tenant::new(acme.clone(), plan, "UTC"))
+        .await;
+    let request = TokenRequest {
+        name: "bootstrap".into(),
+        role: Role::Owner,
+        employee: None,
+        expires_at_ms: None,
+        tenant: None,
+    };
+    let owner = control
+        .admin
+        .create_token(&Actor::operator(), &acme, &request)
+        .await
+        .unwrap()
+        .token;
+    (acme, owner)
+}
+
+/// The finding: `PUT /v1/admin/tenant` with `"cancelled_at_ms": 1` by an
+/// admin was accepted, locked every token out for good, and let the next
+/// retention run purge the lake at once. Now the document cannot change
+/// it, an admin cannot cancel, the owner's cancellation is stamped now by
+/// the server, the owner can still read the tenant and reinstate it, and
+/// retention keeps the lake through the grace period after that stamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_owner_cancels_stamped_now_and_can_reinstate() {
+    use candor_processor::retention::{self, RetentionConfig};
+    use candor_processor::{Lake, Lakes};
+    use reqwest::Method;
+    const DAY_MS: i64 = 86_400_000;
+    let master = random_master();
+    let control = Control::new(TestStore::local(), &master);
+    // A year of retention, so only a purge deletes anything here.
+    let (acme, owner) = tenant_with_owner(&control, candor_control::Plan::Enterprise).await;
+    let api = Api {
+        url: start_query(&control, &master).await,
+        http: reqwest::Client::new(),
+    };
+    let (status, created) = api
+        .call(
+            Method::POST,
+            "/v1/admin/tokens",
+            Some(&owner),
+            Some(json!({"name": "ops", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let admin = created["token"].as_str().unwrap().to_string();
+
+    // The lake, with a day of the tenant's data.
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let day = Utc::now().date_naive() - Days::new(1);
+    let object = format!("activity/tenant=acme/date={day}/part-00000-1-2.parquet");
+    lake.put_durable(
+        &object_store::path::Path::from(object.as_str()),
+        b"rows".to_vec().into(),
+    )
+    .await
+    .unwrap();
+    let exists = || dir.path().join(&object).exists();
+    let lakes = Lakes::from(lake.clone());
+    let audit =
+        candor_control::AuditLog::new(control.store.raw(), &TestStore::prefix(), master.clone());
+    let docs = control.store.documents();
+    let config = RetentionConfig::default();
+    let retention_at = |at_ms: i64| {
+        let (lakes, docs, audit, config) = (&lakes, &docs, &audit, &config);
+        async move {
+            retention::run(lakes, docs, audit, config, at_ms)
+                .await
+                .unwrap()
+                .deleted
+                .len()
+        }
+    };
+
+    // The attack: a back-dated cancellation by the document, as the admin
+    // and as the owner. Refused with its reason; nothing changes.
+    let (_, current) = api
+        .call(Method::GET, "/v1/admin/tenant", Some(&admin), None)
+        .await;
+    let mut doc = current["document"].clone();
+    doc["cancelled_at_ms"] = json!(1);
+    for token in [&admin, &owner] {
+        let (status, answer) = api
+            .call(
+                Method::PUT,
+                "/v1/admin/tenant",
+                Some(token),
+                Some(doc.clone()),
+            )
+            .await;
+        assert_eq!(
+            (status, reason(&answer)),
+            (StatusCode::BAD_REQUEST, "cancelled_at_ms_read_only"),
+            "{answer}"
+        );
+    }
+    // An admin may not cancel at all.
+    let (status, answer) = api
+        .call(Method::POST, "/v1/admin/tenant/cancel", Some(&admin), None)
+        .await;
+    assert_eq!(
+        (status, reason(&answer)),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{answer}"
+    );
+    let (status, answer) = api
+        .call(Method::GET, "/v1/admin/tenant", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "every token still works");
+    assert_eq!(
+        (
+            answer["version"].as_u64(),
+            answer["document"].get("cancelled_at_ms")
+        ),
+        (Some(1), None)
+    );
+    assert_eq!(retention_at(Utc::now().timestamp_millis()).await, 0);
+    assert!(exists());
+
+    // The owner cancels: stamped by the server, now.
+    let before = Utc::now().timestamp_millis();
+    let (status, answer) = api
+        .call(Method::POST, "/v1/admin/tenant/cancel", Some(&owner), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let at = answer["document"]["cancelled_at_ms"].as_i64().unwrap();
+    assert!(
+        (before..=Utc::now().timestamp_millis()).contains(&at),
+        "{at}"
+    );
+    let (status, answer) = api
+        .call(Method::POST, "/v1/admin/tenant/cancel", Some(&owner), None)
+        .await;
+    assert_eq!(
+        (status, reason(&answer)),
+        (StatusCode::CONFLICT, "conflict"),
+        "the time is never moved: {answer}"
+    );
+    // Other use is refused; the owner can still see the tenant.
+    for (token, method, path) in [
+        (&admin, Method::GET, "/v1/admin/tenant"),
+        (&admin, Method::POST, "/v1/admin/tenant/reinstate"),
+        (&owner, Method::GET, "/v1/admin/tokens"),
+        (&owner, Method::GET, "/v1/kpi/activity"),
+    ] {
+        let (status, answer) = api.call(method.clone(), path, Some(token), None).await;
+        assert_eq!(
+            (status, reason(&answer)),
+            (StatusCode::UNAUTHORIZED, "tenant_cancelled"),
+            "{method} {path}: {answer}"
+        );
+    }
+    let (status, answer) = api
+        .call(Method::GET, "/v1/admin/tenant", Some(&owner), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["document"]["cancelled_at_ms"], at);
+    // Retention keeps the lake through the grace period.
+    assert_eq!(retention_at(at + 29 * DAY_MS).await, 0);
+    assert!(exists());
+
+    // The owner undoes it; every token works again and nothing is purged.
+    let (status, answer) = api
+        .call(
+            Method::POST,
+            "/v1/admin/tenant/reinstate",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["document"].get("cancelled_at_ms").is_none());
+    let (status, _) = api
+        .call(Method::GET, "/v1/admin/tokens", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(retention_at(at + 31 * DAY_MS).await, 0);
+    assert!(exists());
+
+    // Cancelled again and left so: purged once the grace is over.
+    let (status, answer) = api
+        .call(Method::POST, "/v1/admin/tenant/cancel", Some(&owner), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let at = answer["document"]["cancelled_at_ms"].as_i64().unwrap();
+    assert_eq!(retention_at(at + 30 * DAY_MS).await, 1);
+    assert!(!exists());
+
+    let entries = control.admin.audit_log().entries(&acme).await.unwrap();
+    let by_owner: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.event.action.starts_with("tenant.") && e.event.role == "owner")
+        .map(|e| e.event.action.as_str())
+        .collect();
+    assert_eq!(
+        by_owner,
+        ["tenant.cancel", "tenant.reinstate", "tenant.cancel"]
+    );
+    assert!(
+        !entries.iter().any(|e| e.event.action == "tenant.update"),
+        "the refused PUTs wrote nothing"
+    );
+}
+
+/// The finding: with the audit store unwritable, a token and a directory
+/// version were created, answered 500, and stayed in effect unaudited. Now
+/// each change is refused with 503 `audit_unavailable` and has no effect;
+/// once the audit store is back, the same requests succeed, audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_change_that_cannot_be_audited_is_not_made() {
+    use candor_control::testkit::{TcpProxy, s3_client, s3_endpoint};
+    use reqwest::Method;
+    let master = random_master();
+    let control = Control::new(TestStore::local(), &master);
+    let (acme, owner) = tenant_with_owner(&control, candor_control::Plan::Starter).await;
+    // This query node's audit trail lives behind a proxy that is cut.
+    let proxy = TcpProxy::start(&s3_endpoint()).await;
+    let audit = candor_control::AuditLog::new(
+        s3_client(&proxy.endpoint(), "http-audit-cut"),
+        &TestStore::prefix(),
+        master.clone(),
+    );
+    let admin = Arc::new(candor_control::Admin::new(
+        control.store.documents(),
+        Arc::new(audit),
+        master.clone(),
+    ));
+    let api = Api {
+        url: start_query_with(&control, admin.clone(), &master).await,
+        http: reqwest::Client::new(),
+    };
+    let directory = json!({"employees": {"e-1": {"department": "Sales", "manages": []}}});
+    let token = json!({"name": "bi", "role": "analyst"});
+    let device = json!({"employee": "e-1", "device": "laptop-1"});
+
+    proxy.cut();
+    for (method, path, body) in [
+        (Method::POST, "/v1/admin/tokens", token.clone()),
+        (Method::PUT, "/v1/admin/directory", directory.clone()),
+        (Method::POST, "/v1/admin/devices", device.clone()),
+        (Method::POST, "/v1/admin/tenant/cancel", Value::Null),
+    ] {
+        let (status, answer) = api
+            .call(method.clone(), path, Some(&owner), Some(body))
+            .await;
+        assert_eq!(
+            (status, reason(&answer)),
+            (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+            "{method} {path}: {answer}"
+        );
+    }
+    // Nothing of them is in effect.
+    let (_, tokens) = api
+        .call(Method::GET, "/v1/admin/tokens", Some(&owner), None)
+        .await;
+    assert_eq!(tokens["tokens"].as_array().unwrap().len(), 1, "{tokens}");
+    let (_, dir) = api
+        .call(Method::GET, "/v1/admin/directory", Some(&owner), None)
+        .await;
+    assert_eq!(dir["version"], 0, "{dir}");
+    let docs = control.store.documents();
+    assert!(
+        docs.get::<candor_control::DeviceDoc>(candor_control::Kind::Device, "acme/laptop-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (status, tenant) = api
+        .call(Method::GET, "/v1/admin/tenant", Some(&owner), None)
+        .await;
+    assert_eq!(
+        (status, tenant["version"].as_u64()),
+        (StatusCode::OK, Some(1))
+    );
+
+    proxy.restore();
+    let (status, answer) = api
+        .call(Method::POST, "/v1/admin/tokens", Some(&owner), Some(token))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (status, answer) = api
+        .call(
+            Method::PUT,
+            "/v1/admin/directory",
+            Some(&owner),
+            Some(directory),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let entries = admin.audit_log().entries(&acme).await.unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e.event.action.as_str()).collect();
+    assert_eq!(actions, ["token.create", "directory.load"]);
+    assert!(entries[0].event.detail["role"] == "analyst");
+    assert!(admin.audit_log().verify(&acme).await.unwrap().is_intact());
+}
+
+/// The finding: `candor audit verify` called a chain intact when its head
+/// was deleted or an older one put back. Now both are reported, exit
+/// status 1; and a chain cut back together with its head, which the store
+/// alone cannot show, is found against the checkpoint of an earlier run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candor_audit_verify_reports_a_missing_or_older_head() {
+    use candor_control::{Admin, AuditLog, DocumentStore, Plan, Tenant};
+    let dir = tempfile::tempdir().unwrap();
+    let control_dir = dir.path().join("control");
+    let secret: [u8; 32] = rand::random();
+    let secret_file = dir.path().join("master.key");
+    std::fs::write(&secret_file, hex::encode(secret)).unwrap();
+    let master = candor_schemas::keys::MasterSecret::from_bytes(&secret).unwrap();
+    let (store, prefix) = candor_control::open_store(control_dir.to_str().unwrap()).unwrap();
+    let admin = Admin::new(
+        DocumentStore::new(store.clone(), &prefix),
+        Arc::new(AuditLog::new(store, &prefix, master.clone())),
+        master,
+    );
+    let acme = TenantId::new("acme").unwrap();
+    let op = Actor::operator();
+    admin
+        .create_tenant(&op, &Tenant::new(acme.clone(), Plan::Starter, "UTC"))
+        .await
+        .unwrap();
+    let trail = control_dir.join("_audit").join("acme");
+    let entry = |seq: u64| trail.join(format!("{seq:020}.json"));
+    let head = |seq: u64| trail.join(format!("head-{seq:020}.json"));
+    let token = |name: &str| TokenRequest {
+        name: name.into(),
+        role: Role::Analyst,
+        employee: None,
+        expires_at_ms: None,
+        tenant: None,
+    };
+    admin.create_token(&op, &acme, &token("a")).await.unwrap();
+    let head2 = std::fs::read(head(2)).unwrap();
+    admin.create_token(&op, &acme, &token("b")).await.unwrap();
+    let head3 = std::fs::read(head(3)).unwrap();
+    let entry3 = std::fs::read(entry(3)).unwrap();
+
+    let checkpoint = dir.path().join("acme.checkpoint");
+    let verify = |with_checkpoint: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_candor"));
+        cmd.args(["audit", "verify", "--tenant", "acme"])
+            .env("CANDOR_CONTROL_URL", &control_dir)
+            .env("CANDOR_MASTER_SECRET_FILE", &secret_file)
+            .env_remove("CANDOR_MASTER_SECRET");
+        if with_checkpoint {
+            cmd.arg("--checkpoint").arg(&checkpoint);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, said) = verify(true);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("3 entries, intact"), "{said}");
+    assert!(checkpoint.exists(), "an intact run keeps its checkpoint");
+
+    // The head deleted.
+    std::fs::remove_file(head(3)).unwrap();
+    let (code, said) = verify(false);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("head is missing"), "{said}");
+    // An older head put back.
+    std::fs::write(head(2), &head2).unwrap();
+    let (code, said) = verify(false);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("the head says 2 but entries go on to 3"),
+        "{said}"
+    );
+    // The last entry cut as well: the store holds exactly the chain of two
+    // entries it once was, so only the checkpoint shows the cut.
+    std::fs::remove_file(entry(3)).unwrap();
+    let (code, said) = verify(false);
+    assert_eq!(code, Some(0), "not detectable from the store alone: {said}");
+    let (code, said) = verify(true);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("entry 3 was seen before"), "{said}");
+    // The newest head back without its entry: a cut end.
+    std::fs::remove_file(head(2)).unwrap();
+    std::fs::write(head(3), &head3).unwrap();
+    let (code, said) = verify(false);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("cut off the end"), "{said}");
+    // Put back whole, it verifies again.
+    std::fs::write(entry(3), &entry3).unwrap();
+    let (code, said) = verify(true);
+    assert_eq!(code, Some(0), "{said}");
+}
 
 /// The control store goes away (a proxy in front of the real S3 server is
 /// cut): a tenant the ingest node already holds is still served from its

@@ -3,14 +3,15 @@
 //! after its grace period, each deletion is in the tenant's audit trail
 //! (which still verifies), and a second run finds nothing more to do. A
 //! tenant with a lake of its own (on a real S3-compatible server) has its
-//! partitions deleted there.
+//! partitions deleted there. A cancellation's grace is counted from the
+//! time the server stamped, and one that cannot be back-dated.
 
 mod common;
 
 use std::collections::BTreeSet;
 
 use candor_control::testkit::{TcpProxy, s3_client};
-use candor_control::{AuditLog, Plan, Tenant};
+use candor_control::{Actor, AdminError, AuditLog, Kind, Plan, Tenant};
 use candor_processor::retention::{self, RetentionConfig};
 use candor_processor::{Lake, Lakes};
 use candor_schemas::TenantId;
@@ -20,6 +21,23 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 
 const DAY_MS: i64 = 86_400_000;
+
+/// A tenant as the cancel operation leaves it, cancelled at `at_ms`: to
+/// stand for a cancellation long ago, its document is written straight to
+/// the store (the admin operations stamp the present).
+async fn create_cancelled(control: &Control, tenant: Tenant, at_ms: i64) {
+    control.create(tenant.clone()).await;
+    let cancelled = Tenant {
+        cancelled_at_ms: Some(at_ms),
+        ..tenant
+    };
+    control
+        .store
+        .documents()
+        .update(Kind::Tenant, cancelled.id.as_str(), 1, &cancelled)
+        .await
+        .unwrap();
+}
 
 async fn put(lake: &Lake, dataset: &str, tenant: &str, date: NaiveDate) -> String {
     let path = format!("{dataset}/tenant={tenant}/date={date}/part-00000-1-2.parquet");
@@ -52,19 +70,19 @@ async fn expired_partitions_and_cancelled_tenants_go_and_each_deletion_is_audite
             ..Tenant::new(TenantId::new("initech").unwrap(), Plan::Free, "UTC") // 7 days
         })
         .await;
-    control
-        .create(Tenant {
-            cancelled_at_ms: Some(now_ms - 40 * DAY_MS),
-            ..Tenant::new(TenantId::new("globex").unwrap(), Plan::Enterprise, "UTC")
-        })
-        .await;
-    control
-        .create(Tenant {
-            // Cancelled, but still within the 30-day grace period.
-            cancelled_at_ms: Some(now_ms - 10 * DAY_MS),
-            ..Tenant::new(TenantId::new("hooli").unwrap(), Plan::Enterprise, "UTC")
-        })
-        .await;
+    create_cancelled(
+        &control,
+        Tenant::new(TenantId::new("globex").unwrap(), Plan::Enterprise, "UTC"),
+        now_ms - 40 * DAY_MS,
+    )
+    .await;
+    // Cancelled, but still within the 30-day grace period.
+    create_cancelled(
+        &control,
+        Tenant::new(TenantId::new("hooli").unwrap(), Plan::Enterprise, "UTC"),
+        now_ms - 10 * DAY_MS,
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::local(dir.path()).unwrap();
     let initech_lake = Lake::on_store(store, ObjectPath::from("lake"));
@@ -217,4 +235,83 @@ async fn nothing_is_deleted_when_the_deletion_cannot_be_audited() {
     assert!(!all_objects(&lake).await.contains(expired.as_str()));
     let acme = TenantId::new("acme").unwrap();
     assert_eq!(audit.entries(&acme).await.unwrap().len(), 1);
+}
+
+/// A cancellation stamped by the server keeps the tenant's lake for the
+/// whole grace period counted from that stamp: a back-dated one cannot be
+/// written, and the purge comes only once the grace is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_tenant_is_purged_only_after_the_grace_from_the_servers_stamp() {
+    let master = random_master();
+    let control = Control::new(candor_control::testkit::TestStore::local(), &master);
+    let acme = TenantId::new("acme").unwrap();
+    // A year of retention, so only the purge deletes anything here.
+    control
+        .create(Tenant::new(acme.clone(), Plan::Enterprise, "UTC"))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let kept = put(
+        &lake,
+        "activity",
+        "acme",
+        Utc::now().date_naive() - Days::new(1),
+    )
+    .await;
+    let lakes = Lakes::from(lake.clone());
+    let audit = AuditLog::new(
+        control.store.raw(),
+        &candor_control::testkit::TestStore::prefix(),
+        master.clone(),
+    );
+    let docs = control.store.documents();
+    let config = RetentionConfig::default(); // 30 days of grace
+    let run = |at_ms: i64| {
+        let (lakes, docs, audit, config) = (&lakes, &docs, &audit, &config);
+        async move {
+            retention::run(lakes, docs, audit, config, at_ms)
+                .await
+                .unwrap()
+        }
+    };
+
+    // The attack of the finding: a cancellation dated 1970, by the
+    // document. Refused, so retention has nothing to purge.
+    let op = Actor::operator();
+    let mut doc = control.admin.get_tenant(&op, &acme).await.unwrap().doc;
+    doc.cancelled_at_ms = Some(1);
+    assert!(matches!(
+        control.admin.update_tenant(&op, &doc, None).await,
+        Err(AdminError::CancellationIsSeparate { .. })
+    ));
+    assert!(run(Utc::now().timestamp_millis()).await.deleted.is_empty());
+
+    // Cancelled now: kept through the grace period, purged after it.
+    let before = Utc::now().timestamp_millis();
+    let cancelled = control.admin.cancel_tenant(&op, &acme).await.unwrap();
+    let at = cancelled.doc.cancelled_at_ms.unwrap();
+    assert!(at >= before, "stamped by the server, now");
+    for later in [0, DAY_MS, 29 * DAY_MS] {
+        let done = run(at + later).await;
+        assert!(done.deleted.is_empty(), "{later} ms after: {done:?}");
+    }
+    assert!(all_objects(&lake).await.contains(kept.as_str()));
+    // Reinstated within the grace: nothing is ever purged.
+    control.admin.reinstate_tenant(&op, &acme).await.unwrap();
+    assert!(run(at + 31 * DAY_MS).await.deleted.is_empty());
+    assert!(all_objects(&lake).await.contains(kept.as_str()));
+    // Cancelled again: the grace counts from the new stamp.
+    let again = control.admin.cancel_tenant(&op, &acme).await.unwrap();
+    let at = again.doc.cancelled_at_ms.unwrap();
+    assert!(run(at + 29 * DAY_MS).await.deleted.is_empty());
+    let done = run(at + 30 * DAY_MS).await;
+    assert_eq!(done.deleted.len(), 1, "{done:?}");
+    assert!(!all_objects(&lake).await.contains(kept.as_str()));
+    let entries = audit.entries(&acme).await.unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.event.action == "lake.purge" && e.event.detail["cancelled_at_ms"] == at)
+    );
+    assert!(audit.verify(&acme).await.unwrap().first_problem.is_none());
 }

@@ -1,7 +1,7 @@
 //! Control-plane changes: one function per operation, shared by the admin
 //! HTTP API (actors are tokens) and the `candor` command line (the actor is
-//! the operator). Each checks who may do it, validates, writes with
-//! conditional puts, and then writes an audit entry.
+//! the operator). Each checks who may do it and validates, then writes its
+//! audit entry, and only then applies the change with conditional puts.
 //!
 //! Who may do what:
 //!
@@ -11,8 +11,29 @@
 //! | update the rest of the tenant, load the directory, enroll and revoke devices | yes | yes | yes |
 //! | create, list, revoke tokens | yes | yes | yes, except owner tokens |
 //! | rotate the tenant's keys | yes | yes | no |
+//! | cancel the tenant, reinstate a cancelled one | yes | yes | no |
 //!
 //! Other roles may do none of these.
+//!
+//! **Audited first.** A change's entry (its action, target and what it
+//! writes: the new document's SHA-256 and the version it was based on, or
+//! the token, device or key version concerned) is appended before anything
+//! is written. If the audit log cannot be written, nothing is changed and
+//! the answer is [`AdminError::Audit`] (HTTP 503 `audit_unavailable`). So
+//! every change in effect has its entry. An entry states a change that was
+//! about to be applied: if applying it then fails (a lost race, the store
+//! failing), an entry `<action>.failed` follows, naming the first one
+//! (`detail.intent_seq`) and why. Should that one not be writable either,
+//! the first entry stands alone, and the document's digest in it tells
+//! whether the change landed. Refusals found before the entry (bad input,
+//! the wrong role, a stale `If-Match`) write nothing.
+//!
+//! **Cancellation.** A tenant's `cancelled_at_ms` is not changed by
+//! replacing its document ([`AdminError::CancellationIsSeparate`], even for
+//! the operator). [`Admin::cancel_tenant`] sets it to the server's clock,
+//! owner or operator only; [`Admin::reinstate_tenant`] clears it again. The
+//! retention job purges a cancelled tenant's lake only once its grace
+//! period, counted from that server-stamped time, is over.
 
 use std::sync::Arc;
 
@@ -73,8 +94,14 @@ pub enum AdminError {
     Document(DocumentError),
     #[error(transparent)]
     Keyring(KeyringError),
-    #[error("the change was applied but its audit entry could not be written: {0}")]
+    #[error("the audit log cannot be written, so nothing was changed: {0}")]
     Audit(#[from] AuditError),
+    #[error(
+        "cancelled_at_ms is not changed by replacing the tenant document: an owner cancels \
+         with POST /v1/admin/tenant/cancel (the server stamps the time) and reinstates with \
+         POST /v1/admin/tenant/reinstate; send the value the tenant has ({current})"
+    )]
+    CancellationIsSeparate { current: String },
 }
 
 impl From<DocumentError> for AdminError {
@@ -151,6 +178,39 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The SHA-256 of a document as JSON: what an audit entry says was written.
+fn digest<T: Serialize>(doc: &T) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(doc).expect("documents serialize"),
+    ))
+}
+
+/// An audit entry written before its change.
+struct Intent {
+    seq: u64,
+    action: &'static str,
+    target: String,
+}
+
+/// Refuses a replacement of the tenant document that would change what
+/// only the operator, or only the cancel and reinstate operations, change.
+fn check_replacement(actor: &Actor, current: &Tenant, next: &Tenant) -> Result<(), AdminError> {
+    if current.cancelled_at_ms != next.cancelled_at_ms {
+        return Err(AdminError::CancellationIsSeparate {
+            current: current
+                .cancelled_at_ms
+                .map_or_else(|| "absent".into(), |at| at.to_string()),
+        });
+    }
+    if actor.role.is_some() && (current.plan != next.plan || current.lake_url != next.lake_url) {
+        return Err(AdminError::Forbidden(
+            "plan and lake location are changed by the operator".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Admin {
     pub fn new(docs: DocumentStore, audit: Arc<AuditLog>, master: MasterSecret) -> Self {
         Self {
@@ -187,14 +247,16 @@ impl Admin {
         }
     }
 
-    async fn record(
+    /// Appends the entry of a change about to be made. If it cannot be
+    /// written, the change must not be made.
+    async fn intend(
         &self,
         actor: &Actor,
         tenant: &TenantId,
-        action: &str,
+        action: &'static str,
         target: &str,
         detail: serde_json::Value,
-    ) -> Result<(), AdminError> {
+    ) -> Result<Intent, AdminError> {
         let event = AuditEvent {
             actor: actor.id.clone(),
             role: actor.role_name(),
@@ -203,11 +265,43 @@ impl Admin {
             source: actor.source.clone(),
             detail,
         };
-        if let Err(e) = self.audit.append(tenant, event, now_ms()).await {
-            tracing::error!(%tenant, action, error = %e, "change applied but not audited");
-            return Err(e.into());
+        match self.audit.append(tenant, event, now_ms()).await {
+            Ok(entry) => Ok(Intent {
+                seq: entry.seq,
+                action,
+                target: target.into(),
+            }),
+            Err(e) => {
+                tracing::error!(%tenant, action, error = %e, "change refused: it cannot be audited");
+                Err(e.into())
+            }
         }
-        Ok(())
+    }
+
+    /// Passes on the outcome of a change whose entry was written; a failure
+    /// is recorded as `<action>.failed` after it.
+    async fn settle<T>(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        intent: Intent,
+        outcome: Result<T, AdminError>,
+    ) -> Result<T, AdminError> {
+        if let Err(error) = &outcome {
+            let event = AuditEvent {
+                actor: actor.id.clone(),
+                role: actor.role_name(),
+                action: format!("{}.failed", intent.action),
+                target: intent.target,
+                source: actor.source.clone(),
+                detail: serde_json::json!({"intent_seq": intent.seq, "reason": error.to_string()}),
+            };
+            if let Err(e) = self.audit.append(tenant, event, now_ms()).await {
+                tracing::error!(%tenant, intent_seq = intent.seq, error = %e,
+                    "a change was audited but failed, and its failure could not be audited");
+            }
+        }
+        outcome
     }
 
     async fn active_tenant(&self, tenant: &TenantId) -> Result<Versioned<Tenant>, AdminError> {
@@ -222,12 +316,19 @@ impl Admin {
         Ok(doc)
     }
 
-    /// Creates a tenant and its keys (operator only).
+    /// Creates a tenant and its keys (operator only). A tenant is created
+    /// active: a document that says it is cancelled is refused.
     pub async fn create_tenant(&self, actor: &Actor, tenant: &Tenant) -> Result<u64, AdminError> {
         self.authorize(actor, &tenant.id, Needs::Operator)?;
         tenant
             .validate()
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        if tenant.cancelled_at_ms.is_some() {
+            return Err(AdminError::Invalid(
+                "a tenant is created active: leave cancelled_at_ms out (cancel it afterwards)"
+                    .into(),
+            ));
+        }
         if self
             .docs
             .get::<Tenant>(Kind::Tenant, tenant.id.as_str())
@@ -239,33 +340,42 @@ impl Admin {
                 tenant.id
             )));
         }
-        // Keys first: a tenant document is never visible without its keys,
-        // and a creation that failed in between is simply run again.
-        match keyring::create(&self.docs, &self.master, &tenant.id, now_ms()).await {
-            Ok(()) | Err(KeyringError::Document(DocumentError::Exists { .. })) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let version = self
-            .docs
-            .create(Kind::Tenant, tenant.id.as_str(), tenant)
+        let intent = self
+            .intend(
+                actor,
+                &tenant.id,
+                "tenant.create",
+                tenant.id.as_str(),
+                serde_json::json!({"tenant": tenant, "sha256": digest(tenant)}),
+            )
             .await?;
-        self.record(
-            actor,
-            &tenant.id,
-            "tenant.create",
-            tenant.id.as_str(),
-            serde_json::to_value(tenant).expect("tenants serialize"),
-        )
-        .await?;
-        Ok(version)
+        let outcome = async {
+            // Keys first: a tenant document is never visible without its
+            // keys, and a creation that failed in between is simply run again.
+            match keyring::create(&self.docs, &self.master, &tenant.id, now_ms()).await {
+                Ok(()) | Err(KeyringError::Document(DocumentError::Exists { .. })) => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(self
+                .docs
+                .create(Kind::Tenant, tenant.id.as_str(), tenant)
+                .await?)
+        }
+        .await;
+        self.settle(actor, &tenant.id, intent, outcome).await
     }
 
+    /// The tenant's document, cancelled or not.
     pub async fn get_tenant(
         &self,
         actor: &Actor,
         tenant: &TenantId,
     ) -> Result<Versioned<Tenant>, AdminError> {
         self.authorize(actor, tenant, Needs::Administer)?;
+        self.tenant_doc(tenant).await
+    }
+
+    async fn tenant_doc(&self, tenant: &TenantId) -> Result<Versioned<Tenant>, AdminError> {
         self.docs
             .get::<Tenant>(Kind::Tenant, tenant.as_str())
             .await?
@@ -274,6 +384,8 @@ impl Admin {
 
     /// Replaces a tenant's document. With `expected`, only if it is still at
     /// that version (else `Conflict`); without, after whatever is current.
+    /// `cancelled_at_ms` must stay as it is ([`Self::cancel_tenant`] and
+    /// [`Self::reinstate_tenant`] change it).
     pub async fn update_tenant(
         &self,
         actor: &Actor,
@@ -284,7 +396,29 @@ impl Admin {
         tenant
             .validate()
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
-        let written = self
+        let stale = |at: u64, expected: u64| {
+            AdminError::Conflict(format!(
+                "tenant {} is at version {at}, not {expected}; read it again",
+                tenant.id
+            ))
+        };
+        let base = self.tenant_doc(&tenant.id).await?;
+        if let Some(expected) = expected
+            && expected != base.version
+        {
+            return Err(stale(base.version, expected));
+        }
+        check_replacement(actor, &base.doc, tenant)?;
+        let intent = self
+            .intend(
+                actor,
+                &tenant.id,
+                "tenant.update",
+                tenant.id.as_str(),
+                serde_json::json!({"base_version": base.version, "sha256": digest(tenant), "tenant": tenant}),
+            )
+            .await?;
+        let outcome = self
             .docs
             .modify::<Tenant, AdminError, _>(Kind::Tenant, tenant.id.as_str(), |current| {
                 let current = current
@@ -292,30 +426,102 @@ impl Admin {
                 if let Some(expected) = expected
                     && expected != current.version
                 {
-                    return Err(AdminError::Conflict(format!(
-                        "tenant {} is at version {}, not {expected}; read it again",
-                        tenant.id, current.version
-                    )));
+                    return Err(stale(current.version, expected));
                 }
-                if actor.role.is_some()
-                    && (current.doc.plan != tenant.plan || current.doc.lake_url != tenant.lake_url)
-                {
-                    return Err(AdminError::Forbidden(
-                        "plan and lake location are changed by the operator".into(),
-                    ));
-                }
+                check_replacement(actor, &current.doc, tenant)?;
                 Ok(tenant.clone())
             })
+            .await
+            .map(|written| written.version);
+        self.settle(actor, &tenant.id, intent, outcome).await
+    }
+
+    /// Cancels a tenant now (owner or operator): its tokens and devices stop
+    /// working, except that its owners may still read the tenant and
+    /// reinstate it; its lake is purged once the grace period after this
+    /// moment (the server's clock) is over. A tenant already cancelled is a
+    /// `Conflict`: its time is never moved.
+    pub async fn cancel_tenant(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+    ) -> Result<Versioned<Tenant>, AdminError> {
+        self.authorize(actor, tenant, Needs::Owner)?;
+        let already = |at: i64| {
+            AdminError::Conflict(format!(
+                "tenant {tenant} was already cancelled (cancelled_at_ms {at})"
+            ))
+        };
+        let base = self.tenant_doc(tenant).await?;
+        if let Some(at) = base.doc.cancelled_at_ms {
+            return Err(already(at));
+        }
+        let now = now_ms();
+        let intent = self
+            .intend(
+                actor,
+                tenant,
+                "tenant.cancel",
+                tenant.as_str(),
+                serde_json::json!({"base_version": base.version, "cancelled_at_ms": now}),
+            )
             .await?;
-        self.record(
-            actor,
-            &tenant.id,
-            "tenant.update",
-            tenant.id.as_str(),
-            serde_json::json!({"version": written.version, "tenant": tenant}),
-        )
-        .await?;
-        Ok(written.version)
+        let outcome = self
+            .docs
+            .modify::<Tenant, AdminError, _>(Kind::Tenant, tenant.as_str(), |current| {
+                let mut doc = current
+                    .ok_or_else(|| AdminError::NotFound(format!("no tenant {tenant}")))?
+                    .doc;
+                if let Some(at) = doc.cancelled_at_ms {
+                    return Err(already(at));
+                }
+                doc.cancelled_at_ms = Some(now);
+                Ok(doc)
+            })
+            .await;
+        self.settle(actor, tenant, intent, outcome).await
+    }
+
+    /// Undoes a cancellation (owner or operator). Within the grace period
+    /// nothing of the tenant's lake has been purged yet; after it, the
+    /// tenant is active again but the purged data is gone.
+    pub async fn reinstate_tenant(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+    ) -> Result<Versioned<Tenant>, AdminError> {
+        self.authorize(actor, tenant, Needs::Owner)?;
+        let base = self.tenant_doc(tenant).await?;
+        let Some(cancelled_at) = base.doc.cancelled_at_ms else {
+            return Err(AdminError::Conflict(format!(
+                "tenant {tenant} is not cancelled"
+            )));
+        };
+        let intent = self
+            .intend(
+                actor,
+                tenant,
+                "tenant.reinstate",
+                tenant.as_str(),
+                serde_json::json!({"base_version": base.version, "cancelled_at_ms": cancelled_at}),
+            )
+            .await?;
+        let outcome = self
+            .docs
+            .modify::<Tenant, AdminError, _>(Kind::Tenant, tenant.as_str(), |current| {
+                let mut doc = current
+                    .ok_or_else(|| AdminError::NotFound(format!("no tenant {tenant}")))?
+                    .doc;
+                if doc.cancelled_at_ms != Some(cancelled_at) {
+                    return Err(AdminError::Conflict(format!(
+                        "tenant {tenant}'s cancellation changed meanwhile; read it again"
+                    )));
+                }
+                doc.cancelled_at_ms = None;
+                Ok(doc)
+            })
+            .await;
+        self.settle(actor, tenant, intent, outcome).await
     }
 
     /// Replaces the tenant's directory.
@@ -330,28 +536,45 @@ impl Admin {
         directory
             .validate()
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        self.docs
+            .check_size(Kind::Directory, tenant.as_str(), directory)?;
         self.active_tenant(tenant).await?;
-        let written = self
+        let stale = |at: u64, e: u64| {
+            AdminError::Conflict(format!(
+                "directory of {tenant} is at version {at}, not {e}; read it again"
+            ))
+        };
+        let base = self
+            .docs
+            .get::<Directory>(Kind::Directory, tenant.as_str())
+            .await?
+            .map_or(0, |c| c.version);
+        if let Some(e) = expected
+            && e != base
+        {
+            return Err(stale(base, e));
+        }
+        let intent = self
+            .intend(
+                actor,
+                tenant,
+                "directory.load",
+                tenant.as_str(),
+                serde_json::json!({"base_version": base, "sha256": digest(directory), "employees": directory.employees.len()}),
+            )
+            .await?;
+        let outcome = self
             .docs
             .modify::<Directory, AdminError, _>(Kind::Directory, tenant.as_str(), |current| {
                 let at = current.map_or(0, |c| c.version);
                 match expected {
-                    Some(e) if e != at => Err(AdminError::Conflict(format!(
-                        "directory of {tenant} is at version {at}, not {e}; read it again"
-                    ))),
+                    Some(e) if e != at => Err(stale(at, e)),
                     _ => Ok(directory.clone()),
                 }
             })
-            .await?;
-        self.record(
-            actor,
-            tenant,
-            "directory.load",
-            tenant.as_str(),
-            serde_json::json!({"version": written.version, "employees": directory.employees.len()}),
-        )
-        .await?;
-        Ok(written.version)
+            .await
+            .map(|written| written.version);
+        self.settle(actor, tenant, intent, outcome).await
     }
 
     pub async fn get_directory(
@@ -382,37 +605,46 @@ impl Admin {
     ) -> Result<Enrollment, AdminError> {
         self.authorize(actor, tenant, Needs::Administer)?;
         self.active_tenant(tenant).await?;
-        let now = now_ms();
-        let written = self
-            .docs
-            .modify::<DeviceDoc, AdminError, _>(
-                Kind::Device,
-                &DeviceDoc::doc_id(tenant, device),
-                |current| match current {
-                    Some(c) if c.doc.is_active() => Err(AdminError::AlreadyExists(format!(
-                        "device {device} is already enrolled (for {}); revoke it first",
-                        c.doc.employee
-                    ))),
-                    current => Ok(DeviceDoc {
-                        tenant: tenant.clone(),
-                        device: device.clone(),
-                        employee: employee.clone(),
-                        key_version: current.map_or(1, |c| c.doc.key_version + 1),
-                        enrolled_at_ms: now,
-                        revoked_at_ms: None,
-                    }),
-                },
+        let doc_id = DeviceDoc::doc_id(tenant, device);
+        let enrolled = |c: &Versioned<DeviceDoc>| {
+            AdminError::AlreadyExists(format!(
+                "device {device} is already enrolled (for {}); revoke it first",
+                c.doc.employee
+            ))
+        };
+        let base = self.docs.get::<DeviceDoc>(Kind::Device, &doc_id).await?;
+        if let Some(c) = base.as_ref().filter(|c| c.doc.is_active()) {
+            return Err(enrolled(c));
+        }
+        let version = base.map_or(1, |c| c.doc.key_version + 1);
+        let intent = self
+            .intend(
+                actor,
+                tenant,
+                "device.enroll",
+                device.as_str(),
+                serde_json::json!({"employee": employee, "key_version": version}),
             )
             .await?;
-        let version = written.doc.key_version;
-        self.record(
-            actor,
-            tenant,
-            "device.enroll",
-            device.as_str(),
-            serde_json::json!({"employee": employee, "key_version": version}),
-        )
-        .await?;
+        let now = now_ms();
+        let outcome = self
+            .docs
+            .modify::<DeviceDoc, AdminError, _>(Kind::Device, &doc_id, |current| match current {
+                Some(c) if c.doc.is_active() => Err(enrolled(&c)),
+                current if current.as_ref().map_or(1, |c| c.doc.key_version + 1) != version => Err(
+                    AdminError::Conflict(format!("device {device} changed meanwhile; try again")),
+                ),
+                _ => Ok(DeviceDoc {
+                    tenant: tenant.clone(),
+                    device: device.clone(),
+                    employee: employee.clone(),
+                    key_version: version,
+                    enrolled_at_ms: now,
+                    revoked_at_ms: None,
+                }),
+            })
+            .await;
+        self.settle(actor, tenant, intent, outcome).await?;
         let key = self.master.device_key(tenant, employee, device, version);
         Ok(Enrollment {
             tenant: tenant.clone(),
@@ -431,42 +663,56 @@ impl Admin {
         device: &DeviceId,
     ) -> Result<DeviceDoc, AdminError> {
         self.authorize(actor, tenant, Needs::Administer)?;
-        let now = now_ms();
-        let written = self
+        let doc_id = DeviceDoc::doc_id(tenant, device);
+        let not_enrolled = || AdminError::NotFound(format!("device {device} is not enrolled"));
+        let through = self
             .docs
-            .modify::<DeviceDoc, AdminError, _>(
-                Kind::Device,
-                &DeviceDoc::doc_id(tenant, device),
-                |current| {
-                    let mut doc = current
-                        .ok_or_else(|| {
-                            AdminError::NotFound(format!("device {device} is not enrolled"))
-                        })?
-                        .doc;
-                    doc.revoked_at_ms.get_or_insert(now);
-                    Ok(doc)
-                },
+            .get::<DeviceDoc>(Kind::Device, &doc_id)
+            .await?
+            .ok_or_else(not_enrolled)?
+            .doc
+            .key_version;
+        let intent = self
+            .intend(
+                actor,
+                tenant,
+                "device.revoke",
+                device.as_str(),
+                serde_json::json!({"through_key_version": through}),
             )
             .await?;
-        // Then the list ingest reads. If this fails, running the revocation
-        // again completes it (both steps are idempotent).
-        let through = written.doc.key_version;
-        self.docs
-            .modify::<Revocations, AdminError, _>(Kind::Revocations, tenant.as_str(), |current| {
-                let mut doc = current.map(|c| c.doc).unwrap_or_default();
-                doc.revoke(device, through);
-                Ok(doc)
-            })
-            .await?;
-        self.record(
-            actor,
-            tenant,
-            "device.revoke",
-            device.as_str(),
-            serde_json::json!({"through_key_version": through}),
-        )
-        .await?;
-        Ok(written.doc)
+        let now = now_ms();
+        let outcome = async {
+            let written = self
+                .docs
+                .modify::<DeviceDoc, AdminError, _>(Kind::Device, &doc_id, |current| {
+                    let mut doc = current.ok_or_else(not_enrolled)?.doc;
+                    if doc.key_version != through {
+                        return Err(AdminError::Conflict(format!(
+                            "device {device} was enrolled again meanwhile; try again"
+                        )));
+                    }
+                    doc.revoked_at_ms.get_or_insert(now);
+                    Ok(doc)
+                })
+                .await?;
+            // Then the list ingest reads. If this fails, running the
+            // revocation again completes it (both steps are idempotent).
+            self.docs
+                .modify::<Revocations, AdminError, _>(
+                    Kind::Revocations,
+                    tenant.as_str(),
+                    |current| {
+                        let mut doc = current.map(|c| c.doc).unwrap_or_default();
+                        doc.revoke(device, through);
+                        Ok(doc)
+                    },
+                )
+                .await?;
+            Ok(written.doc)
+        }
+        .await;
+        self.settle(actor, tenant, intent, outcome).await
     }
 
     pub async fn create_token(
@@ -516,6 +762,21 @@ impl Admin {
             return Err(AdminError::Invalid("expires_at_ms is in the past".into()));
         }
         self.active_tenant(tenant).await?;
+        let full = || {
+            AdminError::Invalid(format!(
+                "tenant {tenant} has {MAX_TOKENS} tokens; revoke some first"
+            ))
+        };
+        let mut base = self
+            .docs
+            .get::<TokensDoc>(Kind::Tokens, tenant.as_str())
+            .await?
+            .map(|c| c.doc)
+            .unwrap_or_default();
+        base.prune(now);
+        if base.tokens.len() >= MAX_TOKENS {
+            return Err(full());
+        }
         let (token, sha256) = tokens::mint(tenant);
         let record = TokenRecord {
             id: sha256[..16].to_string(),
@@ -528,27 +789,28 @@ impl Admin {
             expires_at_ms: request.expires_at_ms,
             revoked_at_ms: None,
         };
-        self.docs
+        let intent = self
+            .intend(
+                actor,
+                tenant,
+                "token.create",
+                &record.id,
+                serde_json::json!({"role": record.role, "name": record.name, "employee": record.employee, "expires_at_ms": record.expires_at_ms}),
+            )
+            .await?;
+        let outcome = self
+            .docs
             .modify::<TokensDoc, AdminError, _>(Kind::Tokens, tenant.as_str(), |current| {
                 let mut doc = current.map(|c| c.doc).unwrap_or_default();
                 doc.prune(now);
                 if doc.tokens.len() >= MAX_TOKENS {
-                    return Err(AdminError::Invalid(format!(
-                        "tenant {tenant} has {MAX_TOKENS} tokens; revoke some first"
-                    )));
+                    return Err(full());
                 }
                 doc.tokens.push(record.clone());
                 Ok(doc)
             })
-            .await?;
-        self.record(
-            actor,
-            tenant,
-            "token.create",
-            &record.id,
-            serde_json::json!({"role": record.role, "name": record.name, "employee": record.employee, "expires_at_ms": record.expires_at_ms}),
-        )
-        .await?;
+            .await;
+        self.settle(actor, tenant, intent, outcome).await?;
         Ok(CreatedToken { token, record })
     }
 
@@ -582,35 +844,54 @@ impl Admin {
         token_id: &str,
     ) -> Result<TokenRecord, AdminError> {
         self.authorize(actor, tenant, Needs::Administer)?;
+        let find = |doc: &TokensDoc| -> Result<TokenRecord, AdminError> {
+            let token = doc
+                .tokens
+                .iter()
+                .find(|t| t.id == token_id)
+                .ok_or_else(|| AdminError::NotFound(format!("no token {token_id}")))?;
+            if token.role == Role::Owner && actor.role.is_some_and(|r| r != Role::Owner) {
+                return Err(AdminError::Forbidden(
+                    "only an owner revokes owner tokens".into(),
+                ));
+            }
+            Ok(token.clone())
+        };
+        let base = self
+            .docs
+            .get::<TokensDoc>(Kind::Tokens, tenant.as_str())
+            .await?
+            .map(|c| c.doc)
+            .unwrap_or_default();
+        let role = find(&base)?.role;
+        let intent = self
+            .intend(
+                actor,
+                tenant,
+                "token.revoke",
+                token_id,
+                serde_json::json!({"role": role}),
+            )
+            .await?;
         let now = now_ms();
         let mut revoked = None;
-        self.docs
+        let outcome = self
+            .docs
             .modify::<TokensDoc, AdminError, _>(Kind::Tokens, tenant.as_str(), |current| {
                 let mut doc = current.map(|c| c.doc).unwrap_or_default();
+                find(&doc)?;
                 let token = doc
                     .tokens
                     .iter_mut()
                     .find(|t| t.id == token_id)
-                    .ok_or_else(|| AdminError::NotFound(format!("no token {token_id}")))?;
-                if token.role == Role::Owner && actor.role.is_some_and(|r| r != Role::Owner) {
-                    return Err(AdminError::Forbidden(
-                        "only an owner revokes owner tokens".into(),
-                    ));
-                }
+                    .expect("found above");
                 token.revoked_at_ms.get_or_insert(now);
                 revoked = Some(token.clone());
                 Ok(doc)
             })
-            .await?;
+            .await;
+        self.settle(actor, tenant, intent, outcome).await?;
         let mut revoked = revoked.expect("set when the change was written");
-        self.record(
-            actor,
-            tenant,
-            "token.revoke",
-            token_id,
-            serde_json::json!({"role": revoked.role}),
-        )
-        .await?;
         revoked.sha256.clear();
         Ok(revoked)
     }
@@ -618,16 +899,26 @@ impl Admin {
     /// Adds a key version; new data is sealed with it, old data stays readable.
     pub async fn rotate_keys(&self, actor: &Actor, tenant: &TenantId) -> Result<u32, AdminError> {
         self.authorize(actor, tenant, Needs::Owner)?;
-        let version = keyring::rotate(&self.docs, &self.master, tenant, now_ms()).await?;
-        self.record(
-            actor,
-            tenant,
-            "keys.rotate",
-            tenant.as_str(),
-            serde_json::json!({"current": version}),
-        )
-        .await?;
-        Ok(version)
+        let from = self
+            .docs
+            .get::<keyring::KeyringDoc>(Kind::Keyring, tenant.as_str())
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("tenant {tenant} has no keys")))?
+            .doc
+            .current;
+        let intent = self
+            .intend(
+                actor,
+                tenant,
+                "keys.rotate",
+                tenant.as_str(),
+                serde_json::json!({"from": from}),
+            )
+            .await?;
+        let outcome = keyring::rotate(&self.docs, &self.master, tenant, now_ms())
+            .await
+            .map_err(AdminError::from);
+        self.settle(actor, tenant, intent, outcome).await
     }
 
     /// Destroys every key seed of a tenant (crypto-shredding; operator only).
@@ -637,15 +928,24 @@ impl Admin {
         tenant: &TenantId,
     ) -> Result<usize, AdminError> {
         self.authorize(actor, tenant, Needs::Operator)?;
-        let deleted = keyring::destroy(&self.docs, tenant).await?;
-        self.record(
-            actor,
-            tenant,
-            "keys.destroy",
-            tenant.as_str(),
-            serde_json::json!({"keyring_versions_deleted": deleted}),
-        )
-        .await?;
-        Ok(deleted)
+        let versions = self
+            .docs
+            .get::<keyring::KeyringDoc>(Kind::Keyring, tenant.as_str())
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("tenant {tenant} has no keys")))?
+            .version;
+        let intent = self
+            .intend(
+                actor,
+                tenant,
+                "keys.destroy",
+                tenant.as_str(),
+                serde_json::json!({"keyring_versions": versions}),
+            )
+            .await?;
+        let outcome = keyring::destroy(&self.docs, tenant)
+            .await
+            .map_err(AdminError::from);
+        self.settle(actor, tenant, intent, outcome).await
     }
 }

@@ -10,10 +10,31 @@
 //! two nodes appending at once never overwrite each other: the loser rereads
 //! the head and appends after it.
 //!
-//! A `head.json` object next to the entries records the last sequence number
-//! written (also MACed), so that cutting entries off the end is found too.
-//! It is rewritten after every append; it may briefly lag behind the last
-//! entry, never run ahead of it.
+//! The end of the chain is anchored by its head: after entry `n` is written,
+//! `head-<n, 20 digits>.json` is created next to it (create-if-absent, so a
+//! head never moves backwards, and the one before it is deleted), holding
+//! `n` and a MAC over the tenant, `n` and entry `n`'s MAC. Verification reads
+//! the head before it lists the entries and reports, besides edited,
+//! reordered and missing entries:
+//!
+//! - entries cut off the end (the head names an entry that is gone);
+//! - a head that is missing while entries exist, or that is older than the
+//!   last entry (an older head put back), once a short wait rules out an
+//!   append in flight;
+//! - a head whose MAC does not verify (forged without the master secret);
+//! - a chain that ends before, or differs from, an entry this process
+//!   appended or verified earlier, or a checkpoint the caller kept from an
+//!   earlier verification ([`Checkpoint`]).
+//!
+//! What the store alone cannot show: someone who deletes the last entries
+//! *and* puts back the head that was current when the chain ended there
+//! leaves exactly a state the chain really was in. That is found only by an
+//! anchor kept elsewhere: a checkpoint from an earlier `verify` (the
+//! `candor audit verify --checkpoint` file), a node that appended later
+//! entries (its next entry leaves a gap, and its own verification refers to
+//! what it wrote), or the documents whose changes those entries recorded.
+//! An append interrupted between its entry and its head (a crash) also
+//! shows as a head behind the last entry, until the next append moves it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +50,16 @@ use tokio::sync::Mutex;
 pub const AUDIT_PREFIX: &str = "_audit";
 /// Largest entry read back; entries are small.
 pub const MAX_ENTRY_BYTES: u64 = 64 * 1024;
-const HEAD: &str = "head.json";
+/// The head of chains written before heads were versioned; still read.
+const LEGACY_HEAD: &str = "head.json";
+const HEAD_PREFIX: &str = "head-";
+/// How long verification waits for an append in flight to move the head
+/// before it reports a head that lags behind the last entry.
+const HEAD_SETTLE: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_millis(500),
+];
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const APPEND_ATTEMPTS: usize = 64;
 
@@ -87,6 +117,23 @@ pub enum Finding {
     Truncated { last: u64, head: u64 },
     /// The object cannot be read as an entry.
     Unreadable { seq: u64, reason: String },
+    /// Entries up to `last` exist but no head does: it was deleted (or the
+    /// very first append was interrupted before it wrote one).
+    HeadMissing { last: u64 },
+    /// The head says `head`, but the chain goes on to `last`: an older head
+    /// was put back (or an append was interrupted before it moved the head;
+    /// the next append does).
+    HeadBehind { head: u64, last: u64 },
+    /// The head's MAC does not verify: it was not written with the master
+    /// secret.
+    HeadForged { seq: u64 },
+    /// The chain ends at `last`, though entry `seen` was seen before (by this
+    /// process, or in the checkpoint given): entries were cut off the end and
+    /// the head rolled back with them.
+    RolledBack { last: u64, seen: u64 },
+    /// Entry `seq` is not the entry seen there before: the chain was cut and
+    /// written again from there.
+    Diverged { seq: u64 },
 }
 
 impl std::fmt::Display for Finding {
@@ -99,6 +146,28 @@ impl std::fmt::Display for Finding {
                 write!(f, "entries {}..={head} were cut off the end", last + 1)
             }
             Finding::Unreadable { seq, reason } => write!(f, "entry {seq} is unreadable: {reason}"),
+            Finding::HeadMissing { last } => write!(
+                f,
+                "the head is missing though entries 1..={last} exist: it was deleted \
+                 (or the first append was interrupted)"
+            ),
+            Finding::HeadBehind { head, last } => write!(
+                f,
+                "the head says {head} but entries go on to {last}: an older head was put back \
+                 (or an append was interrupted before it moved the head)"
+            ),
+            Finding::HeadForged { seq } => {
+                write!(f, "the head (entry {seq}) does not verify: it was forged")
+            }
+            Finding::RolledBack { last, seen } => write!(
+                f,
+                "the chain ends at {last} but entry {seen} was seen before: \
+                 entries were cut off the end and the head rolled back"
+            ),
+            Finding::Diverged { seq } => write!(
+                f,
+                "entry {seq} is not the one seen before: the chain was cut and rewritten"
+            ),
         }
     }
 }
@@ -109,6 +178,44 @@ pub struct Verification {
     /// Entries that verified, in order, before the first finding.
     pub verified: u64,
     pub first_problem: Option<Finding>,
+    /// The last entry that verified: keep it (somewhere the store's writers
+    /// cannot reach) and pass it to the next [`AuditLog::verify_against`],
+    /// which then also finds a chain cut back before it.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl Verification {
+    pub fn is_intact(&self) -> bool {
+        self.first_problem.is_none()
+    }
+}
+
+/// An entry of a chain as a verification saw it: its sequence number and MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub tenant: TenantId,
+    pub seq: u64,
+    pub mac: String,
+}
+
+/// What the head objects of a chain say.
+enum HeadState {
+    Absent,
+    /// The newest head (highest sequence number).
+    Present(Head),
+    /// A head object that is not a head, named for this sequence number.
+    Unreadable(u64),
+}
+
+impl HeadState {
+    fn seq(&self) -> Option<u64> {
+        match self {
+            HeadState::Absent => None,
+            HeadState::Present(h) => Some(h.seq),
+            HeadState::Unreadable(seq) => Some(*seq),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +237,9 @@ pub struct AuditLog {
     /// within the node, appends of different tenants do not wait for each
     /// other.
     heads: std::sync::Mutex<HashMap<TenantId, Arc<Mutex<KnownHead>>>>,
+    /// Per tenant, the newest entry this process appended or verified: a
+    /// chain that later ends before it, or differs there, was cut.
+    anchors: std::sync::Mutex<HashMap<TenantId, Checkpoint>>,
 }
 
 /// A tenant's last known head entry (seq, mac), if this node knows it.
@@ -146,7 +256,29 @@ impl AuditLog {
             root: prefix.clone().join(AUDIT_PREFIX),
             master,
             heads: std::sync::Mutex::new(HashMap::new()),
+            anchors: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Remembers an entry as seen, unless a later one already is.
+    fn anchor(&self, tenant: &TenantId, seq: u64, mac: &str) {
+        let mut anchors = self.anchors.lock().expect("audit anchors lock");
+        let newer = anchors.get(tenant).is_some_and(|a| a.seq >= seq);
+        if !newer {
+            anchors.insert(
+                tenant.clone(),
+                Checkpoint {
+                    tenant: tenant.clone(),
+                    seq,
+                    mac: mac.to_string(),
+                },
+            );
+        }
+    }
+
+    fn head_path(&self, tenant: &TenantId, seq: u64) -> Path {
+        self.dir(tenant)
+            .join(format!("{HEAD_PREFIX}{seq:020}.json"))
     }
 
     fn dir(&self, tenant: &TenantId) -> Path {
@@ -280,6 +412,7 @@ impl AuditLog {
             match put {
                 Ok(_) => {
                     *cached = Some((entry.seq, entry.mac.clone()));
+                    self.anchor(tenant, entry.seq, &entry.mac);
                     self.write_head(tenant, entry.seq, &entry.mac).await?;
                     return Ok(entry);
                 }
@@ -299,33 +432,90 @@ impl AuditLog {
         Err(AuditError::Contended(tenant.clone()))
     }
 
+    /// Creates the head for entry `seq` (never replacing one: a head only
+    /// moves forward), then deletes the one before it.
     async fn write_head(&self, tenant: &TenantId, seq: u64, mac: &str) -> Result<(), AuditError> {
         let head = Head {
             seq,
             mac: self.head_mac(tenant, seq, mac),
         };
-        let path = self.dir(tenant).join(HEAD);
-        // Never move the head backwards past a concurrent writer's.
-        if let Some(stored) = self.read_head(tenant).await
-            && stored.seq >= seq
-        {
-            return Ok(());
-        }
-        self.store
-            .put(
-                &path,
-                serde_json::to_vec(&head).expect("heads serialize").into(),
+        let body = serde_json::to_vec(&head).expect("heads serialize");
+        match self
+            .store
+            .put_opts(
+                &self.head_path(tenant, seq),
+                body.into(),
+                PutOptions::from(PutMode::Create),
             )
-            .await?;
+            .await
+        {
+            Ok(_)
+            | Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if seq > 1 {
+            match self.store.delete(&self.head_path(tenant, seq - 1)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                // A head left behind is harmless: the newest one counts.
+                Err(e) => tracing::debug!(%tenant, error = %e, "could not delete an older head"),
+            }
+        }
         Ok(())
     }
 
-    async fn read_head(&self, tenant: &TenantId) -> Option<Head> {
-        let got = self.store.get(&self.dir(tenant).join(HEAD)).await.ok()?;
-        if got.meta.size > MAX_ENTRY_BYTES {
-            return None;
+    /// The newest head of a tenant's chain.
+    async fn read_head(&self, tenant: &TenantId) -> Result<HeadState, AuditError> {
+        let dir = self.dir(tenant);
+        let mut attempts = 0;
+        loop {
+            let listed: Vec<_> = self
+                .store
+                .list_with_offset(Some(&dir), &dir.clone().join(HEAD_PREFIX))
+                .try_collect()
+                .await?;
+            let mut newest: Option<(u64, Path)> = None;
+            for meta in &listed {
+                let Some(name) = meta.location.filename() else {
+                    continue;
+                };
+                // The legacy head's number is inside; it ranks below any other.
+                let seq = if name == LEGACY_HEAD {
+                    Some(0)
+                } else {
+                    name.strip_prefix(HEAD_PREFIX)
+                        .and_then(|n| n.strip_suffix(".json"))
+                        .and_then(|n| n.parse::<u64>().ok())
+                };
+                if let Some(seq) = seq
+                    && newest.as_ref().is_none_or(|(s, _)| seq >= *s)
+                {
+                    newest = Some((seq, meta.location.clone()));
+                }
+            }
+            let Some((named, path)) = newest else {
+                return Ok(HeadState::Absent);
+            };
+            let got = match self.store.get(&path).await {
+                Ok(got) => got,
+                // Deleted since the listing: an append moved the head on.
+                Err(object_store::Error::NotFound { .. }) if attempts < 3 => {
+                    attempts += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if got.meta.size > MAX_ENTRY_BYTES {
+                return Ok(HeadState::Unreadable(named));
+            }
+            let bytes = got.bytes().await?;
+            return Ok(match serde_json::from_slice::<Head>(&bytes) {
+                Ok(head) if named == 0 || head.seq == named => HeadState::Present(head),
+                _ => HeadState::Unreadable(named),
+            });
         }
-        serde_json::from_slice(&got.bytes().await.ok()?).ok()
     }
 
     /// Every entry of a tenant, in order, stopping at the first unreadable one.
@@ -340,53 +530,112 @@ impl AuditLog {
         Ok(out)
     }
 
-    /// Walks the chain and reports the first entry that does not verify.
+    /// Walks the chain and reports the first entry that does not verify,
+    /// or a head that shows the end was cut (see the module's notes).
     pub async fn verify(&self, tenant: &TenantId) -> Result<Verification, AuditError> {
+        self.verify_against(tenant, None).await
+    }
+
+    /// [`verify`](Self::verify), and also finds a chain that ends before, or
+    /// differs from, `checkpoint` (from an earlier verification).
+    pub async fn verify_against(
+        &self,
+        tenant: &TenantId,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<Verification, AuditError> {
+        // What was seen before, then the head, then the entries: whatever
+        // is appended meanwhile only adds entries after what was read first.
+        let mut anchors: Vec<Checkpoint> = checkpoint.cloned().into_iter().collect();
+        let remembered = self
+            .anchors
+            .lock()
+            .expect("audit anchors lock")
+            .get(tenant)
+            .cloned();
+        anchors.extend(remembered);
+        let head = self.read_head(tenant).await?;
         let seqs = self.seqs_after(tenant, 0).await?;
+        let mut macs: Vec<String> = Vec::with_capacity(seqs.len());
         let mut prev = GENESIS.to_string();
-        let mut verified = 0;
-        let done = |verified, finding| {
+        let done = |verified: u64, finding: Option<Finding>, macs: &[String]| {
+            let checkpoint = (verified > 0).then(|| Checkpoint {
+                tenant: tenant.clone(),
+                seq: verified,
+                mac: macs[verified as usize - 1].clone(),
+            });
             Ok(Verification {
                 tenant: tenant.clone(),
                 verified,
                 first_problem: finding,
+                checkpoint,
             })
         };
         for (i, &seq) in seqs.iter().enumerate() {
-            let expected = i as u64 + 1;
+            let verified = i as u64;
+            let expected = verified + 1;
             if seq != expected {
-                return done(verified, Some(Finding::Missing { seq: expected }));
+                return done(verified, Some(Finding::Missing { seq: expected }), &macs);
             }
             let entry = match self.read(tenant, seq).await {
                 Ok(entry) => entry,
-                Err(finding) => return done(verified, Some(finding)),
+                Err(finding) => return done(verified, Some(finding), &macs),
             };
             if &entry.tenant != tenant || self.mac(&entry) != entry.mac {
-                return done(verified, Some(Finding::Edited { seq }));
+                return done(verified, Some(Finding::Edited { seq }), &macs);
             }
             if entry.seq != seq || entry.prev != prev {
-                return done(verified, Some(Finding::Reordered { seq }));
+                return done(verified, Some(Finding::Reordered { seq }), &macs);
             }
-            prev = entry.mac;
-            verified += 1;
+            prev = entry.mac.clone();
+            macs.push(entry.mac);
         }
-        if let Some(head) = self.read_head(tenant).await {
-            let last = seqs.len() as u64;
-            // A head we cannot authenticate proves nothing either way; one
-            // that verifies and points past the end proves a cut.
-            if head.seq > last {
-                return done(
-                    verified,
-                    Some(Finding::Truncated {
-                        last,
-                        head: head.seq,
-                    }),
-                );
+        let last = macs.len() as u64;
+        // A head that points past the end proves a cut (a head is written
+        // only after its entry, and was read before the entries were).
+        if let Some(at) = head.seq()
+            && at > last
+        {
+            return done(last, Some(Finding::Truncated { last, head: at }), &macs);
+        }
+        for anchor in &anchors {
+            if anchor.seq > last {
+                let seen = anchor.seq;
+                return done(last, Some(Finding::RolledBack { last, seen }), &macs);
             }
-            if head.seq == last && last > 0 && head.mac != self.head_mac(tenant, last, &prev) {
-                return done(verified, Some(Finding::Edited { seq: last }));
+            if anchor.seq > 0 && macs[anchor.seq as usize - 1] != anchor.mac {
+                let seq = anchor.seq;
+                return done(seq - 1, Some(Finding::Diverged { seq }), &macs);
             }
         }
-        done(verified, None)
+        if last == 0 {
+            return done(0, None, &macs);
+        }
+        // A head missing or behind the last entry: an append in flight moves
+        // it within moments; one that stays so was deleted or rolled back.
+        let mut head = head;
+        for pause in HEAD_SETTLE {
+            if head.seq().is_some_and(|at| at >= last) {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            head = self.read_head(tenant).await?;
+        }
+        match head {
+            HeadState::Absent => done(last, Some(Finding::HeadMissing { last }), &macs),
+            HeadState::Unreadable(seq) => done(last, Some(Finding::HeadForged { seq }), &macs),
+            HeadState::Present(h) if h.seq > last => {
+                done(last, Some(Finding::Truncated { last, head: h.seq }), &macs)
+            }
+            HeadState::Present(h) if h.seq < last => {
+                done(last, Some(Finding::HeadBehind { head: h.seq, last }), &macs)
+            }
+            HeadState::Present(h) => {
+                if h.seq == 0 || h.mac != self.head_mac(tenant, h.seq, &macs[h.seq as usize - 1]) {
+                    return done(last, Some(Finding::HeadForged { seq: h.seq }), &macs);
+                }
+                self.anchor(tenant, last, &macs[last as usize - 1]);
+                done(last, None, &macs)
+            }
+        }
     }
 }

@@ -48,10 +48,33 @@ impl AuthError {
     }
 }
 
+/// The caller a token stands for. Every token of a cancelled tenant is
+/// refused (`TenantInactive`).
 pub async fn authenticate(
     cache: &ControlCache,
     token: &str,
     now_ms: i64,
+) -> Result<Principal, AuthError> {
+    authenticate_with(cache, token, now_ms, false).await
+}
+
+/// Like [`authenticate`], except that an owner token of a cancelled tenant
+/// is let through: for the few routes an owner needs to see the tenant and
+/// undo the cancellation within its grace period. Other roles of a
+/// cancelled tenant are refused as by [`authenticate`].
+pub async fn authenticate_owner_of_cancelled(
+    cache: &ControlCache,
+    token: &str,
+    now_ms: i64,
+) -> Result<Principal, AuthError> {
+    authenticate_with(cache, token, now_ms, true).await
+}
+
+async fn authenticate_with(
+    cache: &ControlCache,
+    token: &str,
+    now_ms: i64,
+    cancelled_owner: bool,
 ) -> Result<Principal, AuthError> {
     let presented = tokens::parse(token).map_err(|_| AuthError::Malformed)?;
     let mut view = cache
@@ -76,7 +99,8 @@ pub async fn authenticate(
     if record.expires_at_ms.is_some_and(|e| e <= now_ms) {
         return Err(AuthError::Expired);
     }
-    if !view.tenant.doc.is_active() {
+    let let_through = cancelled_owner && record.role == Role::Owner;
+    if !(view.tenant.doc.is_active() || let_through) {
         return Err(AuthError::TenantInactive);
     }
     Ok(Principal {

@@ -233,6 +233,29 @@ impl DocumentStore {
         }
     }
 
+    /// Refuses a document too large for its kind, as a write would, before
+    /// anything is written.
+    pub fn check_size<T: Serialize>(
+        &self,
+        kind: Kind,
+        id: &str,
+        doc: &T,
+    ) -> Result<(), DocumentError> {
+        let path = self.path(kind, id, 0);
+        let body = serde_json::to_vec_pretty(doc).map_err(|e| DocumentError::Malformed {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
+        if body.len() as u64 > kind.max_bytes() {
+            return Err(DocumentError::TooLarge {
+                path: self.dir(kind, id).to_string(),
+                size: body.len() as u64,
+                max: kind.max_bytes(),
+            });
+        }
+        Ok(())
+    }
+
     async fn put_version<T: Serialize>(
         &self,
         kind: Kind,

@@ -10,7 +10,8 @@
 //! wins and the other gets a conflict it can retry. No secret is stored in
 //! clear: keys derive from the master secret and per-tenant seeds that are
 //! stored wrapped (`keyring`), and tokens are stored as hashes (`tokens`).
-//! Every change is written to the tenant's hash-chained audit log (`audit`).
+//! Every change is written to the tenant's hash-chained audit log (`audit`)
+//! before it is made: a change that cannot be audited is not made (`admin`).
 
 pub mod admin;
 pub mod audit;
@@ -26,8 +27,8 @@ pub mod testkit;
 pub mod tokens;
 
 pub use admin::{Actor, Admin, AdminError, CreatedToken, Enrollment, TokenRequest};
-pub use audit::{AuditEntry, AuditError, AuditEvent, AuditLog, Finding, Verification};
-pub use auth::{AuthError, Principal, authenticate};
+pub use audit::{AuditEntry, AuditError, AuditEvent, AuditLog, Checkpoint, Finding, Verification};
+pub use auth::{AuthError, Principal, authenticate, authenticate_owner_of_cancelled};
 pub use cache::{CacheConfig, CacheError, ControlCache, Readiness, TenantView};
 pub use devices::{DeviceDoc, Revocations};
 pub use directory::{Directory, Member};

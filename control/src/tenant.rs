@@ -286,7 +286,10 @@ pub struct Tenant {
     /// deployment's lake when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lake_url: Option<String>,
-    /// Set when the tenant cancelled; its data is purged after a grace period.
+    /// When the tenant was cancelled, by the server's clock: set only by
+    /// [`crate::Admin::cancel_tenant`] (owner or operator) and cleared by
+    /// [`crate::Admin::reinstate_tenant`], never by replacing the document.
+    /// Its lake is purged once the grace period after it is over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancelled_at_ms: Option<i64>,
 }

@@ -525,7 +525,9 @@ async fn concurrent_admins_lose_nothing(store: TestStore) {
         t.await.unwrap().unwrap();
     }
 
-    // Every change has exactly one audit entry and each chain verifies.
+    // Every change has exactly one audit entry, written before it, and each
+    // chain verifies. An enrollment that lost the race after its entry was
+    // written is followed by `device.enroll.failed`.
     let audit = nodes[0].audit_log();
     let check = audit.verify(&globex).await.unwrap();
     assert_eq!(check.first_problem, None);
@@ -546,28 +548,51 @@ async fn concurrent_admins_lose_nothing(store: TestStore) {
     assert_eq!(
         (
             count("tenant.create"),
-            count("device.enroll"),
-            count("token.create")
+            count("device.enroll") - count("device.enroll.failed"),
+            count("token.create"),
+            count("token.create.failed"),
         ),
-        (1, 1, 20)
+        (1, 1, 20, 0)
     );
+    // Each failed one names the entry it undoes, an enrollment, whose
+    // device document was never written by it.
+    for failed in entries
+        .iter()
+        .filter(|e| e.event.action == "device.enroll.failed")
+    {
+        let intent = failed.event.detail["intent_seq"].as_u64().unwrap();
+        assert_eq!(entries[intent as usize - 1].event.action, "device.enroll");
+    }
 }
 
 async fn audit_chain_shows_tampering(store: TestStore) {
     let admin = admin_on(&store);
     let acme = new_tenant(&admin, "acme").await;
     let op = Actor::operator();
+    let raw = store.raw();
+    let head_path = |seq: u64| {
+        TestStore::prefix()
+            .join("_audit")
+            .join("acme")
+            .join(format!("head-{seq:020}.json"))
+    };
+    let mut head4 = None;
     for i in 0..4 {
         admin
             .create_token(&op, &acme, &request(&format!("t{i}"), Role::Ai, None))
             .await
             .unwrap();
+        if i == 2 {
+            // The head as it was after entry 4, kept by someone with write
+            // access to the bucket.
+            head4 = Some(raw.get(&head_path(4)).await.unwrap().bytes().await.unwrap());
+        }
     }
+    let head4 = head4.unwrap();
     let audit = admin.audit_log();
     let ok = audit.verify(&acme).await.unwrap();
     assert_eq!((ok.verified, ok.first_problem.clone()), (5, None));
 
-    let raw = store.raw();
     let path = |seq: u64| {
         TestStore::prefix()
             .join("_audit")
@@ -634,6 +659,104 @@ async fn audit_chain_shows_tampering(store: TestStore) {
     assert_eq!(
         first(forger.verify(&acme).await.unwrap()),
         Some(Finding::Edited { seq: 1 })
+    );
+
+    // The head: one per chain, the older one deleted as it moves on.
+    let heads: Vec<_> = raw
+        .list(Some(&TestStore::prefix().join("_audit").join("acme")))
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.location.filename().unwrap().starts_with("head"))
+        .map(|m| m.location)
+        .collect();
+    assert_eq!(heads, [head_path(5)]);
+    let head5 = read(head_path(5)).await;
+    // Deleted while entries exist.
+    raw.delete(&head_path(5)).await.unwrap();
+    assert_eq!(
+        first(audit.verify(&acme).await.unwrap()),
+        Some(Finding::HeadMissing { last: 5 })
+    );
+    // An older head put back.
+    raw.put(&head_path(4), head4.clone().into()).await.unwrap();
+    assert_eq!(
+        first(audit.verify(&acme).await.unwrap()),
+        Some(Finding::HeadBehind { head: 4, last: 5 })
+    );
+    raw.delete(&head_path(4)).await.unwrap();
+    // A head made without the master secret.
+    let forged = serde_json::json!({"seq": 5, "mac": "ab".repeat(32)});
+    raw.put(&head_path(5), serde_json::to_vec(&forged).unwrap().into())
+        .await
+        .unwrap();
+    assert_eq!(
+        first(audit.verify(&acme).await.unwrap()),
+        Some(Finding::HeadForged { seq: 5 })
+    );
+    raw.put(&head_path(5), head5.clone().into()).await.unwrap();
+    let checkpoint = AuditLog::new(raw.clone(), &TestStore::prefix(), master())
+        .verify(&acme)
+        .await
+        .unwrap()
+        .checkpoint
+        .unwrap();
+    assert_eq!(checkpoint.seq, 5);
+
+    // The last entry cut AND the head rolled back with it: the store holds
+    // exactly the chain as it was after entry 4, so a verifier that knows
+    // nothing else finds nothing...
+    raw.delete(&path(5)).await.unwrap();
+    raw.delete(&head_path(5)).await.unwrap();
+    raw.put(&head_path(4), head4.clone().into()).await.unwrap();
+    let stranger = AuditLog::new(raw.clone(), &TestStore::prefix(), master());
+    assert_eq!(first(stranger.verify(&acme).await.unwrap()), None);
+    // ...but a checkpoint kept from an earlier verification shows it,
+    assert_eq!(
+        first(
+            stranger
+                .verify_against(&acme, Some(&checkpoint))
+                .await
+                .unwrap()
+        ),
+        Some(Finding::RolledBack { last: 4, seen: 5 })
+    );
+    // and so does the node that wrote entry 5.
+    assert_eq!(
+        first(audit.verify(&acme).await.unwrap()),
+        Some(Finding::RolledBack { last: 4, seen: 5 })
+    );
+    // Entries appended after the cut make a chain that verifies alone, but
+    // not against what was seen before.
+    let event = candor_control::AuditEvent {
+        actor: "x".into(),
+        role: "operator".into(),
+        action: "tenant.update".into(),
+        target: "acme".into(),
+        source: "cli".into(),
+        detail: serde_json::Value::Null,
+    };
+    stranger.append(&acme, event, now_ms()).await.unwrap();
+    assert_eq!(first(stranger.verify(&acme).await.unwrap()), None);
+    assert_eq!(
+        first(
+            stranger
+                .verify_against(&acme, Some(&checkpoint))
+                .await
+                .unwrap()
+        ),
+        Some(Finding::Diverged { seq: 5 })
+    );
+    // And the node that knew entry 5 appends after it, which breaks the
+    // chain for everyone.
+    admin
+        .create_token(&op, &acme, &request("late", Role::Ai, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        first(stranger.verify(&acme).await.unwrap()),
+        Some(Finding::Reordered { seq: 6 })
     );
 }
 
@@ -720,7 +843,258 @@ async fn bad_documents_change_nothing(store: TestStore) {
     assert!(err.to_string().contains("not valid"), "{err}");
 }
 
+/// Every object of the store, with its content.
+async fn snapshot(raw: &Arc<dyn ObjectStore>) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let listed: Vec<_> = raw.list(None).try_collect().await.unwrap();
+    for meta in listed {
+        let bytes = raw
+            .get(&meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        out.push((meta.location.to_string(), bytes.to_vec()));
+    }
+    out.sort();
+    out
+}
+
+/// The audit trail's store is cut off (a proxy in front of the S3 server):
+/// no admin change is applied, each is refused as `Audit`, and the control
+/// documents are byte for byte what they were. Once the trail is back, the
+/// same changes go through, each with its entry.
+async fn changes_that_cannot_be_audited_are_not_made(store: TestStore) {
+    let proxy =
+        candor_control::testkit::TcpProxy::start(&candor_control::testkit::s3_endpoint()).await;
+    let audit = AuditLog::new(
+        candor_control::testkit::s3_client(&proxy.endpoint(), "audit-cut"),
+        &TestStore::prefix(),
+        master(),
+    );
+    let admin = Admin::new(store.documents(), Arc::new(audit), master());
+    let acme = new_tenant(&admin, "acme").await;
+    let owner = token_actor(&acme, Role::Owner);
+    let (e1, d1) = (EmployeeId::new("e1").unwrap(), DeviceId::new("d1").unwrap());
+    admin.enroll_device(&owner, &acme, &e1, &d1).await.unwrap();
+    let mut directory = Directory::default();
+    directory.employees.insert(
+        e1.clone(),
+        Member {
+            department: "Sales".into(),
+            manages: Default::default(),
+        },
+    );
+    let mut tenant = admin.get_tenant(&owner, &acme).await.unwrap().doc;
+    tenant.extract_k = 7;
+
+    proxy.cut();
+    let before = snapshot(&store.raw()).await;
+    let refused = |what: &str, r: Result<(), AdminError>| match r {
+        Err(AdminError::Audit(_)) => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    refused(
+        "token",
+        admin
+            .create_token(&owner, &acme, &request("bi", Role::Analyst, None))
+            .await
+            .map(drop),
+    );
+    refused(
+        "directory",
+        admin
+            .load_directory(&owner, &acme, &directory, None)
+            .await
+            .map(drop),
+    );
+    refused(
+        "enroll",
+        admin
+            .enroll_device(&owner, &acme, &e1, &DeviceId::new("d2").unwrap())
+            .await
+            .map(drop),
+    );
+    refused(
+        "revoke",
+        admin.revoke_device(&owner, &acme, &d1).await.map(drop),
+    );
+    refused(
+        "tenant",
+        admin.update_tenant(&owner, &tenant, None).await.map(drop),
+    );
+    refused("cancel", admin.cancel_tenant(&owner, &acme).await.map(drop));
+    refused("rotate", admin.rotate_keys(&owner, &acme).await.map(drop));
+    refused(
+        "destroy",
+        admin
+            .destroy_keys(&Actor::operator(), &acme)
+            .await
+            .map(drop),
+    );
+    assert!(
+        snapshot(&store.raw()).await == before,
+        "a change was made though it could not be audited"
+    );
+    assert!(admin.list_tokens(&owner, &acme).await.unwrap().is_empty());
+    assert_eq!(admin.get_directory(&owner, &acme).await.unwrap().version, 0);
+
+    proxy.restore();
+    admin
+        .create_token(&owner, &acme, &request("bi", Role::Analyst, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        admin
+            .load_directory(&owner, &acme, &directory, None)
+            .await
+            .unwrap(),
+        1
+    );
+    let check = admin.audit_log().verify(&acme).await.unwrap();
+    assert_eq!(check.first_problem, None);
+    let actions: Vec<String> = admin
+        .audit_log()
+        .entries(&acme)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "tenant.create",
+            "device.enroll",
+            "token.create",
+            "directory.load"
+        ]
+    );
+}
+
+/// Cancellation is the owner's, stamped by the server, and reversible: an
+/// ordinary replacement of the tenant document cannot touch it (not even
+/// the operator's), an admin cannot cancel, an owner's cancellation is
+/// "now", its owners can still read the tenant and reinstate it, and
+/// other tokens stop working until then.
+async fn cancellation_is_the_owners_stamped_now_and_reversible(store: TestStore) {
+    let admin = admin_on(&store);
+    let acme = new_tenant(&admin, "acme").await;
+    let cache = cache_on(&store);
+    let op = Actor::operator();
+    let owner = admin
+        .create_token(&op, &acme, &request("owner", Role::Owner, None))
+        .await
+        .unwrap();
+    let ops = admin
+        .create_token(&op, &acme, &request("ops", Role::Admin, None))
+        .await
+        .unwrap();
+    let (owner_actor, admin_actor) = (
+        token_actor(&acme, Role::Owner),
+        token_actor(&acme, Role::Admin),
+    );
+
+    // A back-dated cancellation through the document is refused, for
+    // everyone, and changes nothing.
+    let mut doc = admin.get_tenant(&op, &acme).await.unwrap().doc;
+    doc.cancelled_at_ms = Some(1);
+    for actor in [&admin_actor, &owner_actor, &op] {
+        assert!(
+            matches!(
+                admin.update_tenant(actor, &doc, None).await,
+                Err(AdminError::CancellationIsSeparate { .. })
+            ),
+            "{actor:?}"
+        );
+    }
+    let mut cancelled = Tenant::new(tid("initech"), Plan::Free, "UTC");
+    cancelled.cancelled_at_ms = Some(1);
+    assert!(matches!(
+        admin.create_tenant(&op, &cancelled).await,
+        Err(AdminError::Invalid(_))
+    ));
+    // An admin may not cancel; other roles neither.
+    for role in [Role::Admin, Role::Hr, Role::Analyst] {
+        assert!(matches!(
+            admin.cancel_tenant(&token_actor(&acme, role), &acme).await,
+            Err(AdminError::Forbidden(_))
+        ));
+    }
+    let current = admin.get_tenant(&op, &acme).await.unwrap();
+    assert_eq!((current.version, current.doc.cancelled_at_ms), (1, None));
+
+    // The owner cancels: the time is the server's.
+    let before = now_ms();
+    let done = admin.cancel_tenant(&owner_actor, &acme).await.unwrap();
+    let at = done.doc.cancelled_at_ms.unwrap();
+    assert!((before..=now_ms()).contains(&at), "{at}");
+    assert!(matches!(
+        admin.cancel_tenant(&owner_actor, &acme).await,
+        Err(AdminError::Conflict(_))
+    ));
+    // Once cancelled, a replacement must still carry that time.
+    let mut doc = done.doc.clone();
+    doc.cancelled_at_ms = Some(1);
+    assert!(matches!(
+        admin.update_tenant(&op, &doc, None).await,
+        Err(AdminError::CancellationIsSeparate { .. })
+    ));
+    cache.reload(&acme).await.unwrap();
+    for token in [&owner.token, &ops.token] {
+        assert!(matches!(
+            authenticate(&cache, token, now_ms()).await,
+            Err(AuthError::TenantInactive)
+        ));
+    }
+    // Only the owner gets through to the reinstatement.
+    let p = candor_control::authenticate_owner_of_cancelled(&cache, &owner.token, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(p.role, Role::Owner);
+    assert!(matches!(
+        candor_control::authenticate_owner_of_cancelled(&cache, &ops.token, now_ms()).await,
+        Err(AuthError::TenantInactive)
+    ));
+    assert!(matches!(
+        admin.reinstate_tenant(&admin_actor, &acme).await,
+        Err(AdminError::Forbidden(_))
+    ));
+    let back = admin.reinstate_tenant(&owner_actor, &acme).await.unwrap();
+    assert_eq!(back.doc.cancelled_at_ms, None);
+    assert!(matches!(
+        admin.reinstate_tenant(&owner_actor, &acme).await,
+        Err(AdminError::Conflict(_))
+    ));
+    cache.reload(&acme).await.unwrap();
+    assert_eq!(
+        authenticate(&cache, &ops.token, now_ms())
+            .await
+            .unwrap()
+            .role,
+        Role::Admin
+    );
+    // Both are in the trail, by the owner, with the server's time.
+    let entries = admin.audit_log().entries(&acme).await.unwrap();
+    let cancel = entries
+        .iter()
+        .find(|e| e.event.action == "tenant.cancel")
+        .unwrap();
+    assert_eq!(
+        (
+            cancel.event.role.as_str(),
+            cancel.event.detail["cancelled_at_ms"].as_i64()
+        ),
+        ("owner", Some(at))
+    );
+    assert!(entries.iter().any(|e| e.event.action == "tenant.reinstate"));
+    assert!(!entries.iter().any(|e| e.event.action.ends_with(".failed")));
+}
+
 candor_control::on_both_stores!(
+    changes_that_cannot_be_audited_are_not_made,
+    cancellation_is_the_owners_stamped_now_and_reversible,
     enrollment_and_revocation,
     token_lifecycle,
     rotation_keeps_old_data_readable,

@@ -17,7 +17,9 @@
 //! | `GET /v1/openapi.json` | the API's OpenAPI document (`query/api/openapi.json`) |
 //! | `POST /v1/sql` | one `SELECT` over the scoped views, as JSON, CSV, Arrow IPC or Parquet |
 //! | `GET /v1/admin/tenant` | the token's tenant document (`ETag` = its version) |
-//! | `PUT /v1/admin/tenant` | replace it (`If-Match: <version>` to refuse a stale write) |
+//! | `PUT /v1/admin/tenant` | replace it (`If-Match: <version>` to refuse a stale write); `cancelled_at_ms` must stay as it is |
+//! | `POST /v1/admin/tenant/cancel` | cancel the tenant now (owner only; the server stamps the time) |
+//! | `POST /v1/admin/tenant/reinstate` | undo a cancellation (owner only; open to an owner of a cancelled tenant, as is `GET /v1/admin/tenant`) |
 //! | `GET /v1/admin/directory`, `PUT /v1/admin/directory` | the same for the directory |
 //! | `POST /v1/admin/devices` | enroll `{employee, device}`; answers the device key, once |
 //! | `POST /v1/admin/devices/{device}/revoke` | revoke the device's current key version |
@@ -38,6 +40,7 @@ use candor_control::documents::MAX_DIRECTORY_BYTES;
 use candor_control::{
     Actor, Admin, AdminError, AuditError, AuditEvent, AuthError, ControlCache, Directory,
     DocumentError, Principal, Role, Tenant, TenantView, TokenRequest, authenticate,
+    authenticate_owner_of_cancelled,
 };
 use candor_http::ServeConfig;
 use candor_schemas::{DeviceId, EmployeeId, TenantId};
@@ -129,6 +132,8 @@ impl QueryMetrics {
 pub fn router(state: Arc<QueryState>) -> Router {
     let admin = Router::new()
         .route("/tenant", get(get_tenant).put(put_tenant))
+        .route("/tenant/cancel", post(cancel_tenant))
+        .route("/tenant/reinstate", post(reinstate_tenant))
         .route(
             "/directory",
             get(get_directory)
@@ -209,7 +214,10 @@ impl ApiError {
                 AdminError::Document(DocumentError::Store(_)) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
                 }
-                AdminError::Audit(_) => (StatusCode::INTERNAL_SERVER_ERROR, "audit_failed"),
+                AdminError::Audit(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+                AdminError::CancellationIsSeparate { .. } => {
+                    (StatusCode::BAD_REQUEST, "cancelled_at_ms_read_only")
+                }
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             ApiError::BadBody { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -378,14 +386,68 @@ async fn reload(state: &QueryState, tenant: &TenantId) {
     }
 }
 
+/// The caller of the routes an owner of a cancelled tenant may still use
+/// (reading the tenant, cancelling and reinstating it). Any other token of
+/// a cancelled tenant is refused as by [`Caller`].
+pub struct OwnerOfCancelledCaller(Caller);
+
+impl FromRequestParts<Arc<QueryState>> for OwnerOfCancelledCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<QueryState>,
+    ) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(AuthError::Malformed)?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let principal = authenticate_owner_of_cancelled(&state.control, token.trim(), now).await?;
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "unknown".into(), |c| c.0.ip().to_string());
+        let actor = Actor {
+            id: principal.token_id.clone(),
+            role: Some(principal.role),
+            tenant: Some(principal.tenant.clone()),
+            source,
+        };
+        Ok(Self(Caller { principal, actor }))
+    }
+}
+
 async fn get_tenant(
     State(state): State<Arc<QueryState>>,
-    caller: Caller,
+    OwnerOfCancelledCaller(caller): OwnerOfCancelledCaller,
 ) -> Result<Response, ApiError> {
     let t = state
         .admin
         .get_tenant(&caller.actor, &caller.principal.tenant)
         .await?;
+    Ok(versioned(t.version, t.doc))
+}
+
+async fn cancel_tenant(
+    State(state): State<Arc<QueryState>>,
+    OwnerOfCancelledCaller(caller): OwnerOfCancelledCaller,
+) -> Result<Response, ApiError> {
+    let tenant = &caller.principal.tenant;
+    let t = state.admin.cancel_tenant(&caller.actor, tenant).await?;
+    reload(&state, tenant).await;
+    Ok(versioned(t.version, t.doc))
+}
+
+async fn reinstate_tenant(
+    State(state): State<Arc<QueryState>>,
+    OwnerOfCancelledCaller(caller): OwnerOfCancelledCaller,
+) -> Result<Response, ApiError> {
+    let tenant = &caller.principal.tenant;
+    let t = state.admin.reinstate_tenant(&caller.actor, tenant).await?;
+    reload(&state, tenant).await;
     Ok(versioned(t.version, t.doc))
 }
 
