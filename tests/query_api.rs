@@ -1484,6 +1484,10 @@ async fn compaction_changes_no_answer_even_when_interrupted() {
     .expect("test finished within its hang guard");
 }
 
+/// 4 * 10^8 pairs, none of which matches: far past any test's time limit.
+const ENDLESS: &str = "SELECT count(*) AS n FROM (SELECT unnest(range(1, 20000)) AS a) x \
+                       JOIN (SELECT unnest(range(1, 20000)) AS b) y ON x.a * y.b < 0 OR x.a = -y.b";
+
 /// `n` copies of `term` joined by `op`.
 fn chain(op: &str, term: &str, n: usize) -> String {
     vec![term; n].join(op)
@@ -1539,12 +1543,9 @@ async fn a_statement_past_its_time_limit_is_stopped_and_the_node_keeps_serving()
             })
             .await,
         );
-        // 4 * 10^8 pairs, none of which matches: far past the limit.
-        let endless = "SELECT count(*) AS n FROM (SELECT unnest(range(1, 20000)) AS a) x \
-                       JOIN (SELECT unnest(range(1, 20000)) AS b) y ON x.a * y.b < 0 OR x.a = -y.b";
         let heavy = {
             let s = s.clone();
-            tokio::spawn(async move { s.sql("employee", endless).await })
+            tokio::spawn(async move { s.sql("employee", ENDLESS).await })
         };
         let engine = s.state.lake.engine().clone();
         while engine.running() == 0 {
@@ -1630,12 +1631,10 @@ async fn statements_over_the_node_cap_get_429_and_large_results_are_refused_befo
 
         // Past the tenant's cap, the next statement is refused at once.
         let cap = s.state.lake.engine().config().max_statements_per_tenant;
-        let endless = "SELECT count(*) AS n FROM (SELECT unnest(range(1, 20000)) AS a) x \
-                       JOIN (SELECT unnest(range(1, 20000)) AS b) y ON x.a * y.b < 0 OR x.a = -y.b";
         let heavy: Vec<_> = (0..cap)
             .map(|_| {
                 let s = s.clone();
-                tokio::spawn(async move { s.sql("analyst", endless).await })
+                tokio::spawn(async move { s.sql("analyst", ENDLESS).await })
             })
             .collect();
         while (engine.running() as usize) < cap {

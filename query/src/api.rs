@@ -334,14 +334,15 @@ impl FromRequestParts<Arc<QueryState>> for Caller {
         parts: &mut Parts,
         state: &Arc<QueryState>,
     ) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AuthError::Malformed)?;
         let now = chrono::Utc::now().timestamp_millis();
-        let principal = authenticate(&state.control, token.trim(), now).await?;
+        let principal = authenticate(&state.control, bearer(parts)?, now).await?;
+        Ok(Caller::of(principal, parts))
+    }
+}
+
+impl Caller {
+    /// The caller as `principal`, from the request's peer address.
+    fn of(principal: Principal, parts: &Parts) -> Self {
         let source = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -352,8 +353,19 @@ impl FromRequestParts<Arc<QueryState>> for Caller {
             tenant: Some(principal.tenant.clone()),
             source,
         };
-        Ok(Caller { principal, actor })
+        Caller { principal, actor }
     }
+}
+
+/// The request's bearer token.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(AuthError::Malformed)?;
+    Ok(token.trim())
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -398,25 +410,10 @@ impl FromRequestParts<Arc<QueryState>> for OwnerOfCancelledCaller {
         parts: &mut Parts,
         state: &Arc<QueryState>,
     ) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AuthError::Malformed)?;
         let now = chrono::Utc::now().timestamp_millis();
-        let principal = authenticate_owner_of_cancelled(&state.control, token.trim(), now).await?;
-        let source = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or_else(|| "unknown".into(), |c| c.0.ip().to_string());
-        let actor = Actor {
-            id: principal.token_id.clone(),
-            role: Some(principal.role),
-            tenant: Some(principal.tenant.clone()),
-            source,
-        };
-        Ok(Self(Caller { principal, actor }))
+        let principal =
+            authenticate_owner_of_cancelled(&state.control, bearer(parts)?, now).await?;
+        Ok(Self(Caller::of(principal, parts)))
     }
 }
 
