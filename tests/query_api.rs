@@ -1484,9 +1484,11 @@ async fn compaction_changes_no_answer_even_when_interrupted() {
     .expect("test finished within its hang guard");
 }
 
-/// 4 * 10^8 pairs, none of which matches: far past any test's time limit.
-const ENDLESS: &str = "SELECT count(*) AS n FROM (SELECT unnest(range(1, 20000)) AS a) x \
-                       JOIN (SELECT unnest(range(1, 20000)) AS b) y ON x.a * y.b < 0 OR x.a = -y.b";
+/// 3.6 * 10^9 pairs through a nested-loop join, none of which matches: minutes
+/// of CPU on a debug build, past the hang guard, so a test that sees it
+/// stop has seen it interrupted.
+const ENDLESS: &str = "SELECT count(*) AS n FROM (SELECT unnest(range(1, 60000)) AS a) x \
+                       JOIN (SELECT unnest(range(1, 60000)) AS b) y ON x.a * y.b < 0 OR x.a = -y.b";
 
 /// `n` copies of `term` joined by `op`.
 fn chain(op: &str, term: &str, n: usize) -> String {
@@ -1573,6 +1575,43 @@ async fn a_statement_past_its_time_limit_is_stopped_and_the_node_keeps_serving()
             (StatusCode::UNPROCESSABLE_ENTITY, Some("query_timeout")),
             "{answer}"
         );
+        // Its work stops too (the slot is given back when the task ends),
+        // long before the join could have finished.
+        while engine.running() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_whose_caller_hangs_up_is_stopped() {
+    tokio::time::timeout(GUARD, async {
+        // A time limit far past the hang guard: only the hang-up can stop it.
+        let s = Service::start(Limits {
+            timeout: Duration::from_secs(3600),
+            ..Limits::default()
+        })
+        .await;
+        let engine = s.state.lake.engine().clone();
+        let request = s
+            .http
+            .post(format!("{}/v1/sql", s.url))
+            .bearer_auth(&s.tokens["employee"])
+            .json(&json!({"sql": ENDLESS, "format": "json"}))
+            .send();
+        let caller = tokio::spawn(request);
+        while engine.running() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The caller goes away: its connection is closed.
+        caller.abort();
+        while engine.running() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (status, answer) = s.sql("employee", "SELECT 1 AS x").await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
     })
     .await
     .expect("test finished within its hang guard");

@@ -10,10 +10,12 @@
 //!   the cap is refused at once ([`QueryError::Busy`], 429 with
 //!   `Retry-After`) rather than queued without bound.
 //! - The time limit covers parsing, planning and execution; when it passes
-//!   the statement's task is aborted, which drops its streams and the
-//!   engine's own tasks with them. The statement's slot is released only
-//!   when its task has really ended, so the gauge of running statements
-//!   is the truth about the work still on the CPU.
+//!   (or the caller goes away) the statement's [`Interrupt`] is tripped,
+//!   which stops its operators at their next check ([`crate::interrupt`]),
+//!   and its task is aborted, which drops its streams and the engine's own
+//!   tasks with them. The statement's slot is released only when its task
+//!   has really ended, so the gauge of running statements is the truth
+//!   about the work still on the CPU.
 //! - One memory pool is shared by every statement of the node
 //!   ([`EngineConfig::memory_bytes`]); each statement also has its own cap
 //!   within it ([`crate::session::Limits::memory_bytes`]).
@@ -32,6 +34,7 @@ use datafusion::execution::memory_pool::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::QueryError;
+use crate::interrupt::Interrupt;
 
 /// How the node runs statements.
 #[derive(Debug, Clone)]
@@ -144,15 +147,23 @@ impl SqlEngine {
         })
     }
 
-    /// Runs `work` for `tenant` on the SQL runtime within `timeout`.
-    pub async fn run<T: Send + 'static>(
+    /// Runs the work `start` makes for `tenant` on the SQL runtime within
+    /// `timeout`. The work is given the [`Interrupt`] that is tripped when
+    /// the time is up or this future is dropped (the caller went away).
+    pub async fn run<T: Send + 'static, W>(
         &self,
         tenant: &str,
         timeout: Duration,
-        work: impl Future<Output = Result<T, QueryError>> + Send + 'static,
-    ) -> Result<T, QueryError> {
+        start: impl FnOnce(Interrupt) -> W,
+    ) -> Result<T, QueryError>
+    where
+        W: Future<Output = Result<T, QueryError>> + Send + 'static,
+    {
         let slot = self.admit(tenant)?;
         let runtime = self.runtime.as_ref().expect("runtime lives until drop");
+        let interrupt = Interrupt::new();
+        let _trip_when_done = TripOnDrop(interrupt.clone());
+        let work = start(interrupt);
         let mut task = runtime.spawn(async move {
             // Held by the task: released when the work has really stopped.
             let _slot = slot;
@@ -205,6 +216,16 @@ impl Drop for SqlEngine {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// Trips a statement's interrupt when its caller stops waiting for it,
+/// whether the answer came, the time ran out or the caller went away.
+struct TripOnDrop(Interrupt);
+
+impl Drop for TripOnDrop {
+    fn drop(&mut self) {
+        self.0.trip();
     }
 }
 
@@ -338,7 +359,7 @@ mod tests {
         let (release, wait) = tokio::sync::oneshot::channel::<()>();
         let e2 = engine.clone();
         let first = tokio::spawn(async move {
-            e2.run("t1", Duration::from_secs(60), async move {
+            e2.run("t1", Duration::from_secs(60), |_| async move {
                 let _ = wait.await;
                 Ok(1)
             })
@@ -348,11 +369,11 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let again = engine
-            .run("t1", Duration::from_secs(5), async { Ok(2) })
+            .run("t1", Duration::from_secs(5), |_| async { Ok(2) })
             .await;
         assert!(matches!(again, Err(QueryError::Busy)), "per-tenant cap");
         let other = engine
-            .run("t2", Duration::from_secs(5), async { Ok(3) })
+            .run("t2", Duration::from_secs(5), |_| async { Ok(3) })
             .await;
         assert_eq!(other.unwrap(), 3, "another tenant still runs");
         release.send(()).unwrap();
@@ -364,7 +385,7 @@ mod tests {
     async fn the_time_limit_aborts_the_work() {
         let engine = engine(2, 2);
         let answer = engine
-            .run("t", Duration::from_millis(50), async {
+            .run("t", Duration::from_millis(50), |_| async {
                 std::future::pending::<()>().await;
                 Ok(())
             })

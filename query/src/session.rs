@@ -21,6 +21,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder, col, lit};
+use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -29,6 +30,7 @@ use futures::StreamExt;
 
 use crate::bounds::{self, ShapeLimits};
 use crate::engine::SqlEngine;
+use crate::interrupt::{Interrupt, interruptible};
 use crate::lake::{QueryLake, TenantTables};
 use crate::scope::{Rows, Scope};
 use crate::{QueryError, bounded_functions};
@@ -147,22 +149,27 @@ impl ScopedSession {
         }
         let (ctx, limits, sql) = (self.ctx.clone(), self.limits.clone(), sql.to_string());
         self.engine
-            .run(self.tenant.as_str(), self.limits.timeout, async move {
-                let plan = plan(&ctx, &limits, &sql).await?;
-                match run(&ctx, &limits, plan.clone()).await {
-                    // An object listed moments ago is gone: compaction merged
-                    // it or retention deleted it after the listing was cached.
-                    // Forget the listings and run once more on a fresh one.
-                    Err(QueryError::Vanished(_)) => {
-                        if let Some(cache) = ctx.runtime_env().cache_manager.get_list_files_cache()
-                        {
-                            cache.clear();
+            .run(
+                self.tenant.as_str(),
+                self.limits.timeout,
+                |interrupt| async move {
+                    let plan = plan(&ctx, &limits, &sql).await?;
+                    match run(&ctx, &limits, plan.clone(), &interrupt).await {
+                        // An object listed moments ago is gone: compaction merged
+                        // it or retention deleted it after the listing was cached.
+                        // Forget the listings and run once more on a fresh one.
+                        Err(QueryError::Vanished(_)) => {
+                            if let Some(cache) =
+                                ctx.runtime_env().cache_manager.get_list_files_cache()
+                            {
+                                cache.clear();
+                            }
+                            run(&ctx, &limits, plan, &interrupt).await
                         }
-                        run(&ctx, &limits, plan).await
+                        answer => answer,
                     }
-                    answer => answer,
-                }
-            })
+                },
+            )
             .await
     }
 }
@@ -212,10 +219,13 @@ async fn run(
     ctx: &SessionContext,
     limits: &Limits,
     plan: LogicalPlan,
+    interrupt: &Interrupt,
 ) -> Result<Answer, QueryError> {
     let df = ctx.execute_logical_plan(plan).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let mut stream = df.execute_stream().await?;
+    let task = Arc::new(df.task_ctx());
+    let physical = interruptible(df.create_physical_plan().await?, interrupt)?;
+    let mut stream = execute_stream(physical, task)?;
     // The answer being collected is held in the statement's memory budget
     // too, so many large answers at once cannot take the node's memory.
     let reservation = MemoryConsumer::new("answer").register(&ctx.runtime_env().memory_pool);
