@@ -11,24 +11,39 @@
 //! checks what the function really returned against the same bound, so a
 //! bound that underestimates cannot compound through nested calls.
 //!
-//! Functions not listed grow at most linearly in their input (`concat`,
-//! `upper`, `substr`, ...); their inputs are bounded by the lake's own
-//! columns and by the statement's length.
+//! Concatenation grows only by the sum of its inputs, but nesting it
+//! compounds (`x || x || ... || x` over a 64 MiB column is 512 times that),
+//! so `concat`, `concat_ws` and the `||` operator are bounded the same way:
+//! the operator is rewritten, after type coercion and before any constant
+//! folding, into a call of [`StringConcat`], which checks its bound and then
+//! evaluates the engine's own `||` ([`BoundedStringConcat`]).
+//!
+//! Functions not listed grow at most linearly in their input, once
+//! (`upper`, `substr`, ...); their inputs are bounded as above, by the
+//! lake's own columns and by the statement's length.
 
 use std::hash::Hash;
+use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::datatypes::{DataType, FieldRef};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema};
 use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DataFusionError, ExprSchema, Result, ScalarValue};
+use datafusion::logical_expr::expr::{BinaryExpr, ScalarFunction};
 use datafusion::logical_expr::interval_arithmetic::Interval;
 use datafusion::logical_expr::preimage::PreimageResult;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
+use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ExpressionPlacement, ReturnFieldArgs, ScalarFunctionArgs,
     ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping,
 };
+use datafusion::logical_expr::{LogicalPlan, Operator, Volatility};
+use datafusion::optimizer::AnalyzerRule;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr as PhysicalBinaryExpr, Column};
 use datafusion::prelude::SessionContext;
 
 /// Largest string or array one function call may return for one row.
@@ -52,6 +67,10 @@ enum Growth {
     Elements,
     /// `range(a, b [, step])`, `generate_series`: `(b - a) / step` elements.
     Series,
+    /// `concat(a, b, ...)`, and the `||` operator: the sum of the parts.
+    Concat,
+    /// `concat_ws(sep, a, b, ...)`: the parts and a separator between each two.
+    ConcatWs,
 }
 
 impl Growth {
@@ -63,6 +82,8 @@ impl Growth {
             "regexp_replace" => Growth::RegexpReplace,
             "array_repeat" | "array_resize" | "list_repeat" | "list_resize" => Growth::Elements,
             "range" | "generate_series" => Growth::Series,
+            "concat" => Growth::Concat,
+            "concat_ws" => Growth::ConcatWs,
             _ => return None,
         })
     }
@@ -89,12 +110,19 @@ impl Growth {
                 let step = args.get(2).map_or(Some(1), min_abs_integer)?.max(1);
                 16 * ((stop as i128 - start as i128).unsigned_abs() / step as u128 + 1)
             }
+            Growth::Concat => (0..args.len()).map(len).sum(),
+            Growth::ConcatWs => {
+                let parts = args.len().saturating_sub(1) as u128;
+                len(0) * parts.saturating_sub(1) + (1..args.len()).map(len).sum::<u128>()
+            }
         })
     }
 }
 
-/// Replaces every growing function of `ctx` with its bounded wrapper.
+/// Replaces every growing function of `ctx` with its bounded wrapper, and
+/// the `||` operator with [`StringConcat`].
 pub fn install(ctx: &SessionContext) {
+    ctx.add_analyzer_rule(Arc::new(BoundedStringConcat));
     let state = ctx.state();
     for udf in state.scalar_functions().values() {
         if let Some(growth) = Growth::of(udf.name()) {
@@ -186,25 +214,58 @@ impl Bounded {
     fn check_before(&self, args: &ScalarFunctionArgs) -> Result<()> {
         // Arguments that are not integers (an interval step, a date range)
         // have no bound here; the check after the call still holds.
-        let Some(per_value) = self.growth.bound(&args.args) else {
-            return Ok(());
-        };
-        let rows = args.number_rows.max(1) as u128;
-        if per_value > MAX_VALUE_BYTES as u128 {
-            return Err(exhausted(format!(
-                "{}() would return about {per_value} bytes for one row; at most {MAX_VALUE_BYTES} are allowed",
-                self.udf.name()
-            )));
+        match self.growth.bound(&args.args) {
+            Some(per_value) => check_bound(self.udf.name(), per_value, args.number_rows),
+            None => Ok(()),
         }
-        if per_value * rows > MAX_RESULT_BYTES as u128 {
-            return Err(exhausted(format!(
-                "{}() would return up to {} bytes for {rows} rows; at most {MAX_RESULT_BYTES} are allowed",
-                self.udf.name(),
-                per_value * rows
-            )));
-        }
-        Ok(())
     }
+}
+
+/// A call of a growing function that is not behind its bound yet, bounded.
+fn rebound(expr: Expr) -> Result<Transformed<Expr>> {
+    if let Expr::ScalarFunction(call) = &expr
+        && !call.func.inner().is::<Bounded>()
+        && let Some(growth) = Growth::of(call.func.name())
+    {
+        let func = Arc::new(ScalarUDF::new_from_impl(Bounded {
+            udf: call.func.as_ref().clone(),
+            growth,
+        }));
+        return Ok(Transformed::yes(Expr::ScalarFunction(
+            ScalarFunction::new_udf(func, call.args.clone()),
+        )));
+    }
+    Ok(Transformed::no(expr))
+}
+
+/// Refuses a call whose values would pass [`MAX_VALUE_BYTES`], or whose
+/// column would pass [`MAX_RESULT_BYTES`] over `rows`.
+fn check_bound(name: &str, per_value: u128, rows: usize) -> Result<()> {
+    let rows = rows.max(1) as u128;
+    if per_value > MAX_VALUE_BYTES as u128 {
+        return Err(exhausted(format!(
+            "{name}() would return about {per_value} bytes for one row; at most {MAX_VALUE_BYTES} are allowed"
+        )));
+    }
+    if per_value * rows > MAX_RESULT_BYTES as u128 {
+        return Err(exhausted(format!(
+            "{name}() would return up to {} bytes for {rows} rows; at most {MAX_RESULT_BYTES} are allowed",
+            per_value * rows
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a result over the bounds, whatever the estimate said before.
+fn check_result(name: &str, out: &ColumnarValue, rows: usize) -> Result<()> {
+    let rows = rows.max(1);
+    let bytes = result_bytes(out);
+    if bytes > MAX_RESULT_BYTES || bytes / rows > MAX_VALUE_BYTES {
+        return Err(exhausted(format!(
+            "{name}() returned {bytes} bytes for {rows} rows, over its bound"
+        )));
+    }
+    Ok(())
 }
 
 impl ScalarUDFImpl for Bounded {
@@ -251,20 +312,22 @@ impl ScalarUDFImpl for Bounded {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         self.check_before(&args)?;
-        let rows = args.number_rows.max(1);
+        let rows = args.number_rows;
         let out = self.inner().invoke_with_args(args)?;
-        let bytes = result_bytes(&out);
-        if bytes > MAX_RESULT_BYTES || bytes / rows > MAX_VALUE_BYTES {
-            return Err(exhausted(format!(
-                "{}() returned {bytes} bytes for {rows} rows, over its bound",
-                self.udf.name()
-            )));
-        }
+        check_result(self.udf.name(), &out, rows)?;
         Ok(out)
     }
 
+    /// The function's own simplification, with any call it makes of an
+    /// unbounded growing function (`concat` merging its literals builds a
+    /// new `concat`) bounded again.
     fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
-        self.inner().simplify(args, info)
+        Ok(match self.inner().simplify(args, info)? {
+            ExprSimplifyResult::Simplified(expr) => {
+                ExprSimplifyResult::Simplified(expr.transform_up(rebound)?.data)
+            }
+            original => original,
+        })
     }
 
     fn preimage(
@@ -331,6 +394,123 @@ impl ScalarUDFImpl for Bounded {
     }
 }
 
+/// Rewrites every `a || b` of a plan, its subqueries included, into
+/// `StringConcat(a, b)`. An analyzer rule, so it runs after type coercion
+/// (the operands have their final types) and before the optimizer folds
+/// constants (which would otherwise concatenate at planning, unbounded).
+#[derive(Debug)]
+pub struct BoundedStringConcat;
+
+impl AnalyzerRule for BoundedStringConcat {
+    fn name(&self) -> &str {
+        "bounded_string_concat"
+    }
+
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        let operator = Arc::new(ScalarUDF::new_from_impl(StringConcat::default()));
+        plan.transform_up_with_subqueries(|node| {
+            node.map_expressions(|e| {
+                e.transform_up(|e| match e {
+                    Expr::BinaryExpr(BinaryExpr {
+                        left,
+                        op: Operator::StringConcat,
+                        right,
+                    }) => Ok(Transformed::yes(Expr::ScalarFunction(
+                        ScalarFunction::new_udf(operator.clone(), vec![*left, *right]),
+                    ))),
+                    other => Ok(Transformed::no(other)),
+                })
+            })
+        })
+        .map(|t| t.data)
+    }
+}
+
+/// The `||` operator behind the bound: the engine's own operator, called
+/// once the sum of its operands is known to fit.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct StringConcat {
+    signature: Signature,
+}
+
+impl Default for StringConcat {
+    fn default() -> Self {
+        Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for StringConcat {
+    fn name(&self) -> &str {
+        "||"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        let [left, right] = arg_types else {
+            return Err(DataFusionError::Plan("|| takes two operands".into()));
+        };
+        BinaryTypeCoercer::new(left, &Operator::StringConcat, right).get_result_type()
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let types: Vec<DataType> = args
+            .arg_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let nullable = args.arg_fields.iter().any(|f| f.is_nullable());
+        Ok(Arc::new(Field::new(
+            self.name(),
+            self.return_type(&types)?,
+            nullable,
+        )))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        check_bound("||", Growth::Concat.bound(&args.args).unwrap_or(0), rows)?;
+        // The operands as a batch of two columns, and `#0 || #1` over it.
+        let fields: Vec<FieldRef> = args
+            .arg_fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Arc::new(f.as_ref().clone().with_name(format!("operand{i}"))))
+            .collect();
+        let columns = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        let operator = PhysicalBinaryExpr::new(
+            Arc::new(Column::new("operand0", 0)),
+            Operator::StringConcat,
+            Arc::new(Column::new("operand1", 1)),
+        );
+        let out = operator.evaluate(&batch)?;
+        check_result("||", &out, rows)?;
+        Ok(out)
+    }
+
+    /// The operator's own column name (`a || b`), so that rewriting it
+    /// changes no answer's column names.
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        let [left, right] = args else {
+            return Err(DataFusionError::Plan("|| takes two operands".into()));
+        };
+        Ok(format!("{} || {}", left.schema_name(), right.schema_name()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +535,12 @@ mod tests {
             "SELECT cardinality(range(1, 10000000000))",
             "SELECT cardinality(generate_series(1, 10000000000, 1))",
             "SELECT length(replace(repeat('a', 4000), 'a', repeat('b', 4000)))",
+            // Concatenation compounds when nested, as function or operator.
+            "SELECT length(concat(repeat('a', 600000), repeat('b', 600000)))",
+            "SELECT length(concat_ws('-', repeat('a', 600000), repeat('b', 600000)))",
+            "SELECT length(repeat('a', 600000) || repeat('b', 600000))",
+            "WITH a AS (SELECT repeat('x', 60000) AS s FROM unnest(range(1, 1000))) \
+             SELECT length(s || s) FROM a",
         ] {
             let e = run(sql).await.expect_err(sql);
             assert!(is_exhausted(&e), "{sql}: {e}");
@@ -375,5 +561,26 @@ mod tests {
         for part in ["ababab", "007", "a+b", "10", "ab"] {
             assert!(text.contains(part), "{part} in {text}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_bounded_operator_answers_as_the_engines_own() {
+        // Strings, views, numbers coerced to text, nulls, and the column name.
+        let sql = "SELECT 'a' || 'b' AS ab, arrow_cast('v', 'Utf8View') || 'w' AS vw, \
+                   'n' || 1 AS n1, 'x' || NULL AS x0, s || s FROM (SELECT 'q' AS s)";
+        let bounded = run(sql).await.unwrap();
+        let plain = SessionContext::new()
+            .sql(sql)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(bounded[0].schema(), plain[0].schema());
+        assert_eq!(bounded, plain);
+        let text = arrow::util::pretty::pretty_format_batches(&bounded)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("s || s") && text.contains("qq"), "{text}");
     }
 }

@@ -11,7 +11,7 @@
 //!   `Retry-After`) rather than queued without bound.
 //! - The time limit covers parsing, planning and execution; when it passes
 //!   (or the caller goes away) the statement's [`Interrupt`] is tripped,
-//!   which stops its operators at their next check ([`crate::interrupt`]),
+//!   which stops its operators at their next check ([`crate::guard`]),
 //!   and its task is aborted, which drops its streams and the engine's own
 //!   tasks with them. The statement's slot is released only when its task
 //!   has really ended, so the gauge of running statements is the truth
@@ -34,7 +34,7 @@ use datafusion::execution::memory_pool::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::QueryError;
-use crate::interrupt::Interrupt;
+use crate::guard::Interrupt;
 
 /// How the node runs statements.
 #[derive(Debug, Clone)]

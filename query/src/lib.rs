@@ -19,7 +19,7 @@ pub mod delivery;
 pub mod engine;
 pub mod extract;
 pub mod format;
-pub mod interrupt;
+pub mod guard;
 pub mod kpi;
 pub mod lake;
 pub mod merged;

@@ -30,7 +30,7 @@ use futures::StreamExt;
 
 use crate::bounds::{self, ShapeLimits};
 use crate::engine::SqlEngine;
-use crate::interrupt::{Interrupt, interruptible};
+use crate::guard::{Interrupt, guarded};
 use crate::lake::{QueryLake, TenantTables};
 use crate::scope::{Rows, Scope};
 use crate::{QueryError, bounded_functions};
@@ -224,7 +224,7 @@ async fn run(
     let df = ctx.execute_logical_plan(plan).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let task = Arc::new(df.task_ctx());
-    let physical = interruptible(df.create_physical_plan().await?, interrupt)?;
+    let physical = guarded(df.create_physical_plan().await?, interrupt)?;
     let mut stream = execute_stream(physical, task)?;
     // The answer being collected is held in the statement's memory budget
     // too, so many large answers at once cannot take the node's memory.

@@ -1,4 +1,5 @@
-//! Stopping a statement's work the moment its time is up.
+//! Guards on a statement's running plan: it stops the moment its time is
+//! up, and no operator hands on a batch larger than a statement may hold.
 //!
 //! Aborting a task takes effect only when the task next yields, and some
 //! operators do a great deal of work without yielding: an aggregation
@@ -6,7 +7,7 @@
 //! and a nested-loop join probes every buffered row against a batch inside
 //! one poll (two ranges of 10^5 rows are 10^10 pairs, minutes of CPU). So a
 //! statement carries an [`Interrupt`], and its physical plan is rewritten
-//! before it runs ([`interruptible`]) to look at it:
+//! before it runs ([`guarded`]) to look at it:
 //!
 //! - every operator's output stream checks it on each poll, so a chain of
 //!   operators that never waits still stops at its next batch;
@@ -17,6 +18,14 @@
 //! A tripped statement ends with an error at its next check; the SQL
 //! runtime ([`crate::engine`]) trips it when the time limit passes or the
 //! caller goes away. A check is one relaxed atomic load.
+//!
+//! Expression results are not in the memory pool, and operators can grow
+//! them level by level (`s || s` over nested subqueries doubles a string
+//! per level) where no single function is unbounded. So every operator's
+//! output batch is also measured, and one over
+//! [`MAX_RESULT_BYTES`](crate::bounded_functions::MAX_RESULT_BYTES) ends the
+//! statement with 422 `query_too_large`: a growth chain stops at its first
+//! level past the bound, never at the node's memory.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -41,6 +50,8 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions,
 };
 use futures::Stream;
+
+use crate::bounded_functions::MAX_RESULT_BYTES;
 
 /// The flag one statement's work looks at; cloned into every check.
 #[derive(Debug, Clone, Default)]
@@ -71,14 +82,15 @@ impl Interrupt {
     }
 }
 
-/// `plan` with every operator and join filter checking `interrupt`.
-pub fn interruptible(
+/// `plan` with every operator and join filter checking `interrupt`, and
+/// every operator's output batches measured.
+pub fn guarded(
     plan: Arc<dyn ExecutionPlan>,
     interrupt: &Interrupt,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
         let node = with_interruptible_join_filter(node, interrupt)?;
-        Ok(Transformed::yes(Arc::new(InterruptibleExec {
+        Ok(Transformed::yes(Arc::new(GuardedExec {
             input: node,
             interrupt: interrupt.clone(),
         }) as Arc<dyn ExecutionPlan>))
@@ -120,22 +132,22 @@ fn with_interruptible_join_filter(
 }
 
 /// An operator whose output stream checks the statement's interrupt on
-/// each poll; otherwise its input, unchanged.
+/// each poll and the size of each batch; otherwise its input, unchanged.
 #[derive(Debug)]
-struct InterruptibleExec {
+struct GuardedExec {
     input: Arc<dyn ExecutionPlan>,
     interrupt: Interrupt,
 }
 
-impl DisplayAs for InterruptibleExec {
+impl DisplayAs for GuardedExec {
     fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "InterruptibleExec")
+        write!(f, "GuardedExec")
     }
 }
 
-impl ExecutionPlan for InterruptibleExec {
+impl ExecutionPlan for GuardedExec {
     fn name(&self) -> &str {
-        "InterruptibleExec"
+        "GuardedExec"
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -164,7 +176,7 @@ impl ExecutionPlan for InterruptibleExec {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if children.len() != 1 {
             return Err(DataFusionError::Internal(format!(
-                "InterruptibleExec has one input, not {}",
+                "GuardedExec has one input, not {}",
                 children.len()
             )));
         }
@@ -191,26 +203,29 @@ impl ExecutionPlan for InterruptibleExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         self.interrupt.check()?;
-        Ok(Box::pin(InterruptibleStream {
+        Ok(Box::pin(GuardedStream {
             inner: self.input.execute(partition, context)?,
             interrupt: self.interrupt.clone(),
         }))
     }
 }
 
-struct InterruptibleStream {
+struct GuardedStream {
     inner: SendableRecordBatchStream,
     interrupt: Interrupt,
 }
 
-impl Stream for InterruptibleStream {
+impl Stream for GuardedStream {
     type Item = DfResult<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Err(e) = self.interrupt.check() {
             return Poll::Ready(Some(Err(e)));
         }
-        self.inner.as_mut().poll_next(cx)
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(bounded(batch))),
+            other => other,
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -218,7 +233,18 @@ impl Stream for InterruptibleStream {
     }
 }
 
-impl RecordBatchStream for InterruptibleStream {
+/// `batch`, unless it is larger than any statement may hold.
+fn bounded(batch: RecordBatch) -> DfResult<RecordBatch> {
+    let bytes = batch.get_array_memory_size();
+    if bytes > MAX_RESULT_BYTES {
+        return Err(DataFusionError::ResourcesExhausted(format!(
+            "an operator produced {bytes} bytes in one batch; at most {MAX_RESULT_BYTES} are allowed"
+        )));
+    }
+    Ok(batch)
+}
+
+impl RecordBatchStream for GuardedStream {
     fn schema(&self) -> SchemaRef {
         self.inner.schema()
     }
@@ -318,20 +344,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_interruptible_plan_answers_as_the_plain_one() {
+    async fn a_guarded_plan_answers_as_the_plain_one() {
         let ctx = SessionContext::new();
         let plain = collect(physical(&ctx, JOINS).await, ctx.task_ctx())
             .await
             .unwrap();
-        let plan = interruptible(physical(&ctx, JOINS).await, &Interrupt::new()).unwrap();
+        let plan = guarded(physical(&ctx, JOINS).await, &Interrupt::new()).unwrap();
         let shown = datafusion::physical_plan::displayable(plan.as_ref())
             .indent(false)
             .to_string();
         assert!(shown.contains("NestedLoopJoinExec") && shown.contains("HashJoinExec"));
-        assert!(shown.contains("InterruptibleExec"), "{shown}");
+        assert!(shown.contains("GuardedExec"), "{shown}");
         let wrapped = collect(plan, ctx.task_ctx()).await.unwrap();
         assert!(!plain.is_empty());
         assert_eq!(plain, wrapped);
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_a_statement_may_hold_is_refused() {
+        // Each column within the functions' bounds, the batch over its own.
+        let ctx = SessionContext::new();
+        crate::bounded_functions::install(&ctx);
+        let sql = "SELECT repeat('x', 1000000) AS a, repeat('y', 1000000) AS b \
+                   FROM (SELECT unnest(range(1, 60)) AS n)";
+        let plan = guarded(physical(&ctx, sql).await, &Interrupt::new()).unwrap();
+        let error = collect(plan, ctx.task_ctx()).await.unwrap_err();
+        assert!(
+            matches!(error.find_root(), DataFusionError::ResourcesExhausted(_)),
+            "{error}"
+        );
+        assert!(error.to_string().contains("in one batch"), "{error}");
     }
 
     /// The interrupt is tripped from inside the join's first filter
@@ -376,7 +418,7 @@ mod tests {
                 let sql = "SELECT count(*) AS n FROM (SELECT unnest(range(1, 100000)) AS a) x \
                            JOIN (SELECT unnest(range(1, 100000)) AS b) y \
                            ON x.a * y.b < 0 OR trip(x.a + y.b)";
-                let plan = interruptible(physical(&ctx, sql).await, &interrupt).unwrap();
+                let plan = guarded(physical(&ctx, sql).await, &interrupt).unwrap();
                 collect(plan, ctx.task_ctx()).await
             });
             let _ = done.send(result);
