@@ -313,3 +313,117 @@ async fn late_data_is_welcome_back_to_the_tenants_retention_and_no_further() {
     .await
     .expect("within the hang guard");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_seconds_are_invalid_events_naming_the_event() {
+    tokio::time::timeout(GUARD, async {
+        let node = Node::start(IngestConfig::default()).await;
+        let client = reqwest::Client::new();
+        let h = header("acme", "employee-0001", "laptop-1");
+        let t = now() - 60_000;
+        let good = format!(r#"{{"start_ms":{t},"active_s":30,"idle_s":30}}"#);
+        let app = format!(r#"{{"start_ms":{t},"duration_s":60,"app":"Excel"}}"#);
+        let cases = [
+            (
+                format!(r#""activity":[{good},{{"start_ms":{t},"active_s":-5,"idle_s":10}}]"#),
+                "activity[1].active_s",
+            ),
+            (
+                format!(r#""activity":[{{"start_ms":{t},"active_s":10,"idle_s":-1}}]"#),
+                "activity[0].idle_s",
+            ),
+            (
+                format!(r#""app_usage":[{app},{{"start_ms":{t},"duration_s":-60,"app":"Excel"}}]"#),
+                "app_usage[1].duration_s",
+            ),
+        ];
+        for (events, names) in cases {
+            let json = format!(r#"{{"v":1,"sent_at_ms":{t},{events}}}"#);
+            let a = node.post(&client, common::seal(&node.master, &h, json.as_bytes())).await;
+            assert_eq!((a.status, a.body["reason"].as_str()), (400, Some("invalid_event")), "{a:?}");
+            assert_eq!(a.body["status"], "rejected", "{a:?}");
+            let message = a.body["message"].as_str().unwrap();
+            assert!(message.starts_with(names), "{names}: {a:?}");
+        }
+        // A fraction where an integer belongs is still the wrong type.
+        let json = format!(r#"{{"v":1,"sent_at_ms":{t},"activity":[{{"start_ms":{t},"active_s":1.5,"idle_s":0}}]}}"#);
+        let a = node.post(&client, common::seal(&node.master, &h, json.as_bytes())).await;
+        assert_eq!((a.status, a.body["reason"].as_str()), (400, Some("invalid_json")), "{a:?}");
+        assert_eq!(node.records().await, 0, "refused batches never reach the log");
+    })
+    .await
+    .expect("within the hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_methods_answer_json_with_a_reason() {
+    tokio::time::timeout(GUARD, async {
+        let node = Node::start(IngestConfig::default()).await;
+        let client = reqwest::Client::new();
+        let cases = [
+            (
+                reqwest::Method::GET,
+                "/v1/batches",
+                405,
+                "method_not_allowed",
+                Some("POST"),
+            ),
+            (
+                reqwest::Method::PUT,
+                "/v1/batches",
+                405,
+                "method_not_allowed",
+                Some("POST"),
+            ),
+            (
+                reqwest::Method::DELETE,
+                "/v1/batches",
+                405,
+                "method_not_allowed",
+                Some("POST"),
+            ),
+            (
+                reqwest::Method::POST,
+                "/metrics",
+                405,
+                "method_not_allowed",
+                Some("GET,HEAD"),
+            ),
+            (reqwest::Method::POST, "/v1/batch", 404, "not_found", None),
+            (reqwest::Method::GET, "/", 404, "not_found", None),
+        ];
+        for (method, path, status, reason, allow) in cases {
+            let answer = client
+                .request(method.clone(), format!("{}{path}", node.url))
+                .header("content-type", BATCH)
+                .send()
+                .await
+                .expect("ingest answers");
+            let what = format!("{method} {path}");
+            assert_eq!(answer.status().as_u16(), status, "{what}");
+            assert_eq!(
+                answer
+                    .headers()
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap()),
+                Some("application/json"),
+                "{what}"
+            );
+            assert_eq!(
+                answer.headers().get("allow").map(|v| v.to_str().unwrap()),
+                allow,
+                "{what}"
+            );
+            let body: serde_json::Value = answer.json().await.expect("a JSON body");
+            assert_eq!(body["status"], "rejected", "{what}: {body}");
+            assert_eq!(body["reason"], reason, "{what}: {body}");
+            assert!(
+                body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{what}: {body}"
+            );
+        }
+        assert_eq!(node.records().await, 0);
+    })
+    .await
+    .expect("within the hang guard");
+}

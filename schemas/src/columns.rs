@@ -91,7 +91,7 @@ pub fn decode_json(
 
 struct Decoder {
     state: State,
-    v: Option<u32>,
+    v: Option<i64>,
     sent_at_ms: Option<i64>,
     activity: ActivityColumns,
     app_usage: AppUsageColumns,
@@ -113,7 +113,7 @@ impl Decoder {
     fn finish(mut self) -> Result<DecodedBatch, Rejection> {
         let events = self.state.events;
         let v = self.v.expect("a parsed batch has its v");
-        if v != BATCH_MODEL_VERSION {
+        if v != i64::from(BATCH_MODEL_VERSION) {
             return Err(Rejection::new(
                 RejectReason::UnsupportedVersion,
                 format!("batch model v{v} (this node speaks v{BATCH_MODEL_VERSION})"),
@@ -183,7 +183,7 @@ impl<'de> Visitor<'de> for &mut Decoder {
             }
             let state = &mut self.state;
             match i {
-                0 => self.v = Some(map.next_value()?),
+                0 => self.v = Some(map.next_value_seed(Integer)?),
                 1 => self.sent_at_ms = Some(map.next_value()?),
                 2 => map.next_value_seed(Events::new(state, &mut self.activity))?,
                 3 => map.next_value_seed(Events::new(state, &mut self.app_usage))?,
@@ -390,6 +390,45 @@ impl<'de, C: Columns> Visitor<'de> for Event<'_, C> {
     }
 }
 
+/// A JSON integer (a number without fraction or exponent) of any sign and
+/// size, for the validator to judge: a negative count of seconds is an
+/// `invalid_event` naming the event, not a parse error. Integers past the
+/// 64-bit range saturate (they are out of every field's range anyway);
+/// a fraction or a string is still the wrong type (`invalid_json`).
+struct Integer;
+
+impl<'de> DeserializeSeed<'de> for Integer {
+    type Value = i64;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<i64, D::Error> {
+        deserializer.deserialize_i64(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Integer {
+    type Value = i64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<i64, E> {
+        Ok(value)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<i64, E> {
+        Ok(i64::try_from(value).unwrap_or(i64::MAX))
+    }
+}
+
+/// A count of seconds within `min..=MAX_INTERVAL_S`, or the event's problem.
+fn seconds(value: i64, min: u32, name: &'static str) -> Result<u32, Problem> {
+    u32::try_from(value)
+        .ok()
+        .filter(|s| (min..=MAX_INTERVAL_S).contains(s))
+        .ok_or_else(|| Problem::invalid(Some(name), format!("must be {min}..={MAX_INTERVAL_S}")))
+}
+
 /// Stores a field's value, refusing a second one.
 fn set<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
     if slot.replace(value).is_some() {
@@ -434,9 +473,9 @@ impl Columns for ActivityColumns {
         let (mut start, mut active, mut idle) = (None, None, None);
         while let Some(i) = map.next_key_seed(event.field(Self::FIELDS))? {
             match i {
-                0 => set(&mut start, map.next_value::<i64>()?, "start_ms")?,
-                1 => set(&mut active, map.next_value::<u32>()?, "active_s")?,
-                _ => set(&mut idle, map.next_value::<u32>()?, "idle_s")?,
+                0 => set(&mut start, map.next_value_seed(Integer)?, "start_ms")?,
+                1 => set(&mut active, map.next_value_seed(Integer)?, "active_s")?,
+                _ => set(&mut idle, map.next_value_seed(Integer)?, "idle_s")?,
             }
         }
         let start = required(start, "start_ms")?;
@@ -445,8 +484,16 @@ impl Columns for ActivityColumns {
         if let Some(problem) = event.clock.check(start) {
             return Ok(Some(problem));
         }
-        let total = u64::from(active) + u64::from(idle);
-        if total == 0 || total > u64::from(MAX_INTERVAL_S) {
+        let active = match seconds(active, 0, "active_s") {
+            Ok(s) => s,
+            Err(problem) => return Ok(Some(problem)),
+        };
+        let idle = match seconds(idle, 0, "idle_s") {
+            Ok(s) => s,
+            Err(problem) => return Ok(Some(problem)),
+        };
+        let total = active + idle;
+        if total == 0 || total > MAX_INTERVAL_S {
             return Ok(Some(Problem::invalid(
                 None,
                 format!("active_s + idle_s must be 1..={MAX_INTERVAL_S}"),
@@ -508,8 +555,8 @@ impl Columns for AppUsageColumns {
         let append = event.append;
         while let Some(i) = map.next_key_seed(event.field(Self::FIELDS))? {
             match i {
-                0 => set(&mut start, map.next_value::<i64>()?, "start_ms")?,
-                1 => set(&mut duration, map.next_value::<u32>()?, "duration_s")?,
+                0 => set(&mut start, map.next_value_seed(Integer)?, "start_ms")?,
+                1 => set(&mut duration, map.next_value_seed(Integer)?, "duration_s")?,
                 2 => map.next_value_seed(
                     app.seed::<A::Error>(append.then_some(&mut self.app), "app")?,
                 )?,
@@ -530,12 +577,10 @@ impl Columns for AppUsageColumns {
         if let Some(problem) = event.clock.check(start) {
             return Ok(Some(problem));
         }
-        if duration == 0 || duration > MAX_INTERVAL_S {
-            return Ok(Some(Problem::invalid(
-                None,
-                format!("duration_s must be 1..={MAX_INTERVAL_S}"),
-            )));
-        }
+        let duration = match seconds(duration, 1, "duration_s") {
+            Ok(s) => s,
+            Err(problem) => return Ok(Some(problem)),
+        };
         if let Some(problem) = app.problem.or(host.problem) {
             return Ok(Some(problem));
         }
@@ -685,7 +730,7 @@ impl Columns for GpsColumns {
         let (mut at, mut lat, mut lon, mut accuracy) = (None, None, None, None);
         while let Some(i) = map.next_key_seed(event.field(Self::FIELDS))? {
             match i {
-                0 => set(&mut at, map.next_value::<i64>()?, "at_ms")?,
+                0 => set(&mut at, map.next_value_seed(Integer)?, "at_ms")?,
                 1 => set(&mut lat, map.next_value::<f64>()?, "lat")?,
                 2 => set(&mut lon, map.next_value::<f64>()?, "lon")?,
                 _ => set(&mut accuracy, map.next_value::<f64>()?, "accuracy_m")?,
@@ -762,7 +807,7 @@ impl Columns for AttendanceColumns {
         let (mut at, mut kind) = (None, None);
         while let Some(i) = map.next_key_seed(event.field(Self::FIELDS))? {
             match i {
-                0 => set(&mut at, map.next_value::<i64>()?, "at_ms")?,
+                0 => set(&mut at, map.next_value_seed(Integer)?, "at_ms")?,
                 _ => set(&mut kind, map.next_value::<AttendanceKind>()?, "kind")?,
             }
         }
@@ -985,6 +1030,95 @@ mod tests {
         for (json, want) in cases {
             assert_eq!(reason(&json), want, "{json}");
         }
+    }
+
+    #[test]
+    fn out_of_range_integers_are_invalid_events_naming_the_event() {
+        // WIRE.md: a value outside its range is `invalid_event`, and the
+        // message names the event; only a wrong type is `invalid_json`.
+        let ok = format!(r#"{{"start_ms":{NOW},"active_s":30,"idle_s":30}}"#);
+        let app = |duration: &str| {
+            format!(r#"{{"start_ms":{NOW},"duration_s":{duration},"app":"Excel"}}"#)
+        };
+        let cases = [
+            (
+                format!(r#""activity":[{ok},{{"start_ms":{NOW},"active_s":-5,"idle_s":10}}]"#),
+                "activity[1].active_s: ",
+            ),
+            (
+                format!(r#""activity":[{{"start_ms":{NOW},"active_s":10,"idle_s":-1}}]"#),
+                "activity[0].idle_s: ",
+            ),
+            (
+                format!(r#""activity":[{{"start_ms":{NOW},"active_s":4294967296,"idle_s":0}}]"#),
+                "activity[0].active_s: ",
+            ),
+            (
+                format!(
+                    r#""activity":[{{"start_ms":{NOW},"active_s":18446744073709551615,"idle_s":0}}]"#
+                ),
+                "activity[0].active_s: ",
+            ),
+            (
+                format!(
+                    r#""activity":[{{"start_ms":{NOW},"active_s":-9223372036854775808,"idle_s":0}}]"#
+                ),
+                "activity[0].active_s: ",
+            ),
+            (
+                format!(r#""app_usage":[{},{}]"#, app("60"), app("-60")),
+                "app_usage[1].duration_s: ",
+            ),
+            (
+                format!(r#""app_usage":[{}]"#, app("0")),
+                "app_usage[0].duration_s: ",
+            ),
+            (
+                format!(r#""app_usage":[{}]"#, app("901")),
+                "app_usage[0].duration_s: ",
+            ),
+            (
+                format!(r#""gps":[{{"at_ms":{NOW},"lat":1,"lon":2,"accuracy_m":-1}}]"#),
+                "gps[0]: accuracy_m",
+            ),
+        ];
+        for (events, detail) in cases {
+            let r = batch(&format!(r#"{{"v":1,"sent_at_ms":0,{events}}}"#)).unwrap_err();
+            assert_eq!(r.reason, RejectReason::InvalidEvent, "{events}: {r}");
+            assert!(r.detail.starts_with(detail), "{events}: {r}");
+        }
+        // Timestamps: any integer is a time, judged against the window.
+        for (at, want) in [
+            ("-1", RejectReason::TimestampTooOld),
+            ("-9223372036854775808", RejectReason::TimestampTooOld),
+            ("9223372036854775807", RejectReason::TimestampInFuture),
+            ("18446744073709551615", RejectReason::TimestampInFuture),
+        ] {
+            let json = format!(
+                r#"{{"v":1,"sent_at_ms":0,"attendance":[{{"at_ms":{at},"kind":"clock_in"}}]}}"#
+            );
+            assert_eq!(reason(&json), want, "{at}");
+        }
+        // Any integer `v` but 1 is a version this node does not speak.
+        for v in ["-1", "0", "4294967297"] {
+            let json = format!(r#"{{"v":{v},"sent_at_ms":0,"activity":[{ok}]}}"#);
+            assert_eq!(reason(&json), RejectReason::UnsupportedVersion, "{v}");
+        }
+        // The wrong type stays `invalid_json`: a fraction, an exponent, a string.
+        for value in ["1.5", "30.0", "3e1", "\"30\"", "null", "true"] {
+            let json = format!(
+                r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{NOW},"active_s":{value},"idle_s":0}}]}}"#
+            );
+            assert_eq!(reason(&json), RejectReason::InvalidJson, "{value}");
+        }
+        // The edges of the range are accepted.
+        let b = batch(&format!(
+            r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{NOW},"active_s":0,"idle_s":900}},{{"start_ms":{NOW},"active_s":900,"idle_s":0}}],"app_usage":[{},{}]}}"#,
+            app("1"),
+            app("900")
+        ))
+        .unwrap();
+        assert_eq!(b.event_count(), 4);
     }
 
     #[test]
