@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -400,6 +400,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
 
     fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
         let in_flight = InFlight::enter(self.activity.clone());
+        let method = request.method().clone();
         request.extensions_mut().insert(ConnectInfo(self.peer));
         let timed_out = Arc::new(AtomicBool::new(false));
         let body_timeout = self.body_timeout;
@@ -423,6 +424,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
             {
                 response = body_timeout_response(body_timeout);
             }
+            let response = with_json_body(&method, response);
             Ok(response.map(|body| TrackedBody {
                 body,
                 _in_flight: in_flight,
@@ -456,12 +458,75 @@ impl BodyTimeout {
 /// The answer to a request whose body missed its deadline, in the style of
 /// the nodes' JSON errors.
 pub fn body_timeout_response(timeout: Duration) -> Response {
+    error_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        BodyTimeout(timeout).to_string(),
+    )
+}
+
+/// An error answer in the nodes' JSON shape:
+/// `{"status": "error", "reason": <code>, "message": <text>}`.
+pub fn error_response(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
     let body = serde_json::json!({
         "status": "error",
-        "reason": "request_timeout",
-        "message": BodyTimeout(timeout).to_string(),
+        "reason": reason,
+        "message": message.into(),
     });
-    (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
+    (status, axum::Json(body)).into_response()
+}
+
+/// The machine-readable reason of an error answer that came without a body:
+/// `not_found` (no such route), `method_not_allowed` (the route exists, the
+/// method does not; the `Allow` header lists those that do), otherwise the
+/// status's name in snake case (`payload_too_large`, ...).
+pub fn status_reason(status: StatusCode) -> String {
+    match status {
+        StatusCode::NOT_FOUND => "not_found".into(),
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed".into(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+    }
+}
+
+/// Every error answer a node sends has a JSON body: one that has none
+/// (axum's 404 for an unknown route, its 405 for a method a route does
+/// not take, a bare status code from a handler) gets
+/// [`error_response`]'s, headers such as `Allow` kept. Answers to `HEAD`
+/// stay bodiless, as HTTP requires.
+fn with_json_body(method: &Method, response: Response) -> Response {
+    use hyper::body::Body as _;
+    let status = response.status();
+    let bodiless = response.body().size_hint().exact() == Some(0);
+    if !(status.is_client_error() || status.is_server_error())
+        || !bodiless
+        || method == Method::HEAD
+    {
+        return response;
+    }
+    let message = match status {
+        StatusCode::NOT_FOUND => "no such route".to_string(),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            format!("this route does not take {method}; the Allow header lists what it takes")
+        }
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let (mut parts, _) = response.into_parts();
+    let json = error_response(status, &status_reason(status), message);
+    let (json_parts, body) = json.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        json_parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    Response::from_parts(parts, body)
 }
 
 /// A request body that fails with [`BodyTimeout`] if it has not ended by
@@ -546,5 +611,79 @@ pub fn metrics_response(registry: &prometheus::Registry) -> axum::response::Resp
     match prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
         Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::{get, post};
+
+    use super::*;
+
+    /// Every error answer has a JSON body, over a real socket: the unknown
+    /// route, the method a route does not take (its `Allow` kept), and a
+    /// bare status from a handler; answers with a body of their own and
+    /// answers to `HEAD` are left as they are.
+    #[tokio::test]
+    async fn bodiless_error_answers_get_the_json_error_body() {
+        let app = Router::new()
+            .route("/things", post(|| async { "made" }))
+            .route("/teapot", get(|| async { StatusCode::IM_A_TEAPOT }))
+            .route(
+                "/own",
+                get(|| async { (StatusCode::CONFLICT, "my own words") }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            serve(listener, app, &ServeConfig::default(), async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let client = reqwest::Client::new();
+        let cases = [
+            (Method::GET, "/nowhere", 404, "not_found"),
+            (Method::POST, "/nowhere", 404, "not_found"),
+            (Method::GET, "/things", 405, "method_not_allowed"),
+            (Method::PUT, "/things", 405, "method_not_allowed"),
+            (Method::GET, "/teapot", 418, "i_m_a_teapot"),
+        ];
+        for (method, path, status, reason) in cases {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(30),
+                client
+                    .request(method.clone(), format!("{url}{path}"))
+                    .send(),
+            )
+            .await
+            .expect("answered in time")
+            .unwrap();
+            assert_eq!(answer.status().as_u16(), status, "{method} {path}");
+            assert_eq!(
+                answer.headers()[header::CONTENT_TYPE],
+                "application/json",
+                "{method} {path}"
+            );
+            if status == 405 {
+                assert_eq!(answer.headers()[header::ALLOW], "POST", "{method} {path}");
+            }
+            let body: serde_json::Value = answer.json().await.unwrap();
+            assert_eq!(body["status"], "error", "{method} {path}: {body}");
+            assert_eq!(body["reason"], reason, "{method} {path}: {body}");
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        let own = client.get(format!("{url}/own")).send().await.unwrap();
+        assert_eq!(own.status().as_u16(), 409);
+        assert_eq!(own.text().await.unwrap(), "my own words");
+        let head = client.head(format!("{url}/nowhere")).send().await.unwrap();
+        assert_eq!(head.status().as_u16(), 404);
+        assert_eq!(head.bytes().await.unwrap().len(), 0);
+        let made = client.post(format!("{url}/things")).send().await.unwrap();
+        assert_eq!(made.status().as_u16(), 200);
+        assert_eq!(made.text().await.unwrap(), "made");
+        stop.send(()).unwrap();
+        served.await.unwrap().unwrap();
     }
 }

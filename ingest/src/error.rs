@@ -49,6 +49,10 @@ pub enum IngestError {
     ControlPlane(String),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error("no such route; agents POST batches to /v1/batches")]
+    NoRoute,
+    #[error("this route does not take {0}; the Allow header lists what it takes")]
+    MethodNotAllowed(String),
 }
 
 impl IngestError {
@@ -72,6 +76,8 @@ impl IngestError {
             Self::Log(LogError::Full(_)) => "log_queue_full",
             Self::Log(e) if e.is_transient() => "log_unavailable",
             Self::Log(_) => "internal",
+            Self::NoRoute => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
 
@@ -93,6 +99,8 @@ impl IngestError {
             Self::ControlPlane(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Log(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Log(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }

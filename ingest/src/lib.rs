@@ -79,12 +79,20 @@ impl IngestState {
     }
 }
 
+/// The node's routes. Every other path is answered 404 `not_found`, and a
+/// method a route does not take (`GET /v1/batches`) 405
+/// `method_not_allowed` with an `Allow` header, each with the JSON body
+/// of every refusal.
 pub fn router(state: Arc<IngestState>) -> Router {
     Router::new()
         .route(BATCH_ROUTE, post(accept_batch))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .fallback(|| async { IngestError::NoRoute })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            IngestError::MethodNotAllowed(method.to_string())
+        })
         .with_state(state)
 }
 
