@@ -320,6 +320,16 @@ fn expected(tenant: &str, keep: impl Fn(&str, &str) -> bool) -> Vec<(String, i64
     rows
 }
 
+/// The employee of each row, in the order served.
+fn served_employees(answer: &Value) -> Vec<String> {
+    answer["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("rows in {answer}"))
+        .iter()
+        .map(|r| r["employee"].as_str().expect("an employee id").to_string())
+        .collect()
+}
+
 fn by_employee(answer: &Value) -> Vec<(String, i64)> {
     let mut rows: Vec<(String, i64)> = answer["rows"]
         .as_array()
@@ -345,6 +355,14 @@ async fn kpis_answer_within_each_roles_scope() {
         let (status, owner) = s.kpi(&t["owner"], "employee").await;
         assert_eq!(status, StatusCode::OK, "{owner}");
         assert_eq!(by_employee(&owner), expected("acme", |_, _| true));
+        // Served in the order of the ids the caller sees, not of pseudonyms.
+        assert_eq!(
+            served_employees(&owner),
+            expected("acme", |_, _| true)
+                .into_iter()
+                .map(|(e, _)| e)
+                .collect::<Vec<_>>()
+        );
         let alice = owner["rows"]
             .as_array()
             .unwrap()
@@ -444,6 +462,13 @@ async fn kpis_answer_within_each_roles_scope() {
         let second: Value = page(3).await.unwrap().json().await.unwrap();
         assert_eq!(second["rows"].as_array().unwrap().len(), 1);
         assert!(second["next_offset"].is_null());
+        let mut paged = served_employees(&first);
+        paged.extend(served_employees(&second));
+        assert_eq!(
+            paged,
+            served_employees(&owner),
+            "pages follow the same order"
+        );
 
         // Attendance: everyone started at 10:00 UTC, the schedule at 09:00.
         let attendance = |who: &str, from: NaiveDate, group_by: &str, grace: &str| {
@@ -534,14 +559,7 @@ async fn kpis_answer_within_each_roles_scope() {
             .json()
             .await
             .unwrap();
-        let mut names: Vec<&str> = managed["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["employee"].as_str().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["alice", "bob", "mary"]);
+        assert_eq!(served_employees(&managed), ["alice", "bob", "mary"]);
         let pseudonymous: Value = attendance("analyst", week_back, "employee", "10")
             .await
             .unwrap()
@@ -569,6 +587,10 @@ async fn kpis_answer_within_each_roles_scope() {
             .json()
             .await
             .unwrap();
+        let served = served_employees(&by_employee);
+        let mut sorted = served.clone();
+        sorted.sort();
+        assert_eq!(served, sorted, "apps rows in the order of the ids shown");
         let alice = by_employee["rows"]
             .as_array()
             .unwrap()

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use arrow::array::timezone::Tz;
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, AsArray, RecordBatch};
 
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use candor_schemas::datasets::SLOT_MS;
@@ -27,7 +27,7 @@ use chrono::{Days, NaiveDate};
 use serde::Serialize;
 
 use crate::scope::Identities;
-use crate::session::ScopedSession;
+use crate::session::{Answer, ScopedSession};
 use crate::{QueryError, utf8};
 
 /// Longest span one KPI request may cover.
@@ -188,6 +188,47 @@ impl GroupKey {
     }
 }
 
+/// How rows are ordered: by their grouping keys in `group_by` order, as the
+/// caller sees them (the employee id where the row was re-identified, else
+/// the pseudonym), a missing key after every present one (as SQL's `ASC`).
+fn display_order(
+    group_by: &[GroupBy],
+    key: &[Option<String>],
+    identities: Option<&Identities>,
+) -> Vec<(bool, String)> {
+    group_by
+        .iter()
+        .zip(key)
+        .map(|(g, value)| {
+            let shown = match (g, value, identities) {
+                (GroupBy::Employee, Some(subject), Some(ids)) => ids
+                    .employee(subject)
+                    .map_or_else(|| subject.clone(), |e| e.to_string()),
+                (_, value, _) => value.clone().unwrap_or_default(),
+            };
+            (value.is_none(), shown)
+        })
+        .collect()
+}
+
+/// Whether re-identification changes the order of rows grouped by
+/// `group_by`, so they must be ordered after it rather than by SQL.
+fn reordered_by_identities(group_by: &[GroupBy], identities: Option<&Identities>) -> bool {
+    identities.is_some() && group_by.contains(&GroupBy::Employee)
+}
+
+/// The rows of `answer`, all of them: a KPI over more than the answer may
+/// hold is refused rather than summed over a part.
+fn complete(answer: Answer) -> Result<Vec<RecordBatch>, QueryError> {
+    if answer.truncated {
+        return Err(QueryError::TooLarge(
+            "the KPI has more groups than one answer may hold; narrow the days or the grouping"
+                .into(),
+        ));
+    }
+    Ok(answer.batches)
+}
+
 impl<T> Page<T> {
     fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
         Page {
@@ -292,18 +333,23 @@ async fn grouped_sums(
         .map(|e| format!("CAST(sum({e}) AS DOUBLE)"))
         .collect();
     let rows = local_days_sql(table, columns, &request.time_zone, request.from, request.to)?;
+    // SQL orders and pages, unless re-identified ids order the rows.
+    let in_rust = reordered_by_identities(&request.group_by, identities);
+    let page_sql = if in_rust {
+        String::new()
+    } else {
+        format!("LIMIT {} OFFSET {}", request.limit + 1, request.offset)
+    };
     let sql = format!(
         r#"SELECT {keys}, {}
            FROM ({rows})
            GROUP BY {keys}
            ORDER BY {keys}
-           LIMIT {} OFFSET {}"#,
+           {page_sql}"#,
         sums_sql.join(", "),
-        request.limit + 1,
-        request.offset
     );
     let mut out = Vec::new();
-    for batch in &session.query(&sql).await?.batches {
+    for batch in &complete(session.query(&sql).await?)? {
         let keys: Vec<_> = (0..n).map(|i| utf8(batch.column(i))).collect();
         let values: Vec<_> = (0..sums.len())
             .map(|j| batch.column(n + j).as_primitive::<Float64Type>())
@@ -317,9 +363,21 @@ async fn grouped_sums(
                 .iter()
                 .map(|v| if v.is_valid(i) { v.value(i) } else { 0.0 })
                 .collect();
-            out.push((GroupKey::new(&request.group_by, &key, identities), sums));
+            out.push((key, sums));
         }
     }
+    if in_rust {
+        out.sort_by_cached_key(|(key, _)| display_order(&request.group_by, key, identities));
+        out = out
+            .into_iter()
+            .skip(request.offset)
+            .take(request.limit + 1)
+            .collect();
+    }
+    let out = out
+        .into_iter()
+        .map(|(key, sums)| (GroupKey::new(&request.group_by, &key, identities), sums))
+        .collect();
     Ok(page(out, request))
 }
 
@@ -487,7 +545,7 @@ pub async fn attendance(
     };
     let start = policy.work_hours.start_minutes() + policy.grace_minutes;
     let mut days: BTreeMap<(String, NaiveDate), Attended> = BTreeMap::new();
-    for batch in &session.query(&sql).await?.batches {
+    for batch in &complete(session.query(&sql).await?)? {
         let (subject, department, day) = (
             utf8(batch.column(0)),
             utf8(batch.column(1)),
@@ -565,10 +623,13 @@ pub async fn attendance(
             None => row.absent_days += 1,
         }
     }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_cached_key(|(key, _)| display_order(by, key, identities));
     let rows: Vec<AttendanceRow> = groups
-        .into_values()
+        .into_iter()
         .skip(request.offset)
         .take(request.limit + 1)
+        .map(|(_, row)| row)
         .collect();
     Ok(page(rows, request))
 }
@@ -621,7 +682,7 @@ pub async fn apps(
            GROUP BY {keys}, app, host, category"#
     );
     let mut groups: BTreeMap<Vec<Option<String>>, Vec<TopApp>> = BTreeMap::new();
-    for batch in &session.query(&sql).await?.batches {
+    for batch in &complete(session.query(&sql).await?)? {
         let keys: Vec<_> = (0..n).map(|i| utf8(batch.column(i))).collect();
         let (app, host, category) = (
             utf8(batch.column(n)),
@@ -642,6 +703,8 @@ pub async fn apps(
             });
         }
     }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_cached_key(|(key, _)| display_order(&request.group_by, key, identities));
     let rows: Vec<AppsRow> = groups
         .into_iter()
         .skip(request.offset)
