@@ -83,7 +83,7 @@ fn main() {
         },
         Case {
             name: "flipped-ciphertext-bit",
-            note: "one bit of the first ciphertext byte flipped",
+            note: "the valid batch with the highest bit (0x80) of ciphertext byte N - 24 flipped (0-based, N = ciphertext length): envelope byte len - 40, the 24th byte before the tag",
             employee_in_header: "e-1042",
             sealed_by: "e-1042",
             json: valid_json(t),

@@ -127,3 +127,76 @@ fn tenant_keys_and_subjects_match() {
         assert_eq!(pk.subject(&employee), str_of(t, "subject"));
     }
 }
+
+/// The flipped vectors differ from their own untampered seal in exactly
+/// the bit their notes name, so an implementer who compares bytes is told
+/// the truth.
+#[test]
+fn flipped_vectors_flip_the_bit_their_note_names() {
+    let all = vectors();
+    let master = MasterSecret::from_bytes(&hex_of(&all, "master_secret_hex")).unwrap();
+    let by_name = |name: &str| {
+        all["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("vector {name}"))
+            .clone()
+    };
+    // (name, mask, words the note must hold); the index is checked below.
+    let cases = [
+        (
+            "flipped-tag-bit",
+            0x01,
+            &["lowest bit", "last tag byte"][..],
+        ),
+        (
+            "flipped-ciphertext-bit",
+            0x80,
+            &["highest bit (0x80)", "ciphertext byte N - 24", "len - 40"][..],
+        ),
+    ];
+    for (name, mask, words) in cases {
+        let v = by_name(name);
+        let tenant = TenantId::new(str_of(&v, "tenant")).unwrap();
+        let device = DeviceId::new(str_of(&v, "device")).unwrap();
+        let version = v["key_version"].as_u64().unwrap() as u32;
+        let employee = EmployeeId::new(str_of(&v, "employee")).unwrap();
+        let key = master.device_key(&tenant, &employee, &device, version);
+        let header = EnvelopeHeader {
+            key_version: version,
+            batch_id: hex_of(&v, "batch_id_hex").try_into().unwrap(),
+            tenant,
+            employee,
+            device,
+        };
+        let nonce: [u8; 24] = hex_of(&v, "nonce_hex").try_into().unwrap();
+        let payload = hex_of(&v, "payload_hex");
+        let untampered = envelope::seal(&header, &key, &nonce, &payload);
+        let sealed = hex_of(&v, "sealed_hex");
+        assert_eq!(sealed.len(), untampered.len(), "{name}");
+        let diffs: Vec<(usize, u8)> = sealed
+            .iter()
+            .zip(&untampered)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| (i, a ^ b))
+            .collect();
+        // The envelope ends with the ciphertext (N bytes) and the 16-byte tag.
+        let (len, n) = (sealed.len(), payload.len());
+        let index = match name {
+            "flipped-tag-bit" => len - 1,
+            _ => {
+                let ciphertext_start = len - 16 - n;
+                assert_eq!(ciphertext_start + n - 24, len - 40);
+                len - 40
+            }
+        };
+        assert_eq!(diffs, vec![(index, mask)], "{name}");
+        let note = str_of(&v, "note");
+        for word in words {
+            assert!(note.contains(word), "{name}: note {note:?} lacks {word:?}");
+        }
+    }
+}
