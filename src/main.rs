@@ -150,12 +150,13 @@ struct StandaloneArgs {
 #[derive(Args, Clone)]
 struct ControlArgs {
     /// Control-plane store: a directory, `file:///path` or `s3://bucket/prefix`
-    /// (S3 settings from AWS_* variables). Standalone keeps it in
-    /// `<data dir>/control`, which is the default here.
+    /// (S3 settings from AWS_* variables). Without it, `<CANDOR_DATA_DIR>/control`
+    /// (`.candor/control` if CANDOR_DATA_DIR is unset): where standalone
+    /// keeps it, in the data directory the master secret is found in too.
     #[arg(
         long = "control",
         env = "CANDOR_CONTROL_URL",
-        default_value = ".candor/control"
+        default_value_t = default_control_url()
     )]
     url: String,
     /// Seconds between refreshes of a node's copy (how soon a revocation bites).
@@ -828,6 +829,19 @@ struct DeviceKeyArgs {
     key_version: u32,
 }
 
+/// The standalone data directory operator commands look in when nothing
+/// else is configured: `CANDOR_DATA_DIR`, else `.candor`.
+fn data_dir() -> PathBuf {
+    std::env::var_os("CANDOR_DATA_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| PathBuf::from(".candor"), PathBuf::from)
+}
+
+/// The control plane of the data directory: `<data dir>/control`.
+fn default_control_url() -> String {
+    data_dir().join("control").display().to_string()
+}
+
 fn master_secret() -> Result<MasterSecret> {
     if let Some(path) = std::env::var_os("CANDOR_MASTER_SECRET_FILE") {
         let text = std::fs::read_to_string(&path).with_context(|| {
@@ -842,8 +856,7 @@ fn master_secret() -> Result<MasterSecret> {
         return Ok(MasterSecret::from_hex(&hex)?);
     }
     // On one machine: the secret standalone created in its data directory.
-    let data_dir = std::env::var_os("CANDOR_DATA_DIR").unwrap_or_else(|| ".candor".into());
-    let path = PathBuf::from(data_dir).join("master.key");
+    let path = data_dir().join("master.key");
     if path.exists() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;

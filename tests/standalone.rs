@@ -561,3 +561,193 @@ async fn simulated_staff_with_field_workers_and_late_uploads_reach_the_kpis() {
     let status = restarted.exit_status().await;
     assert!(status.success(), "{status}");
 }
+
+/// Runs `candor` in `cwd` with only `CANDOR_DATA_DIR` (and `extra`) set of
+/// its configuration; returns whether it succeeded, stdout and stderr.
+fn candor_in(
+    cwd: &Path,
+    data: &Path,
+    extra: &[(&str, &Path)],
+    args: &[&str],
+) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_candor"));
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env("CANDOR_DATA_DIR", data)
+        .env_remove("CANDOR_CONTROL_URL")
+        .env_remove("CANDOR_MASTER_SECRET")
+        .env_remove("CANDOR_MASTER_SECRET_FILE");
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn operator_commands_find_the_control_plane_in_the_data_dir_like_the_master_secret() {
+    let data = tempfile::tempdir().unwrap();
+    // Run from elsewhere, so `./.candor` cannot be what is found.
+    let cwd = tempfile::tempdir().unwrap();
+    let secret: [u8; 32] = rand::random();
+    std::fs::write(data.path().join("master.key"), hex::encode(secret)).unwrap();
+    let run =
+        |extra: &[(&str, &Path)], args: &[&str]| candor_in(cwd.path(), data.path(), extra, args);
+
+    let (ok, _, stderr) = run(&[], &["tenant", "create", "--tenant", "acme"]);
+    assert!(ok, "tenant create: {stderr}");
+    assert!(
+        data.path().join("control").is_dir(),
+        "the control plane is in the data dir"
+    );
+    assert!(!cwd.path().join(".candor").exists(), "nothing in ./.candor");
+    let (ok, stdout, stderr) = run(&[], &["tenant", "show", "--tenant", "acme"]);
+    assert!(ok, "tenant show: {stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (doc["id"].as_str(), doc["plan"].as_str()),
+        (Some("acme"), Some("starter"))
+    );
+    let (ok, stdout, stderr) = run(&[], &["audit", "verify", "--tenant", "acme"]);
+    assert!(ok, "audit verify: {stdout}{stderr}");
+    let (ok, _, stderr) = run(&[], &["token", "list", "--tenant", "acme"]);
+    assert!(ok, "token list: {stderr}");
+
+    // The explicit flag and CANDOR_CONTROL_URL still win over the data dir.
+    let other = tempfile::tempdir().unwrap();
+    let other_url = other.path().to_str().unwrap();
+    let (ok, _, stderr) = run(
+        &[],
+        &[
+            "tenant",
+            "create",
+            "--control",
+            other_url,
+            "--tenant",
+            "globex",
+        ],
+    );
+    assert!(ok, "tenant create --control: {stderr}");
+    let (ok, _, _) = run(&[], &["tenant", "show", "--tenant", "globex"]);
+    assert!(!ok, "globex is not in the data dir's control plane");
+    let (ok, stdout, stderr) = run(
+        &[("CANDOR_CONTROL_URL", other.path())],
+        &["tenant", "show", "--tenant", "globex"],
+    );
+    assert!(
+        ok && stdout.contains("globex"),
+        "CANDOR_CONTROL_URL: {stderr}"
+    );
+    let (ok, _, _) = run(
+        &[("CANDOR_CONTROL_URL", other.path())],
+        &["tenant", "show", "--tenant", "acme"],
+    );
+    assert!(!ok, "CANDOR_CONTROL_URL outranks the data dir");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_methods_answer_json_on_both_listeners() {
+    let data = tempfile::tempdir().unwrap();
+    let (_, secret_file) = secret_in(data.path());
+    let node = Standalone::start(data.path(), &secret_file);
+    let client = reqwest::Client::new();
+    let cases = [
+        // The ingest listener, in the shape of its refusals.
+        (
+            &node.url,
+            reqwest::Method::GET,
+            "/v1/batches",
+            405,
+            "rejected",
+            "method_not_allowed",
+        ),
+        (
+            &node.url,
+            reqwest::Method::PUT,
+            "/v1/batches",
+            405,
+            "rejected",
+            "method_not_allowed",
+        ),
+        (
+            &node.url,
+            reqwest::Method::GET,
+            "/v1/nothing",
+            404,
+            "rejected",
+            "not_found",
+        ),
+        // The query listener, in the shape of its errors.
+        (
+            &node.query_url,
+            reqwest::Method::GET,
+            "/v1/nothing",
+            404,
+            "error",
+            "not_found",
+        ),
+        (
+            &node.query_url,
+            reqwest::Method::GET,
+            "/v1/sql",
+            405,
+            "error",
+            "method_not_allowed",
+        ),
+        (
+            &node.query_url,
+            reqwest::Method::PUT,
+            "/v1/extracts",
+            405,
+            "error",
+            "method_not_allowed",
+        ),
+        (
+            &node.query_url,
+            reqwest::Method::POST,
+            "/v1/admin/tenant",
+            405,
+            "error",
+            "method_not_allowed",
+        ),
+        (
+            &node.query_url,
+            reqwest::Method::GET,
+            "/v1/admin/nothing",
+            404,
+            "error",
+            "not_found",
+        ),
+    ];
+    for (base, method, path, status, word, reason) in cases {
+        let what = format!("{method} {base}{path}");
+        let answer = tokio::time::timeout(
+            GUARD,
+            client.request(method, format!("{base}{path}")).send(),
+        )
+        .await
+        .expect("answered within the guard")
+        .unwrap();
+        assert_eq!(answer.status().as_u16(), status, "{what}");
+        if status == 405 {
+            assert!(answer.headers().contains_key("allow"), "{what}");
+        }
+        let body: serde_json::Value = answer
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(body["status"], word, "{what}: {body}");
+        assert_eq!(body["reason"], reason, "{what}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {body}"
+        );
+    }
+    node.terminate();
+    assert!(node.exit_status().await.success());
+}
