@@ -123,7 +123,8 @@ impl Standalone {
         .unwrap_or_else(|_| panic!("{name} never reached the expected value"));
     }
 
-    /// Waits, within the guard, until the processor has taken in `events`.
+    /// Waits, within the guard, until `events` are in the lake: the
+    /// processor's committed events, the signal README names.
     async fn wait_for_events(&self, events: u64) {
         let url = format!("{}/metrics", self.url);
         tokio::time::timeout(GUARD, async {
@@ -131,7 +132,7 @@ impl Standalone {
                 if let Ok(r) = reqwest::get(&url).await
                     && metric(
                         &r.text().await.unwrap_or_default(),
-                        "candor_processor_events_total",
+                        "candor_processor_events_committed_total",
                     ) == Some(events)
                 {
                     return;
@@ -140,7 +141,7 @@ impl Standalone {
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("the processor did not take in {events} events"));
+        .unwrap_or_else(|_| panic!("the processor did not commit {events} events"));
     }
 
     fn terminate(&self) {

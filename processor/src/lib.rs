@@ -92,7 +92,11 @@ impl Default for ProcessorConfig {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ProcessorStats {
     pub records: u64,
+    /// Events of the log records opened.
     pub events: u64,
+    /// Events of the log records whose flush is committed: `events` once
+    /// every flush under way has landed.
+    pub events_committed: u64,
     /// Events outside the tenant's work hours, kept out of the lake.
     pub events_outside_work_hours: u64,
     /// Events of a batch already in the lake (a second copy in the log).
@@ -169,6 +173,7 @@ impl<C: LogConsumer> Processor<C> {
         ProcessorStats {
             records: m.records.get(),
             events: m.events.get(),
+            events_committed: m.events_committed.get(),
             events_outside_work_hours: m
                 .events_dropped
                 .with_label_values(&["outside_work_hours"])
@@ -246,9 +251,12 @@ impl<C: LogConsumer> Processor<C> {
         }
         let mut positions = Vec::with_capacity(by_partition.len());
         let mut taken_in = Vec::with_capacity(by_partition.len());
+        let mut events = 0;
         for (partition, records) in by_partition {
             let timer = Instant::now();
-            let (last, ids, ids_file) = self.write_partition_chunk(partition, &records).await?;
+            let (last, ids, ids_file, chunk_events) =
+                self.write_partition_chunk(partition, &records).await?;
+            events += chunk_events;
             taken_in.push((partition, last + 1, ids, ids_file));
             self.metrics
                 .flush_seconds
@@ -260,6 +268,7 @@ impl<C: LogConsumer> Processor<C> {
         }
         // Only now, with every object durable, may the log forget the records.
         self.commit(&positions).await?;
+        self.metrics.events_committed.inc_by(events);
         for (partition, next_offset, ids, file) in taken_in {
             self.seen.committed(partition, next_offset, ids, file).await;
         }
@@ -284,12 +293,13 @@ impl<C: LogConsumer> Processor<C> {
 
     /// Aggregates one partition's records and writes one object per dataset,
     /// tenant and date. Returns the last offset covered, the batch ids taken
-    /// in, and the object they were written to (when there were any).
+    /// in, the object they were written to (when there were any), and the
+    /// events of the records that opened.
     async fn write_partition_chunk(
         &mut self,
         partition: i32,
         records: &[Delivered],
-    ) -> Result<(i64, ChunkIds, Option<ObjectPath>), ProcessorError> {
+    ) -> Result<(i64, ChunkIds, Option<ObjectPath>, u64), ProcessorError> {
         let first = records.first().expect("chunks are non-empty").offset;
         let last = records.last().expect("chunks are non-empty").offset;
         let mut backoff = Backoff::default();
@@ -307,6 +317,7 @@ impl<C: LogConsumer> Processor<C> {
         };
         let mut agg = Aggregator::with_routes(routes);
         let mut dead = Vec::new();
+        let mut events = 0;
         let mut tenants: HashMap<TenantId, Option<(Arc<TenantView>, TenantPolicy)>> =
             HashMap::new();
         for d in records {
@@ -339,6 +350,7 @@ impl<C: LogConsumer> Processor<C> {
                         .expect("a record opened, so its tenant exists");
                     let keys = keys.as_ref().expect("a record opened, so its keys exist");
                     self.metrics.events.inc_by(record.events.num_rows() as u64);
+                    events += record.events.num_rows() as u64;
                     let key = (record.meta.batch_id, record.dataset as u8);
                     if self
                         .seen
@@ -430,7 +442,7 @@ impl<C: LogConsumer> Processor<C> {
                 backoff.wait("dead-letter append", &e).await;
             }
         }
-        Ok((last, ids, ids_file.map(|(path, _)| path)))
+        Ok((last, ids, ids_file.map(|(path, _)| path), events))
     }
 
     /// Records the flush's intent, then writes its objects durably.

@@ -8,6 +8,9 @@ use prometheus::{
 pub struct ProcessorMetrics {
     pub records: IntCounter,
     pub events: IntCounter,
+    /// Events whose flush is committed: equal to the events ingest accepted
+    /// exactly when every accepted batch is in the lake.
+    pub events_committed: IntCounter,
     pub records_undecodable: IntCounter,
     /// Events the tenant's policy kept out of the lake, by reason.
     pub events_dropped: IntCounterVec,
@@ -102,6 +105,11 @@ impl ProcessorMetrics {
             events: counter(
                 "candor_processor_events_total",
                 "Events in the log records consumed",
+            ),
+            events_committed: counter(
+                "candor_processor_events_committed_total",
+                "Events of log records whose flush is committed (rows in the lake, log positions committed); \
+                 duplicates and events outside work hours count too, as they are settled",
             ),
             records_undecodable: counter(
                 "candor_processor_records_undecodable_total",
