@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -743,26 +743,80 @@ async fn kpis_answer_within_each_roles_scope() {
             doc,
             serde_json::from_str::<Value>(candor_query::api::OPENAPI).unwrap()
         );
-        for (path, methods) in doc["paths"].as_object().unwrap() {
-            for method in methods.as_object().unwrap().keys() {
-                let url = format!(
-                    "{}{}",
-                    s.url,
-                    path.replace("{device}", "d1").replace("{id}", "t1")
-                );
-                let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-                let status = s
+        // What is served is what is documented, both ways: the router's
+        // table against the document, then each path probed with every
+        // method (a method not served is 405, with a JSON body).
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, methods)| {
+                methods
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> = candor_query::api::routes()
+            .iter()
+            .flat_map(|r| {
+                let names: Vec<&str> = if r.path.contains("{name}") {
+                    candor_query::api::KPI_NAMES.to_vec()
+                } else {
+                    vec![""]
+                };
+                names
+                    .into_iter()
+                    .map(|n| (r.method.to_string(), r.path.replace("{name}", n)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(served, documented);
+        let paths: BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
+        for path in paths {
+            let url = format!(
+                "{}{}",
+                s.url,
+                path.replace("{device}", "d1").replace("{id}", "t1")
+            );
+            for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+                let response = s
                     .http
-                    .request(method.clone(), &url)
+                    .request(
+                        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                        &url,
+                    )
                     .send()
                     .await
-                    .unwrap()
-                    .status();
-                assert!(
-                    status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
-                    "{method} {path}: {status}"
-                );
+                    .unwrap();
+                let status = response.status();
+                if documented.contains(&(method.to_string(), path.clone())) {
+                    assert!(
+                        status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                        "{method} {path}: {status}"
+                    );
+                } else {
+                    let body: Value = response.json().await.unwrap_or_default();
+                    assert_eq!(
+                        (status, body["reason"].as_str()),
+                        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")),
+                        "{method} {path}: {body}"
+                    );
+                }
             }
+        }
+        for path in ["/v1/kpi/nothing", "/v1/nothing"] {
+            let response = s
+                .http
+                .get(format!("{}{path}", s.url))
+                .bearer_auth(&t["owner"])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+            let body: Value = response.json().await.unwrap();
+            assert!(body["reason"].is_string(), "{path}: {body}");
         }
     })
     .await

@@ -6,35 +6,20 @@
 //! tenant's audit chain before its answer is sent; if the audit log cannot
 //! be written, nothing is answered.
 //!
-//! | route | does |
-//! | --- | --- |
-//! | `GET /v1/kpi/activity` | activity KPIs ([`crate::kpi`]) |
-//! | `GET /v1/kpi/apps` | productive share by app category, top apps |
-//! | `GET /v1/kpi/gps` | positions and distance travelled |
-//! | `GET /v1/kpi/attendance` | presence, first and last activity, late arrivals, absences |
-//! | `POST /v1/extracts` | produce an anonymized extract ([`crate::extract`]); ai, owner, admin |
-//! | `GET /v1/audit.csv` | the tenant's audit log as CSV, with the chain's verification in headers; owner only |
-//! | `GET /v1/openapi.json` | the API's OpenAPI document (`query/api/openapi.json`) |
-//! | `POST /v1/sql` | one `SELECT` over the scoped views, as JSON, CSV, Arrow IPC or Parquet |
-//! | `GET /v1/admin/tenant` | the token's tenant document (`ETag` = its version) |
-//! | `PUT /v1/admin/tenant` | replace it (`If-Match: <version>` to refuse a stale write); `cancelled_at_ms` must stay as it is |
-//! | `POST /v1/admin/tenant/cancel` | cancel the tenant now (owner only; the server stamps the time) |
-//! | `POST /v1/admin/tenant/reinstate` | undo a cancellation (owner only; open to an owner of a cancelled tenant, as is `GET /v1/admin/tenant`) |
-//! | `GET /v1/admin/directory`, `PUT /v1/admin/directory` | the same for the directory |
-//! | `POST /v1/admin/devices` | enroll `{employee, device}`; answers the device key, once |
-//! | `POST /v1/admin/devices/{device}/revoke` | revoke the device's current key version |
-//! | `GET /v1/admin/tokens`, `POST /v1/admin/tokens` | list tokens; create one (shown once) |
-//! | `DELETE /v1/admin/tokens/{id}` | revoke a token |
+//! The routes are [`routes`]; `query/api/openapi.json` (served at
+//! `GET /v1/openapi.json`) documents each with its parameters, bodies and
+//! answers, and a test holds the two equal both ways.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use candor_control::documents::MAX_DIRECTORY_BYTES;
 use candor_control::{
@@ -129,35 +114,72 @@ impl QueryMetrics {
     }
 }
 
+/// One served route: its method, its path as the router matches it, and
+/// its handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<Arc<QueryState>>,
+}
+
+impl Route {
+    fn new<H, T>(method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, Arc<QueryState>>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a method a route can take");
+        Route {
+            method,
+            path,
+            handler: on(filter, handler),
+        }
+    }
+
+    /// Bodies up to `bytes` (the default limit is 2 MiB).
+    fn body_limit(mut self, bytes: usize) -> Self {
+        self.handler = self.handler.layer(DefaultBodyLimit::max(bytes));
+        self
+    }
+}
+
+/// Every route the node serves. The router is built from this list alone,
+/// and a test holds it equal to the OpenAPI document, both ways, so what
+/// is served is what is documented. `{name}` of the KPI route is one of
+/// [`KPI_NAMES`].
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    vec![
+        Route::new(M::GET, "/v1/kpi/{name}", kpi_page),
+        Route::new(M::POST, "/v1/extracts", request_extract),
+        Route::new(M::GET, "/v1/audit.csv", export_audit),
+        Route::new(M::GET, "/v1/openapi.json", openapi),
+        Route::new(M::POST, "/v1/sql", run_sql).body_limit(MAX_SQL_BODY_BYTES),
+        Route::new(M::GET, "/v1/admin/tenant", get_tenant),
+        Route::new(M::PUT, "/v1/admin/tenant", put_tenant),
+        Route::new(M::POST, "/v1/admin/tenant/cancel", cancel_tenant),
+        Route::new(M::POST, "/v1/admin/tenant/reinstate", reinstate_tenant),
+        Route::new(M::GET, "/v1/admin/directory", get_directory),
+        Route::new(M::PUT, "/v1/admin/directory", put_directory)
+            .body_limit(MAX_DIRECTORY_BYTES as usize + 4096),
+        Route::new(M::POST, "/v1/admin/devices", enroll_device),
+        Route::new(M::POST, "/v1/admin/devices/{device}/revoke", revoke_device),
+        Route::new(M::GET, "/v1/admin/tokens", list_tokens),
+        Route::new(M::POST, "/v1/admin/tokens", create_token),
+        Route::new(M::DELETE, "/v1/admin/tokens/{id}", revoke_token),
+        Route::new(M::GET, "/healthz", || async { "ok" }),
+        Route::new(M::GET, "/readyz", readyz),
+        Route::new(M::GET, "/metrics", metrics_text),
+    ]
+}
+
 pub fn router(state: Arc<QueryState>) -> Router {
-    let admin = Router::new()
-        .route("/tenant", get(get_tenant).put(put_tenant))
-        .route("/tenant/cancel", post(cancel_tenant))
-        .route("/tenant/reinstate", post(reinstate_tenant))
-        .route(
-            "/directory",
-            get(get_directory)
-                .put(put_directory)
-                .layer(DefaultBodyLimit::max(MAX_DIRECTORY_BYTES as usize + 4096)),
-        )
-        .route("/devices", post(enroll_device))
-        .route("/devices/{device}/revoke", post(revoke_device))
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{id}", axum::routing::delete(revoke_token));
-    Router::new()
-        .nest("/v1/admin", admin)
-        .route("/v1/kpi/{name}", get(kpi_page))
-        .route("/v1/extracts", post(request_extract))
-        .route("/v1/audit.csv", get(export_audit))
-        .route("/v1/openapi.json", get(openapi))
-        .route(
-            "/v1/sql",
-            post(run_sql).layer(DefaultBodyLimit::max(MAX_SQL_BODY_BYTES)),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(state)
+    let mut router = Router::new();
+    for route in routes() {
+        // Routes of one path merge into one method router.
+        router = router.route(route.path, route.handler);
+    }
+    router.with_state(state)
 }
 
 /// Serves on `listener` with `serve` (TLS, connection caps, timeouts)
@@ -730,6 +752,9 @@ enum Kpi {
     Apps,
     Gps,
 }
+
+/// The KPIs, by the name their route takes.
+pub const KPI_NAMES: [&str; 4] = ["activity", "attendance", "apps", "gps"];
 
 impl Kpi {
     fn of(name: &str) -> Option<Kpi> {
