@@ -4,100 +4,21 @@
 //! request is still answered, and a body that stops short of its
 //! `Content-Length` gets 408 `request_timeout`.
 
-use std::io::{BufRead, BufReader, Lines};
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use common::process::{Standalone, candor, secret_in};
 
 /// Bound of every wait: far above the 1 s timeouts the node runs with, so
 /// a failure means "never", not "slow".
 const WAIT: Duration = Duration::from_secs(20);
 /// Connections each listener serves at once in this test.
 const MAX_CONNECTIONS: usize = 3;
-
-fn secret_in(dir: &Path) -> PathBuf {
-    let secret: [u8; 32] = rand::random();
-    let file = dir.join("secret.hex");
-    std::fs::write(&file, hex::encode(secret)).unwrap();
-    file
-}
-
-/// Runs a `candor` command against a data directory; returns its stdout.
-fn candor(data: &Path, secret_file: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_candor"))
-        .args(args)
-        .env("CANDOR_CONTROL_URL", data.join("control"))
-        .env("CANDOR_MASTER_SECRET_FILE", secret_file)
-        .env_remove("CANDOR_MASTER_SECRET")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "candor {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A running `candor standalone` on free loopback ports; killed on drop.
-struct Standalone {
-    child: Child,
-    ingest: SocketAddr,
-    query: SocketAddr,
-    /// Kept open so the process never writes to a closed pipe.
-    _stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl Standalone {
-    fn start(data: &Path, secret_file: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_candor"))
-            .arg("standalone")
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--query-listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("CANDOR_MASTER_SECRET_FILE", secret_file)
-            .env_remove("CANDOR_MASTER_SECRET")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let address = |url: &str| -> SocketAddr {
-            let rest = url.strip_prefix("http://").expect("plain HTTP on loopback");
-            rest.split('/').next().unwrap().parse().unwrap()
-        };
-        let (mut ingest, mut query) = (None, None);
-        while ingest.is_none() || query.is_none() {
-            let line = lines
-                .next()
-                .expect("standalone printed its addresses")
-                .unwrap();
-            let mut words = line.split_whitespace();
-            match (words.next(), words.next()) {
-                (Some("ingest"), Some(url)) => ingest = Some(address(url)),
-                (Some("query"), Some(url)) => query = Some(address(url)),
-                _ => {}
-            }
-        }
-        Self {
-            child,
-            ingest: ingest.unwrap(),
-            query: query.unwrap(),
-            _stdout: lines,
-        }
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Waits until the server closes `stream`; returns what it sent.
 async fn closed_by_server(stream: &mut TcpStream, what: &str) -> String {
@@ -167,7 +88,7 @@ async fn short_bodies_get_408(addr: SocketAddr, port: &str, head: &str, partial:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_short_connections_free_their_slots_on_ingest_and_query() {
     let data = tempfile::tempdir().unwrap();
-    let secret_file = secret_in(data.path());
+    let (_, secret_file) = secret_in(data.path());
     // A token, so the query node reads the SQL request's body.
     let token = candor(
         data.path(),

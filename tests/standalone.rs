@@ -6,43 +6,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Lines};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use candor_query::{ActivityDay, TenantLake};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{EnvelopeHeader, TenantId};
 use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
+use common::process::{Standalone, candor, secret_in};
 use common::{activity_batch, header, ms, post, samples, seal_batch};
 
 /// Hang guard: a stuck process fails the test instead of stalling CI.
 const GUARD: Duration = Duration::from_secs(120);
 const BATCH: &str = "application/vnd.candor.batch";
-
-/// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Runs a `candor` command against a data directory; returns its stdout.
-fn candor(data: &Path, secret_file: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_candor"))
-        .args(args)
-        .env("CANDOR_CONTROL_URL", data.join("control"))
-        .env("CANDOR_MASTER_SECRET_FILE", secret_file)
-        .env_remove("CANDOR_MASTER_SECRET")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "candor {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The lake subject of an employee, from the tenant's keys in the control plane.
 async fn subject_of(data: &Path, master: &MasterSecret, h: &EnvelopeHeader) -> String {
@@ -54,134 +31,6 @@ async fn subject_of(data: &Path, master: &MasterSecret, h: &EnvelopeHeader) -> S
         .unwrap()
         .unwrap();
     keys.pseudonym().subject(&h.employee)
-}
-
-/// A running `candor standalone` on free loopback ports.
-struct Standalone {
-    child: Child,
-    url: String,
-    query_url: String,
-    /// Kept open so the process never writes to a closed pipe.
-    _stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl Standalone {
-    fn start(data: &Path, secret_file: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_candor"))
-            .arg("standalone")
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--query-listen", "127.0.0.1:0"])
-            .env("CANDOR_MASTER_SECRET_FILE", secret_file)
-            .env_remove("CANDOR_MASTER_SECRET")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut url, mut query_url) = (None, None);
-        while url.is_none() || query_url.is_none() {
-            let line = lines
-                .next()
-                .expect("standalone printed its addresses")
-                .unwrap();
-            let mut words = line.split_whitespace();
-            match (words.next(), words.next()) {
-                (Some("ingest"), Some(u)) => {
-                    url = Some(u.trim_end_matches("/v1/batches").to_string())
-                }
-                (Some("query"), Some(u)) => query_url = Some(u.to_string()),
-                _ => {}
-            }
-        }
-        Self {
-            child,
-            url: url.unwrap(),
-            query_url: query_url.unwrap(),
-            _stdout: lines,
-        }
-    }
-
-    /// A metric's current value, if the node answers and exports it.
-    async fn metric(&self, name: &str) -> Option<u64> {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metric(&text, name)
-    }
-
-    /// Waits, within the guard, until a metric satisfies `ok`.
-    async fn wait_for_metric(&self, name: &str, ok: impl Fn(u64) -> bool) {
-        tokio::time::timeout(GUARD, async {
-            while !self.metric(name).await.is_some_and(&ok) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{name} never reached the expected value"));
-    }
-
-    /// Waits, within the guard, until `events` are in the lake: the
-    /// processor's committed events, the signal README names.
-    async fn wait_for_events(&self, events: u64) {
-        let url = format!("{}/metrics", self.url);
-        tokio::time::timeout(GUARD, async {
-            loop {
-                if let Ok(r) = reqwest::get(&url).await
-                    && metric(
-                        &r.text().await.unwrap_or_default(),
-                        "candor_processor_events_committed_total",
-                    ) == Some(events)
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("the processor did not commit {events} events"));
-    }
-
-    fn terminate(&self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
-    /// Waits, within the guard, until the process exits.
-    async fn exit_status(mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let waited = tokio::time::timeout(
-            GUARD,
-            tokio::task::spawn_blocking(move || self.child.wait()),
-        )
-        .await;
-        match waited {
-            Ok(status) => status.unwrap().unwrap(),
-            Err(_) => {
-                // The blocking wait would keep the test's runtime alive:
-                // end the child, then fail.
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid])
-                    .status();
-                panic!("standalone did not exit within {GUARD:?}; killed it");
-            }
-        }
-    }
-}
-
-fn secret_in(dir: &Path) -> (MasterSecret, PathBuf) {
-    let secret: [u8; 32] = rand::random();
-    let file = dir.join("secret.hex");
-    std::fs::write(&file, hex::encode(secret)).unwrap();
-    (MasterSecret::from_bytes(&secret).unwrap(), file)
 }
 
 fn activity_day(subject: String, day: &str, tracked: i64, active: i64) -> ActivityDay {
@@ -216,7 +65,7 @@ async fn standalone_turns_sealed_batches_into_a_kpi_and_stops_cleanly() {
         ],
     );
     let token = token.trim();
-    let standalone = Standalone::start(data.path(), &secret_file);
+    let standalone = Standalone::start(data.path(), &secret_file, &[]);
 
     // ...and enroll a device over the admin API with it.
     let enrolled: serde_json::Value = reqwest::Client::new()
@@ -302,7 +151,7 @@ async fn a_lake_that_fails_is_retried_and_caught_up_without_a_restart() {
         ],
     );
 
-    let standalone = Standalone::start(data.path(), &secret_file);
+    let standalone = Standalone::start(data.path(), &secret_file, &[]);
     let day = Utc::now().date_naive() - Days::new(2);
     let alice = header("acme", "employee-alice-0001", "laptop-alice-01");
     let batch = activity_batch(samples(ms(day, 9, 0), 8, 30, 30));
@@ -438,7 +287,7 @@ async fn simulated_staff_with_field_workers_and_late_uploads_reach_the_kpis() {
             directory.to_str().unwrap(),
         ],
     );
-    let standalone = Standalone::start(data.path(), &secret_file);
+    let standalone = Standalone::start(data.path(), &secret_file, &[]);
 
     // The agents, as a process of their own.
     let summary = {
@@ -542,7 +391,7 @@ async fn simulated_staff_with_field_workers_and_late_uploads_reach_the_kpis() {
         &["compact", "--lake", lake.to_str().unwrap()],
     );
     assert!(count_before(&out, "objects") >= 4, "{out}");
-    let restarted = Standalone::start(data.path(), &secret_file);
+    let restarted = Standalone::start(data.path(), &secret_file, &[]);
     let url = restarted.query_url.clone();
     let again = get_from(url.clone(), attendance_path).await;
     assert_eq!(again["rows"], attendance["rows"]);
@@ -655,7 +504,7 @@ fn operator_commands_find_the_control_plane_in_the_data_dir_like_the_master_secr
 async fn unknown_routes_and_methods_answer_json_on_both_listeners() {
     let data = tempfile::tempdir().unwrap();
     let (_, secret_file) = secret_in(data.path());
-    let node = Standalone::start(data.path(), &secret_file);
+    let node = Standalone::start(data.path(), &secret_file, &[]);
     let client = reqwest::Client::new();
     let cases = [
         // The ingest listener, in the shape of its refusals.

@@ -1,0 +1,175 @@
+//! The real `candor` binary as processes, as an operator runs it: operator
+//! commands, and `candor standalone` on free loopback ports.
+
+use std::io::{BufRead, BufReader, Lines};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use candor_schemas::keys::MasterSecret;
+
+/// Bound of every wait on a process: a stuck one fails the test instead of
+/// stalling CI.
+const GUARD: Duration = Duration::from_secs(120);
+
+/// A fresh master secret, written as hex to `<dir>/secret.hex`.
+pub fn secret_in(dir: &Path) -> (MasterSecret, PathBuf) {
+    let secret: [u8; 32] = rand::random();
+    let file = dir.join("secret.hex");
+    std::fs::write(&file, hex::encode(secret)).unwrap();
+    (MasterSecret::from_bytes(&secret).unwrap(), file)
+}
+
+/// Runs a `candor` command against a data directory; returns its stdout.
+pub fn candor(data: &Path, secret_file: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_candor"))
+        .args(args)
+        .env("CANDOR_CONTROL_URL", data.join("control"))
+        .env("CANDOR_MASTER_SECRET_FILE", secret_file)
+        .env_remove("CANDOR_MASTER_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "candor {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A running `candor standalone` on free loopback ports; killed on drop
+/// unless it has been waited for.
+pub struct Standalone {
+    child: Option<Child>,
+    /// Ingest's base URL (`http://addr`) and its address.
+    pub url: String,
+    pub ingest: SocketAddr,
+    /// The query API's base URL and its address.
+    pub query_url: String,
+    pub query: SocketAddr,
+    /// Kept open so the process never writes to a closed pipe.
+    _stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Standalone {
+    /// Starts it on `data` with the secret in `secret_file`, plus `extra`
+    /// arguments; returns once it has printed where it listens.
+    pub fn start(data: &Path, secret_file: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_candor"))
+            .arg("standalone")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--query-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("CANDOR_MASTER_SECRET_FILE", secret_file)
+            .env_remove("CANDOR_MASTER_SECRET")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = |url: &str| -> (String, SocketAddr) {
+            let rest = url.strip_prefix("http://").expect("plain HTTP on loopback");
+            let addr = rest.split('/').next().unwrap();
+            (format!("http://{addr}"), addr.parse().unwrap())
+        };
+        let (mut ingest, mut query) = (None, None);
+        while ingest.is_none() || query.is_none() {
+            let line = lines
+                .next()
+                .expect("standalone printed its addresses")
+                .unwrap();
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("ingest"), Some(url)) => ingest = Some(base(url)),
+                (Some("query"), Some(url)) => query = Some(base(url)),
+                _ => {}
+            }
+        }
+        let ((url, ingest), (query_url, query)) = (ingest.unwrap(), query.unwrap());
+        Self {
+            child: Some(child),
+            url,
+            ingest,
+            query_url,
+            query,
+            _stdout: lines,
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.as_ref().expect("running").id().to_string()
+    }
+
+    /// A metric's current value, if the node answers and exports it.
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric(&text, name)
+    }
+
+    /// Waits, within the guard, until a metric satisfies `ok`.
+    pub async fn wait_for_metric(&self, name: &str, ok: impl Fn(u64) -> bool) {
+        tokio::time::timeout(GUARD, async {
+            while !self.metric(name).await.is_some_and(&ok) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} never reached the expected value"));
+    }
+
+    /// Waits, within the guard, until `events` are in the lake: the
+    /// processor's committed events, the signal README names.
+    pub async fn wait_for_events(&self, events: u64) {
+        self.wait_for_metric("candor_processor_events_committed_total", |n| n == events)
+            .await;
+    }
+
+    /// Asks it to stop (SIGTERM).
+    pub fn terminate(&self) {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &self.pid()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits, within the guard, until the process exits.
+    pub async fn exit_status(mut self) -> ExitStatus {
+        let pid = self.pid();
+        let mut child = self.child.take().expect("running");
+        let waited =
+            tokio::time::timeout(GUARD, tokio::task::spawn_blocking(move || child.wait())).await;
+        match waited {
+            Ok(status) => status.unwrap().unwrap(),
+            Err(_) => {
+                // The blocking wait would keep the test's runtime alive:
+                // end the child, then fail.
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                panic!("standalone did not exit within {GUARD:?}; killed it");
+            }
+        }
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
