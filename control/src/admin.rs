@@ -457,29 +457,20 @@ impl Admin {
             return Err(already(at));
         }
         let now = now_ms();
-        let intent = self
-            .intend(
-                actor,
-                tenant,
-                "tenant.cancel",
-                tenant.as_str(),
-                serde_json::json!({"base_version": base.version, "cancelled_at_ms": now}),
-            )
-            .await?;
-        let outcome = self
-            .docs
-            .modify::<Tenant, AdminError, _>(Kind::Tenant, tenant.as_str(), |current| {
-                let mut doc = current
-                    .ok_or_else(|| AdminError::NotFound(format!("no tenant {tenant}")))?
-                    .doc;
-                if let Some(at) = doc.cancelled_at_ms {
-                    return Err(already(at));
+        self.change_cancellation(
+            actor,
+            tenant,
+            "tenant.cancel",
+            serde_json::json!({"base_version": base.version, "cancelled_at_ms": now}),
+            |doc| match doc.cancelled_at_ms {
+                Some(at) => Err(already(at)),
+                None => {
+                    doc.cancelled_at_ms = Some(now);
+                    Ok(())
                 }
-                doc.cancelled_at_ms = Some(now);
-                Ok(doc)
-            })
-            .await;
-        self.settle(actor, tenant, intent, outcome).await
+            },
+        )
+        .await
     }
 
     /// Undoes a cancellation (owner or operator). Within the grace period
@@ -497,14 +488,37 @@ impl Admin {
                 "tenant {tenant} is not cancelled"
             )));
         };
+        self.change_cancellation(
+            actor,
+            tenant,
+            "tenant.reinstate",
+            serde_json::json!({"base_version": base.version, "cancelled_at_ms": cancelled_at}),
+            |doc| {
+                if doc.cancelled_at_ms != Some(cancelled_at) {
+                    return Err(AdminError::Conflict(format!(
+                        "tenant {tenant}'s cancellation changed meanwhile; read it again"
+                    )));
+                }
+                doc.cancelled_at_ms = None;
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// Cancels or reinstates as one audited step: the intent on record
+    /// first, then `change` applied to the tenant's current document (it
+    /// refuses when the document has moved on), then the outcome.
+    async fn change_cancellation(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        action: &'static str,
+        detail: serde_json::Value,
+        mut change: impl FnMut(&mut Tenant) -> Result<(), AdminError>,
+    ) -> Result<Versioned<Tenant>, AdminError> {
         let intent = self
-            .intend(
-                actor,
-                tenant,
-                "tenant.reinstate",
-                tenant.as_str(),
-                serde_json::json!({"base_version": base.version, "cancelled_at_ms": cancelled_at}),
-            )
+            .intend(actor, tenant, action, tenant.as_str(), detail)
             .await?;
         let outcome = self
             .docs
@@ -512,12 +526,7 @@ impl Admin {
                 let mut doc = current
                     .ok_or_else(|| AdminError::NotFound(format!("no tenant {tenant}")))?
                     .doc;
-                if doc.cancelled_at_ms != Some(cancelled_at) {
-                    return Err(AdminError::Conflict(format!(
-                        "tenant {tenant}'s cancellation changed meanwhile; read it again"
-                    )));
-                }
-                doc.cancelled_at_ms = None;
+                change(&mut doc)?;
                 Ok(doc)
             })
             .await;
