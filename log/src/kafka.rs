@@ -57,12 +57,44 @@ pub struct KafkaConfig {
     /// `statistics.interval.ms`: how often librdkafka's statistics are
     /// turned into metrics (default 5000; 0 turns them off).
     pub statistics_interval_ms: u32,
-    /// Any other librdkafka property, passed through unchanged and applied last.
+    /// Replicas of each partition when Candor creates a topic (default 1,
+    /// for a single broker; 3 on a production cluster).
+    pub replication_factor: i32,
+    /// Any other librdkafka property, passed through unchanged and applied
+    /// last. A property Candor sets itself ([`MANAGED_PROPERTIES`]) is
+    /// refused by [`KafkaConfig::validate`]: it would silently undo a
+    /// guarantee (`acks=1` under an idempotent producer, say).
     pub extra: BTreeMap<String, String>,
 }
 
+/// The librdkafka properties Candor sets from its own settings, which the
+/// passthrough may not override.
+pub const MANAGED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "batch.size",
+    "compression.type",
+    "compression.codec",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "statistics.interval.ms",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+];
+
 /// Which acknowledgement the producer waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Acks {
     All,
     Leader,
@@ -80,7 +112,8 @@ impl std::str::FromStr for Acks {
 }
 
 /// Producer-side compression of record batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,
     Lz4,
@@ -123,8 +156,39 @@ impl KafkaConfig {
             queue_max_messages: 100_000,
             queue_max_kbytes: 65_536,
             statistics_interval_ms: 5_000,
+            replication_factor: 1,
             extra: BTreeMap::new(),
         }
+    }
+
+    /// Refuses settings that contradict each other: an idempotent producer
+    /// without `acks=all`, a passthrough property Candor manages itself, a
+    /// replication factor below 1.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.idempotence && self.acks != Acks::All {
+            return Err(
+                "kafka.idempotence needs kafka.acks = \"all\" (an idempotent producer \
+                 waits for every in-sync replica); set kafka.idempotence = false to use \"leader\""
+                    .into(),
+            );
+        }
+        if let Some(key) = self
+            .extra
+            .keys()
+            .find(|k| MANAGED_PROPERTIES.contains(&k.trim().to_ascii_lowercase().as_str()))
+        {
+            return Err(format!(
+                "kafka.properties.{key:?} is a property Candor manages itself; \
+                 use its kafka setting instead (see `candor config print`)"
+            ));
+        }
+        if self.replication_factor < 1 {
+            return Err(format!(
+                "kafka.replication_factor must be at least 1, not {}",
+                self.replication_factor
+            ));
+        }
+        Ok(())
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -142,11 +206,7 @@ impl KafkaConfig {
 
     /// The producer's librdkafka properties, passthrough applied last.
     fn producer_config(&self) -> Result<ClientConfig, LogError> {
-        if self.idempotence && self.acks != Acks::All {
-            return Err(LogError::Fatal(
-                "an idempotent producer needs acks=all".into(),
-            ));
-        }
+        self.validate().map_err(LogError::Fatal)?;
         let mut c = self.client_config();
         c.set(
             "acks",
@@ -407,6 +467,7 @@ impl KafkaConsumer {
     /// Joins `group` and subscribes to the topic. A group with no committed
     /// position starts from the earliest record.
     pub fn new(config: &KafkaConfig, group: &str) -> Result<Self, LogError> {
+        config.validate().map_err(LogError::Fatal)?;
         let mut c = config.client_config();
         c.set("group.id", group)
             .set("enable.auto.commit", "false")
@@ -519,7 +580,11 @@ pub async fn ensure_topic(config: &KafkaConfig, partitions: i32) -> Result<(), L
         .with_extra(config.client_config())
         .create()
         .map_err(fatal)?;
-    let topic = NewTopic::new(&config.topic, partitions, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(
+        &config.topic,
+        partitions,
+        TopicReplication::Fixed(config.replication_factor),
+    );
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics([&topic], &opts)

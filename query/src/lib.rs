@@ -158,6 +158,12 @@ impl TenantLake {
             url: root.display().to_string(),
             reason: "not valid UTF-8".into(),
         })?;
+        Self::open(url, tenant).await
+    }
+
+    /// Opens `tenant`'s part of the lake at `url`: a directory,
+    /// `file:///path` or `s3://bucket/prefix`.
+    pub async fn open(url: &str, tenant: &TenantId) -> Result<Self, QueryError> {
         let lake = QueryLake::new(LakeConfig::new(url))?;
         let tables = lake.tables_at(tenant, None)?;
         let session =

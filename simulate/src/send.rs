@@ -13,21 +13,24 @@ pub enum Outcome {
 }
 
 /// Posts a sealed batch the way agents must: a 409, 429 or 503 is retried
-/// after its `Retry-After` (at most 30 s), and a connection that fails is
-/// retried after a second, up to `max_attempts` in all, always with the
-/// same bytes (same batch id, so ingest stores it once); any other answer
-/// is final.
+/// after its `Retry-After` (at most 30 s) on the same node, and a
+/// connection that fails is retried after a second on the next of `urls`
+/// (an agent configured with several ingest addresses fails over), up to
+/// `max_attempts` in all, always with the same bytes (same batch id, so
+/// ingest stores it once); any other answer is final.
 pub async fn post_batch(
     client: &reqwest::Client,
-    url: &str,
+    urls: &[String],
     body: Vec<u8>,
     max_attempts: u32,
 ) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(!urls.is_empty(), "no ingest address to post to");
     let mut attempt = 0;
+    let mut node = 0;
     loop {
         attempt += 1;
         let sent = client
-            .post(url)
+            .post(&urls[node % urls.len()])
             .header("content-type", "application/vnd.candor.batch")
             .body(body.clone())
             .send()
@@ -37,6 +40,7 @@ pub async fn post_batch(
             // A connection that failed (reset, refused): what agents on
             // real networks meet; the last error is returned if it lasts.
             Err(_) if attempt < max_attempts => {
+                node += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }

@@ -801,7 +801,7 @@ async fn prepare(
                 let Some(body) = bodies.get(i) else {
                     return anyhow::Ok(());
                 };
-                match post_batch(&client, &url, body.clone(), 20).await? {
+                match post_batch(&client, std::slice::from_ref(&url), body.clone(), 20).await? {
                     Outcome::Accepted => {}
                     Outcome::Rejected { status, reason } => {
                         bail!("ingest rejected batch {i}: {status} {reason}")

@@ -52,9 +52,11 @@ any batch was refused.";
 
 #[derive(Args)]
 pub struct SimulateArgs {
-    /// Base URL of the ingest node the agents post to.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    ingest: String,
+    /// Base URL of the ingest node the agents post to; several (repeat
+    /// the flag, or separate with commas) spread the employees over them,
+    /// and an agent whose node does not answer fails over to the next.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    ingest: Vec<String>,
     /// Tenant the employees work for (create it first: `candor tenant create`).
     #[arg(long, default_value = "demo")]
     tenant: TenantId,
@@ -216,7 +218,8 @@ impl Tally {
 /// Posts batches, `concurrency` at a time.
 struct Sender {
     client: reqwest::Client,
-    url: String,
+    /// The batch route of every ingest node.
+    urls: Vec<String>,
     master: MasterSecret,
     gate: Arc<Semaphore>,
     tasks: tokio::task::JoinSet<()>,
@@ -224,12 +227,22 @@ struct Sender {
 }
 
 impl Sender {
-    async fn send(&mut self, agent: &SimulatedAgent, batch: Batch, late: bool) -> Result<()> {
+    /// Posts employee `i`'s batch, first to the employee's own node.
+    async fn send(
+        &mut self,
+        i: usize,
+        agent: &SimulatedAgent,
+        batch: Batch,
+        late: bool,
+    ) -> Result<()> {
         let body = agent.seal(&self.master, &batch, &mut rand::rng());
         let permit = self.gate.clone().acquire_owned().await?;
-        let (client, url, tally) = (self.client.clone(), self.url.clone(), self.tally.clone());
+        let mut urls = self.urls.clone();
+        let home = i % urls.len();
+        urls.rotate_left(home);
+        let (client, tally) = (self.client.clone(), self.tally.clone());
         self.tasks.spawn(async move {
-            let outcome = candor_simulate::post_batch(&client, &url, body, MAX_ATTEMPTS).await;
+            let outcome = candor_simulate::post_batch(&client, &urls, body, MAX_ATTEMPTS).await;
             drop(permit);
             match outcome {
                 Ok(Outcome::Accepted) => tally.accept(&batch, late),
@@ -278,7 +291,7 @@ fn clear_line() {
     }
 }
 
-pub async fn run(args: SimulateArgs) -> Result<()> {
+pub async fn run(args: SimulateArgs, config: &candor::config::Config) -> Result<()> {
     let mut params = Params::new(args.tenant.clone(), args.employees);
     params.departments = args.departments;
     params.seed = args.seed;
@@ -296,7 +309,7 @@ pub async fn run(args: SimulateArgs) -> Result<()> {
         write_directory(&sim, Some(path))?;
     }
 
-    let master = crate::master_secret()?;
+    let master = candor::node::master_secret(config)?;
     let today = Utc::now().with_timezone(&args.time_zone).date_naive();
     let last = match args.last_day {
         Some(day) if day >= today => {
@@ -318,7 +331,12 @@ pub async fn run(args: SimulateArgs) -> Result<()> {
     for i in 0..args.employees {
         *sizes.entry(sim.department_of(i)).or_default() += 1;
     }
-    let url = format!("{}/v1/batches", args.ingest.trim_end_matches('/'));
+    let urls: Vec<String> = args
+        .ingest
+        .iter()
+        .map(|base| format!("{}/v1/batches", base.trim_end_matches('/')))
+        .collect();
+    let url = urls.join(", ");
     eprintln!(
         "simulate: {} employees of tenant {} ({}), {field} of them in the field with a phone",
         args.employees,
@@ -347,7 +365,7 @@ pub async fn run(args: SimulateArgs) -> Result<()> {
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()?,
-        url,
+        urls,
         master,
         gate: Arc::new(Semaphore::new(args.concurrency as usize)),
         tasks: tokio::task::JoinSet::new(),
@@ -412,7 +430,7 @@ pub async fn run(args: SimulateArgs) -> Result<()> {
         }
         *stage.lock().expect("not poisoned") = format!("day {}/{} {day}", n + 1, days.len());
         for (i, device, batch) in on_time {
-            sender.send(agent(i, device), batch, false).await?;
+            sender.send(i, agent(i, device), batch, false).await?;
         }
     }
     // Devices back online send their backlog, oldest first.
@@ -424,7 +442,7 @@ pub async fn run(args: SimulateArgs) -> Result<()> {
     );
     *stage.lock().expect("not poisoned") = "late uploads".into();
     for (i, device, batch) in held_back {
-        sender.send(agent(i, device), batch, true).await?;
+        sender.send(i, agent(i, device), batch, true).await?;
     }
     sender.finish().await;
     ticker.abort();
