@@ -1,4 +1,4 @@
-//! `candor standalone`, the real binary, with a small `--max-connections`
+//! `candor standalone`, the real binary, with a small `ingest.max_connections` and `query.max_connections`
 //! and short timeouts: on both the ingest and the query port, connections
 //! that send nothing (more of them than the limit) are closed and the next
 //! request is still answered, and a body that stops short of its
@@ -109,18 +109,24 @@ async fn silent_and_short_connections_free_their_slots_on_ingest_and_query() {
         data.path(),
         &secret_file,
         &[
-            "--max-connections",
-            &max,
-            "--header-timeout-secs",
-            "1",
-            "--body-timeout-secs",
-            "1",
-            "--retention-every-hours",
-            "0",
-            "--compact-every-minutes",
-            "0",
-            "--extracts-every-hours",
-            "0",
+            "--set",
+            &format!("ingest.max_connections={max}"),
+            "--set",
+            &format!("query.max_connections={max}"),
+            "--set",
+            "ingest.header_timeout_secs=1",
+            "--set",
+            "query.header_timeout_secs=1",
+            "--set",
+            "ingest.body_timeout_secs=1",
+            "--set",
+            "query.body_timeout_secs=1",
+            "--set",
+            "maintenance.retention_every_hours=0",
+            "--set",
+            "maintenance.compact_every_minutes=0",
+            "--set",
+            "maintenance.extracts_every_hours=0",
         ],
     );
     // Both listeners are up before the limits are put to the test.

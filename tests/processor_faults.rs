@@ -477,15 +477,22 @@ fn processor_child(
 ) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_candor"))
         .arg("processor")
-        .args(["--brokers", &kafka.brokers])
-        .args(["--topic", &kafka.topic])
-        .args(["--group", &format!("{}-processor", kafka.topic)])
         .args(["--lake", lake.to_str().unwrap()])
-        .args(["--control", control.to_str().unwrap()])
-        .args(["--max-records-per-flush", "3"])
+        .env("CANDOR_KAFKA__BROKERS", &kafka.brokers)
+        .env("CANDOR_KAFKA__TOPIC", &kafka.topic)
+        .env(
+            "CANDOR_KAFKA__DEAD_LETTER_TOPIC",
+            format!("{}-dead", kafka.topic),
+        )
+        .env(
+            "CANDOR_PROCESSOR__GROUP",
+            format!("{}-processor", kafka.topic),
+        )
+        .env("CANDOR_CONTROL__URL", control)
+        .args(["--set", "processor.max_records_per_flush=3"])
         // A killed member holds its partitions until its session times out;
         // the broker's minimum keeps the test's restarts quick.
-        .args(["--kafka-set", "session.timeout.ms=6000"])
+        .args(["--set", "kafka.properties=session.timeout.ms=6000"])
         .args(extra)
         .env("CANDOR_MASTER_SECRET", master_hex)
         .env_remove("CANDOR_MASTER_SECRET_FILE")

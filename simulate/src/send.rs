@@ -14,8 +14,9 @@ pub enum Outcome {
 
 /// Posts a sealed batch the way agents must: a 409, 429 or 503 is retried
 /// after its `Retry-After` (at most 30 s) on the same node, and a
-/// connection that fails is retried after a second on the next of `urls`
-/// (an agent configured with several ingest addresses fails over), up to
+/// connection that fails is retried at once on the next of `urls` (an
+/// agent configured with several ingest addresses fails over), after a
+/// second once all have failed, up to
 /// `max_attempts` in all, always with the same bytes (same batch id, so
 /// ingest stores it once); any other answer is final.
 pub async fn post_batch(
@@ -40,8 +41,12 @@ pub async fn post_batch(
             // A connection that failed (reset, refused): what agents on
             // real networks meet; the last error is returned if it lasts.
             Err(_) if attempt < max_attempts => {
+                // The next node at once; a second's pause only once every
+                // node has failed in a row.
                 node += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if node % urls.len() == 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 continue;
             }
             Err(e) => return Err(e.into()),

@@ -17,7 +17,7 @@ use super::{ControlFlag, SettingsArgs, flag, print_json};
 fn operator(settings: &SettingsArgs, control: ControlFlag) -> Result<Admin> {
     let config = settings.load(
         Role::Operator,
-        flag("control.url", control.url).into_iter().collect(),
+        flag("control.url", control.control).into_iter().collect(),
     )?;
     node::admin(&config, &node::master_secret(&config)?)
 }

@@ -18,10 +18,13 @@ use super::{ControlFlag, LakeFlag, SettingsArgs, flag, print_json};
 fn load(s: &SettingsArgs, control: ControlFlag, lake: LakeFlag) -> Result<Config> {
     s.load(
         Role::Operator,
-        [flag("control.url", control.url), flag("lake.url", lake.url)]
-            .into_iter()
-            .flatten()
-            .collect(),
+        [
+            flag("control.url", control.control),
+            flag("lake.url", lake.lake),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     )
 }
 

@@ -82,7 +82,7 @@ struct ControlFlag {
     /// Control-plane store (`control.url`): a directory, `file:///path` or
     /// `s3://bucket/prefix`; default `<data_dir>/control`.
     #[arg(long = "control")]
-    url: Option<String>,
+    control: Option<String>,
 }
 
 /// Where the lake is, for commands that read or change it.
@@ -91,7 +91,7 @@ struct LakeFlag {
     /// The deployment's lake (`lake.url`): a directory or
     /// `s3://bucket/prefix`; default `<data_dir>/lake`.
     #[arg(long = "lake")]
-    url: Option<String>,
+    lake: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -175,4 +175,16 @@ pub async fn run(cli: Cli) -> Result<()> {
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's arguments are well-formed (unique ids, valid
+    /// defaults): clap checks it here rather than at a user's `--help`.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

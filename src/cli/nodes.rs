@@ -92,6 +92,25 @@ pub fn config_command(settings: &SettingsArgs, cmd: ConfigCommand) -> Result<()>
     }
 }
 
+/// Prints where a node of a deployment serves, one `name url` line each
+/// (as standalone does), for operators and for tests that start it.
+fn print_addresses(node: &Node) {
+    println!("candor {}", node.role.name());
+    if let Some(addr) = node.ingest {
+        println!(
+            "  ingest   {}://{addr}{}",
+            node.scheme,
+            candor_ingest::BATCH_ROUTE
+        );
+    }
+    if let Some(addr) = node.query {
+        println!("  query    {}://{addr}", node.scheme);
+    }
+    if let Some(addr) = node.metrics {
+        println!("  metrics  http://{addr}/metrics   health: /healthz");
+    }
+}
+
 /// Runs a started node until SIGINT or SIGTERM, then stops it and waits.
 async fn run_until_signal(node: Node) -> Result<()> {
     let stop = node.stopper();
@@ -176,14 +195,16 @@ pub async fn ingest(settings: &SettingsArgs, args: ListenArgs) -> Result<()> {
         Role::Ingest,
         flag("ingest.listen", args.listen).into_iter().collect(),
     )?;
-    run_until_signal(node::start(config, Role::Ingest).await?).await
+    let node = node::start(config, Role::Ingest).await?;
+    print_addresses(&node);
+    run_until_signal(node).await
 }
 
 pub async fn processor(settings: &SettingsArgs, args: ProcessorArgs) -> Result<()> {
     let config = settings.load(
         Role::Processor,
         [
-            flag("lake.url", args.lake.url),
+            flag("lake.url", args.lake.lake),
             flag("processor.listen", args.listen),
         ]
         .into_iter()
@@ -202,19 +223,23 @@ pub async fn processor(settings: &SettingsArgs, args: ProcessorArgs) -> Result<(
         );
         return Ok(());
     }
-    run_until_signal(node::start(config, Role::Processor).await?).await
+    let node = node::start(config, Role::Processor).await?;
+    print_addresses(&node);
+    run_until_signal(node).await
 }
 
 pub async fn query(settings: &SettingsArgs, args: QueryArgs) -> Result<()> {
     let config = settings.load(
         Role::Query,
         [
-            flag("lake.url", args.lake.url),
+            flag("lake.url", args.lake.lake),
             flag("query.listen", args.listen),
         ]
         .into_iter()
         .flatten()
         .collect(),
     )?;
-    run_until_signal(node::start(config, Role::Query).await?).await
+    let node = node::start(config, Role::Query).await?;
+    print_addresses(&node);
+    run_until_signal(node).await
 }

@@ -167,6 +167,7 @@ fn every_legacy_variable_names_a_real_key() {
             "kafka.compression" => "none",
             "kafka.partitions" | "kafka.queue_max_messages" | "kafka.queue_max_kbytes" => "1",
             "kafka.properties" => "client.id=x",
+            "query.extract_receiver_allow_hosts" => "receiver.internal",
             _ => value,
         };
         load(

@@ -107,23 +107,27 @@ pub fn processor_config(config: &Config) -> ProcessorConfig {
     }
 }
 
-/// A processor on `log`, writing the configured lake, with its dead
-/// letters and metrics.
+/// A processor on `log`, writing the configured lake, with its metrics,
+/// sending what it cannot open to `dead_letters` (counted and skipped
+/// without one).
 pub fn processor<C: LogConsumer>(
     config: &Config,
     log: C,
     control: Arc<ControlCache>,
-    dead_letters: Arc<dyn LogProducer>,
+    dead_letters: Option<Arc<dyn LogProducer>>,
     registry: &prometheus::Registry,
 ) -> Result<Processor<C>> {
-    Ok(Processor::new(
+    let processor = Processor::new(
         log,
         control,
         Lakes::open(&config.lake_url())?,
         processor_config(config),
     )
-    .with_dead_letters(dead_letters)
-    .with_metrics(ProcessorMetrics::register(registry)))
+    .with_metrics(ProcessorMetrics::register(registry));
+    Ok(match dead_letters {
+        Some(dead) => processor.with_dead_letters(dead),
+        None => processor,
+    })
 }
 
 /// The query node's state: its lake, control cache, admin and delivery policy.
@@ -287,7 +291,7 @@ async fn standalone(config: Config) -> Result<Node> {
         &config,
         spool.consumer(&config.processor.group)?,
         control.clone(),
-        Arc::new(dead_letters.producer()),
+        Some(Arc::new(dead_letters.producer())),
         &registry,
     )?;
     let query_state = query_state(&config, control.clone(), &master, &registry)?;
@@ -431,7 +435,7 @@ async fn processor_parts(
         config,
         consumer,
         control.clone(),
-        Arc::new(dead_letters),
+        Some(Arc::new(dead_letters)),
         &registry,
     )?;
     let stop = Stop::new();

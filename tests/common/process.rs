@@ -1,6 +1,7 @@
 //! The real `candor` binary as processes, as an operator runs it: operator
 //! commands, and `candor standalone` on free loopback ports.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Lines};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub fn secret_in(dir: &Path) -> (MasterSecret, PathBuf) {
 pub fn candor(data: &Path, secret_file: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_candor"))
         .args(args)
-        .env("CANDOR_CONTROL_URL", data.join("control"))
+        .env("CANDOR_CONTROL__URL", data.join("control"))
         .env("CANDOR_MASTER_SECRET_FILE", secret_file)
         .env_remove("CANDOR_MASTER_SECRET")
         .output()
@@ -171,5 +172,78 @@ impl Drop for Standalone {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A node of a deployment as its own process (`candor ingest`, `processor`,
+/// `query`), configured as an operator does it; its base URLs read from the
+/// `name url` lines it prints. Killed on drop.
+pub struct NodeProcess {
+    child: Child,
+    /// Base URL (`http://addr`) by name: `ingest`, `query`, `metrics`.
+    urls: HashMap<String, String>,
+    _stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl NodeProcess {
+    /// Starts `candor <args>` with `env` added, and waits until it has
+    /// printed the address of each of `names`.
+    pub fn start(args: &[&str], env: &[(String, String)], names: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_candor"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut urls = HashMap::new();
+        while names.iter().any(|n| !urls.contains_key(*n)) {
+            let Some(Ok(line)) = lines.next() else {
+                let status = child.wait().unwrap();
+                panic!("candor {args:?} stopped ({status}) before printing its addresses");
+            };
+            let mut words = line.split_whitespace();
+            if let (Some(name), Some(url)) = (words.next(), words.next())
+                && let Some(rest) = url.strip_prefix("http://")
+            {
+                let addr = rest.split('/').next().unwrap();
+                urls.insert(name.to_string(), format!("http://{addr}"));
+            }
+        }
+        Self {
+            child,
+            urls,
+            _stdout: lines,
+        }
+    }
+
+    /// The base URL it printed for `name`.
+    pub fn url(&self, name: &str) -> &str {
+        &self.urls[name]
+    }
+
+    /// SIGKILL: no shutdown, no flush, as a machine that dies.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// A metric's value on its `metrics` (or `ingest`) address.
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        let base = self.urls.get("metrics").or(self.urls.get("ingest"))?;
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric(&text, name)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

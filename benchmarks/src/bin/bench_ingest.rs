@@ -20,12 +20,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use candor::config::{Config, Role};
 use candor_control::{
-    Actor, Admin, AuditLog, CacheConfig, ControlCache, DocumentStore, Plan, Tenant, open_store,
+    Actor, Admin, AuditLog, ControlCache, DocumentStore, Plan, Tenant, open_store,
 };
-use candor_ingest::{IngestConfig, IngestMetrics, IngestState, QuotaConfig, ReplayConfig};
 use candor_log::Record;
-use candor_log::kafka::{KafkaConfig, KafkaProducer, ProducerStats, ensure_topic};
+use candor_log::kafka::{KafkaConfig, ensure_topic};
 use candor_schemas::batch::Batch;
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::record::{self, RecordMeta};
@@ -85,54 +85,30 @@ fn main() -> Result<()> {
     }
 }
 
-fn master_from_env() -> Result<MasterSecret> {
-    Ok(MasterSecret::from_hex(
-        &std::env::var("CANDOR_MASTER_SECRET").context("CANDOR_MASTER_SECRET")?,
-    )?)
-}
-
+/// The control cache an ingest node keeps, as `candor::node` builds it.
 fn control_cache(url: &str, master: &MasterSecret) -> Result<Arc<ControlCache>> {
-    let (store, prefix) = open_store(url)?;
-    Ok(Arc::new(ControlCache::new(
-        DocumentStore::new(store, &prefix),
-        master.clone(),
-        CacheConfig::default(),
-        &prometheus::Registry::new(),
-    )))
+    let mut config = Config::defaults(Role::Ingest);
+    config.control.url = Some(url.into());
+    candor::node::control_cache(&config, Role::Ingest, master, &prometheus::Registry::new())
 }
 
-/// The node under test: the product's ingest with quotas off (the
-/// benchmark's devices send far faster than agents may) and a replay window
-/// that remembers nothing (batches are reused in a cycle; the claim's hash
-/// and lock still run for every request).
+/// The node under test: `candor ingest` as `candor::node` starts it, with
+/// quotas off (the benchmark's devices send far faster than agents may) and
+/// a replay window that remembers nothing (batches are reused in a cycle;
+/// the claim's hash and lock still run for every request).
 async fn run_node(brokers: &str, control: &str, topic: &str) -> Result<()> {
-    let master = master_from_env()?;
-    let registry = prometheus::Registry::new();
-    let kafka = KafkaConfig::new(brokers, topic);
-    let log = KafkaProducer::with_stats(&kafka, ProducerStats::register(&registry))?;
-    let config = IngestConfig {
-        quotas: QuotaConfig {
-            device_batches_per_s: 0,
-            tenant_events_per_s: 0,
-            ..QuotaConfig::default()
-        },
-        replay: ReplayConfig {
-            window: Duration::ZERO,
-            ..ReplayConfig::default()
-        },
-        ..IngestConfig::default()
-    };
-    let state = IngestState::new(
-        master,
-        config,
-        control_cache(control, &master_from_env()?)?,
-        Arc::new(log),
-        IngestMetrics::new(registry),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    println!("listening {}", listener.local_addr()?);
-    candor_ingest::serve(listener, Arc::new(state), std::future::pending()).await?;
+    let mut config = Config::defaults(Role::Ingest);
+    config.kafka.brokers = brokers.into();
+    config.kafka.topic = topic.into();
+    config.kafka.dead_letter_topic = format!("{topic}-dead");
+    config.control.url = Some(control.into());
+    config.ingest.listen = "127.0.0.1:0".parse()?;
+    config.ingest.device_batches_per_s = 0;
+    config.ingest.tenant_events_per_s = 0;
+    config.ingest.replay_window_secs = 0;
+    let node = candor::node::start(config, Role::Ingest).await?;
+    println!("listening {}", node.ingest.context("an ingest address")?);
+    node.wait().await?;
     Ok(())
 }
 

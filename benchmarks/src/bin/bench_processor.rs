@@ -33,13 +33,13 @@ use anyhow::{Context, Result, bail};
 use arrow::array::{
     ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, UInt32Builder,
 };
+use candor::config::{Config, Role};
 use candor_control::tenant::AppCategories;
 use candor_control::{
-    Actor, Admin, AuditLog, CacheConfig, ControlCache, DocumentStore, Plan, Tenant, open_store,
+    Actor, Admin, AuditLog, ControlCache, DocumentStore, Plan, Tenant, open_store,
 };
-use candor_ingest::{IngestConfig, IngestMetrics, IngestState, QuotaConfig};
 use candor_log::spool::{Spool, SpoolConfig};
-use candor_processor::{Lake, Processor, ProcessorConfig};
+use candor_processor::Lake;
 use candor_schemas::batch::{Batch, GpsPoint};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{Dataset, TenantId};
@@ -159,14 +159,22 @@ fn master_from_env() -> Result<MasterSecret> {
     )?)
 }
 
+/// The configuration of the measured nodes: the control plane at `url`.
+fn config(role: Role, url: &str) -> Config {
+    let mut config = Config::defaults(role);
+    config.control.url = Some(url.into());
+    config
+}
+
+/// The control cache a processor keeps (directory included), as
+/// `candor::node` builds it.
 fn control_cache(url: &str, master: &MasterSecret) -> Result<Arc<ControlCache>> {
-    let (store, prefix) = open_store(url)?;
-    Ok(Arc::new(ControlCache::new(
-        DocumentStore::new(store, &prefix),
-        master.clone(),
-        CacheConfig::default(),
+    candor::node::control_cache(
+        &config(Role::Processor, url),
+        Role::Processor,
+        master,
         &prometheus::Registry::new(),
-    )))
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -228,12 +236,17 @@ async fn drain(
         async move { cache.run_refresher(std::future::pending()).await }
     });
     let spool = Spool::open(SpoolConfig::new(spool))?;
-    let config = ProcessorConfig {
-        group: GROUP.into(),
-        max_records_per_flush,
-        ..ProcessorConfig::default()
-    };
-    let mut processor = Processor::new(spool.consumer(GROUP)?, cache, Lake::local(lake)?, config);
+    let mut config = config(Role::Processor, control);
+    config.lake.url = Some(lake.display().to_string());
+    config.processor.group = GROUP.into();
+    config.processor.max_records_per_flush = u32::try_from(max_records_per_flush)?;
+    let mut processor = candor::node::processor(
+        &config,
+        spool.consumer(GROUP)?,
+        cache,
+        None,
+        &prometheus::Registry::new(),
+    )?;
     let (cpu, busy, started) = (own_cpu_seconds()?, machine_busy_seconds()?, Instant::now());
     processor.drain().await?;
     let wall_s = started.elapsed().as_secs_f64();
@@ -711,26 +724,20 @@ async fn prepare(
 
     // The ingest node, appending to the spool.
     let spool = Spool::open(SpoolConfig::new(spool_dir))?;
-    let config = IngestConfig {
-        quotas: QuotaConfig {
-            device_batches_per_s: 0,
-            tenant_events_per_s: 0,
-            ..QuotaConfig::default()
-        },
-        ..IngestConfig::default()
-    };
-    let state = IngestState::new(
-        master.clone(),
-        config,
+    let mut config = config(Role::Ingest, control_url);
+    config.ingest.device_batches_per_s = 0;
+    config.ingest.tenant_events_per_s = 0;
+    let state = candor::node::ingest_state(
+        &config,
         cache.clone(),
         Arc::new(spool.producer()),
-        IngestMetrics::default(),
-    )
-    .map_err(anyhow::Error::msg)?;
+        master,
+        &prometheus::Registry::new(),
+    )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1/batches", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let node = tokio::spawn(candor_ingest::serve(listener, Arc::new(state), async {
+    let node = tokio::spawn(candor_ingest::serve(listener, state, async {
         let _ = stopped.await;
     }));
 

@@ -32,14 +32,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use candor::config::{Config, Role as NodeRole};
 use candor_control::{
-    Actor, Admin, AuditEvent, AuditLog, CacheConfig, ControlCache, Directory, DocumentStore,
-    Member, Plan, Role, Tenant, TokenRequest, authenticate, open_store,
+    Actor, AuditEvent, Directory, Member, Plan, Role, Tenant, TokenRequest, authenticate,
 };
 use candor_processor::Lake;
 use candor_query::api::QueryState;
 use candor_query::kpi::{self, GroupBy, KpiRequest};
-use candor_query::lake::{LakeConfig, QueryLake};
+use candor_query::lake::QueryLake;
 use candor_query::scope::{Identities, Rows, Scope};
 use candor_query::session::{Limits, ScopedSession};
 use candor_schemas::datasets::Dataset;
@@ -256,23 +256,13 @@ async fn run(args: Args) -> Result<()> {
     let master = MasterSecret::from_bytes(&MASTER)?;
     let registry = prometheus::Registry::new();
     let control_dir = root.join("control");
-    let (store, prefix) = open_store(control_dir.to_str().context("UTF-8 path")?)?;
-    let docs = DocumentStore::new(store.clone(), &prefix);
-    let admin = Arc::new(Admin::new(
-        docs.clone(),
-        Arc::new(AuditLog::new(store, &prefix, master.clone())),
-        master.clone(),
-    ));
-    let cache = Arc::new(ControlCache::new(
-        docs,
-        master.clone(),
-        CacheConfig {
-            tokens: true,
-            directory: true,
-            ..CacheConfig::default()
-        },
-        &registry,
-    ));
+    // The service, as `candor query` builds it (candor::node): the
+    // control plane in `control/`, the lake at the root.
+    let mut config = Config::defaults(NodeRole::Query);
+    config.control.url = Some(control_dir.to_str().context("UTF-8 path")?.into());
+    config.lake.url = Some(root.to_str().context("UTF-8 path")?.into());
+    let admin = Arc::new(candor::node::admin(&config, &master)?);
+    let cache = candor::node::control_cache(&config, NodeRole::Query, &master, &registry)?;
     let tenant = TenantId::new(TENANT)?;
     let employees: Vec<(EmployeeId, String)> = (0..spec.employees)
         .map(|i| {
@@ -362,17 +352,7 @@ async fn run(args: Args) -> Result<()> {
         }
     };
 
-    // The service, as `candor query` builds it.
-    let lake = Arc::new(QueryLake::new(LakeConfig::new(
-        root.to_str().context("UTF-8 path")?,
-    ))?);
-    let state = Arc::new(QueryState::new(
-        cache.clone(),
-        admin.clone(),
-        lake.clone(),
-        master.clone(),
-        registry,
-    ));
+    let state = candor::node::query_state(&config, cache.clone(), &master, &registry)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(candor_query::api::serve(
