@@ -482,14 +482,15 @@ impl Config {
             Role::Processor | Role::Operator => vec![],
         };
         let bound = listens(role);
-        if !self.tls.plain_http && self.tls.cert.is_none() {
-            if let Some((key, addr)) = bound.iter().find(|(_, a)| !a.ip().is_loopback()) {
-                bail!(
-                    "{key} = {addr} would serve plain HTTP on a non-loopback address: set \
-                     tls.cert and tls.key, or tls.plain_http = true if a trusted network or a \
-                     TLS proxy is in front"
-                );
-            }
+        if !self.tls.plain_http
+            && self.tls.cert.is_none()
+            && let Some((key, addr)) = bound.iter().find(|(_, a)| !a.ip().is_loopback())
+        {
+            bail!(
+                "{key} = {addr} would serve plain HTTP on a non-loopback address: set \
+                 tls.cert and tls.key, or tls.plain_http = true if a trusted network or a \
+                 TLS proxy is in front"
+            );
         }
         if let [(a, x), (b, y)] = bound.as_slice()
             && x == y
