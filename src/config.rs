@@ -89,6 +89,7 @@ pub struct ControlSettings {
     /// `s3://bucket/prefix` (S3 settings from `AWS_*`). Default
     /// `<data_dir>/control`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "text::option")]
     pub url: Option<String>,
     /// Seconds between refreshes of a node's copy (how soon a revocation bites).
     pub refresh_secs: u64,
@@ -104,7 +105,11 @@ pub struct LakeSettings {
     /// `s3://bucket/prefix` (`AWS_ENDPOINT_URL` for MinIO and the like).
     /// A tenant whose document names a `lake_url` has its rows there
     /// instead. Default `<data_dir>/lake`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::option"
+    )]
     pub url: Option<String>,
 }
 
@@ -112,10 +117,13 @@ pub struct LakeSettings {
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
     /// Bootstrap servers (`bootstrap.servers`).
+    #[serde(deserialize_with = "text::deserialize")]
     pub brokers: String,
     /// Topic that carries log records.
+    #[serde(deserialize_with = "text::deserialize")]
     pub topic: String,
     /// Topic that receives records the processor cannot open or decode.
+    #[serde(deserialize_with = "text::deserialize")]
     pub dead_letter_topic: String,
     /// Partitions of the records topic when Candor creates it (the most
     /// processors that can share the work).
@@ -208,6 +216,7 @@ pub struct IngestSettings {
 #[serde(deny_unknown_fields)]
 pub struct ProcessorSettings {
     /// Consumer group shared by all processors of a deployment.
+    #[serde(deserialize_with = "text::deserialize")]
     pub group: String,
     /// Most log records aggregated into one set of Parquet objects.
     pub max_records_per_flush: u32,
@@ -780,6 +789,42 @@ pub fn parse_override(pair: &str) -> Result<(String, String), String> {
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| format!("{pair:?} is not KEY=VALUE (e.g. ingest.max_in_flight=64)"))
+}
+
+/// A string, also when a variable's value looks like a number or a
+/// boolean (`CANDOR_PROCESSOR__GROUP=2026`): figment types such values.
+mod text {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        UInt(u64),
+        Float(f64),
+        Bool(bool),
+    }
+
+    impl Scalar {
+        fn text(self) -> String {
+            match self {
+                Self::Text(s) => s,
+                Self::Int(n) => n.to_string(),
+                Self::UInt(n) => n.to_string(),
+                Self::Float(n) => n.to_string(),
+                Self::Bool(b) => b.to_string(),
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(Scalar::deserialize(d)?.text())
+    }
+
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<Scalar>::deserialize(d)?.map(Scalar::text))
+    }
 }
 
 /// A list, or one string of names separated by commas (how a variable says it).

@@ -122,6 +122,8 @@ fn overrides_win_and_lists_take_commas() {
                     "kafka.properties".into(),
                     "client.id=x,socket.timeout.ms=5".into(),
                 ),
+                // A name that looks like a number is still a name.
+                ("processor.group".into(), "2026".into()),
             ],
             ..Sources::default()
         },
@@ -134,6 +136,7 @@ fn overrides_win_and_lists_take_commas() {
         ["a.internal", "b.internal"]
     );
     assert_eq!(c.kafka.properties["socket.timeout.ms"], "5");
+    assert_eq!(c.processor.group, "2026");
 }
 
 #[test]
