@@ -197,12 +197,13 @@ fn a_query_node_refuses_plain_http_on_a_public_address() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_candor"))
         .args(["query", "--listen", "0.0.0.0:0"])
         .env_remove("CANDOR_PLAIN_HTTP")
+        .env_remove("CANDOR_TLS__PLAIN_HTTP")
         .output()
         .expect("candor runs");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("query would serve plain HTTP on 0.0.0.0:0"),
+        stderr.contains("query.listen = 0.0.0.0:0 would serve plain HTTP"),
         "{stderr}"
     );
 }

@@ -45,6 +45,18 @@ pub fn metric(text: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// A metric of the node serving `/metrics` at `base`, if it answers and
+/// exports it.
+pub async fn metric_at(base: &str, name: &str) -> Option<u64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metric(&text, name)
+}
+
 /// A running `candor standalone` on free loopback ports; killed on drop
 /// unless it has been waited for.
 pub struct Standalone {
@@ -110,13 +122,7 @@ impl Standalone {
 
     /// A metric's current value, if the node answers and exports it.
     pub async fn metric(&self, name: &str) -> Option<u64> {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metric(&text, name)
+        metric_at(&self.url, name).await
     }
 
     /// Waits, within the guard, until a metric satisfies `ok`.
@@ -231,13 +237,7 @@ impl NodeProcess {
     /// A metric's value on its `metrics` (or `ingest`) address.
     pub async fn metric(&self, name: &str) -> Option<u64> {
         let base = self.urls.get("metrics").or(self.urls.get("ingest"))?;
-        let text = reqwest::get(format!("{base}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metric(&text, name)
+        metric_at(base, name).await
     }
 }
 
