@@ -12,7 +12,7 @@ use candor_control::admin::Actor;
 use candor_control::directory::Directory;
 use candor_control::tenant::{Plan, Tenant};
 use candor_log::kafka::{KafkaConfig, KafkaConsumer, end_offsets};
-use candor_processor::{Lake, Processor, ProcessorConfig};
+use candor_processor::Processor;
 use candor_query::{ActivityDay, TenantLake};
 use candor_schemas::batch::{AppUsage, AttendanceEvent, AttendanceKind, GpsPoint};
 use candor_schemas::envelope::{self, EnvelopeHeader};
@@ -382,13 +382,19 @@ async fn drained_processor(
     // A group of its own per topic: groups outlive test runs on the broker.
     let group = format!("{}-processor", kafka.topic);
     let consumer = KafkaConsumer::new(kafka, &group).unwrap();
-    let lake = Lake::local(lake).unwrap();
-    let mut processor = Processor::new(
+    // As `candor processor` builds it: its role's control cache (directory,
+    // no tokens) and its settings.
+    let mut config = candor::config::Config::defaults(candor::config::Role::Processor);
+    config.lake.url = Some(lake.to_str().unwrap().into());
+    config.processor.group = group;
+    let mut processor = candor::node::processor(
+        &config,
         consumer,
-        control.cache.clone(),
-        lake,
-        ProcessorConfig::default(),
-    );
+        control.cache_for(candor::config::Role::Processor),
+        None,
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
     processor.drain().await.unwrap();
     processor
 }

@@ -34,6 +34,7 @@ pub fn random_master() -> MasterSecret {
 /// cache that refreshes quickly.
 pub struct Control {
     pub store: TestStore,
+    master: MasterSecret,
     pub admin: Arc<Admin>,
     pub cache: Arc<ControlCache>,
 }
@@ -64,9 +65,31 @@ impl Control {
         });
         Self {
             store,
+            master: master.clone(),
             admin,
             cache,
         }
+    }
+
+    /// A node cache of this control plane as a node of `role` keeps it
+    /// (`candor::node::cache_config`: the processor without tokens, ingest
+    /// without the directory), refreshing quickly.
+    pub fn cache_for(&self, role: candor::config::Role) -> Arc<ControlCache> {
+        let config = CacheConfig {
+            refresh_every: std::time::Duration::from_millis(100),
+            ..candor::node::cache_config(&candor::config::Config::defaults(role), role)
+        };
+        let cache = Arc::new(ControlCache::new(
+            self.store.documents(),
+            self.master.clone(),
+            config,
+            &prometheus::Registry::new(),
+        ));
+        tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.run_refresher(std::future::pending()).await }
+        });
+        cache
     }
 
     /// A local-directory control plane with these tenants (UTC, starter
