@@ -394,8 +394,9 @@ async fn ingest(config: Config) -> Result<Node> {
 
 /// A processor: one member of the consumer group, writing the lake.
 async fn processor_node(config: Config) -> Result<Node> {
-    let (mut processor, registry, stop, metrics) = processor_parts(&config).await?;
-    Maintenance::new(&config, master_secret(&config)?, &registry)?.schedule(&config, &stop);
+    let parts = processor_parts(&config).await?;
+    let (mut processor, stop, metrics) = (parts.processor, parts.stop, parts.metrics);
+    Maintenance::new(&config, parts.master, &parts.registry)?.schedule(&config, &stop);
     tracing::info!(lake = %config.lake_url(), group = %config.processor.group, topic = %config.kafka.topic, "processor started");
     let task = tokio::spawn({
         let stopped = stop.stopped();
@@ -415,15 +416,17 @@ async fn processor_node(config: Config) -> Result<Node> {
     })
 }
 
-/// A processor's parts, its metrics served when `processor.listen` is set.
-async fn processor_parts(
-    config: &Config,
-) -> Result<(
-    Processor<KafkaConsumer>,
-    prometheus::Registry,
-    Stop,
-    Option<SocketAddr>,
-)> {
+/// What a processor node is made of: the processor, its secret, registry
+/// and stop signal, and its metrics address when `processor.listen` is set.
+struct ProcessorParts {
+    processor: Processor<KafkaConsumer>,
+    master: MasterSecret,
+    registry: prometheus::Registry,
+    stop: Stop,
+    metrics: Option<SocketAddr>,
+}
+
+async fn processor_parts(config: &Config) -> Result<ProcessorParts> {
     config.validate(Role::Processor)?;
     let master = master_secret(config)?;
     let kafka = ensure_topics(config).await?;
@@ -454,16 +457,22 @@ async fn processor_parts(
         }
         None => None,
     };
-    Ok((processor, registry, stop, metrics))
+    Ok(ProcessorParts {
+        processor,
+        master,
+        registry,
+        stop,
+        metrics,
+    })
 }
 
 /// Processes everything already in the log, then stops (`processor --drain`).
 pub async fn drain_processor(config: &Config) -> Result<ProcessorStats> {
-    let (mut processor, _registry, stop, _) = processor_parts(config).await?;
-    let outcome = processor.drain().await;
-    stop.stop();
+    let mut parts = processor_parts(config).await?;
+    let outcome = parts.processor.drain().await;
+    parts.stop.stop();
     outcome?;
-    Ok(processor.stats())
+    Ok(parts.processor.stats())
 }
 
 /// A query node: the KPI, SQL, extract and admin API behind bearer tokens.
