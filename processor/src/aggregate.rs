@@ -20,9 +20,11 @@ use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
 use candor_control::tenant::{AppCategories, Category, Site, Tenant, WorkWindow};
 use candor_schemas::batch::haversine_m;
 use candor_schemas::datasets::{Dataset, slot_start};
-use candor_schemas::ids::{DeviceId, TenantId};
+use candor_schemas::ids::TenantId;
 use candor_schemas::record::LogRecord;
 use object_store::path::Path as ObjectPath;
+
+use crate::routes::{RoutePoint, Routes};
 
 /// One hive partition of the lake: `<dataset>/tenant=<id>/date=<YYYY-MM-DD>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -138,43 +140,6 @@ impl TenantPolicy {
     }
 }
 
-/// A device's last GPS point: its time, position, and whether the segment
-/// that ended there was moving.
-#[derive(Debug, Clone, Copy)]
-struct RoutePoint {
-    at_ms: i64,
-    at: (f64, f64),
-    moving: Option<bool>,
-}
-
-/// Each device's last GPS point, carried from one record to the next (and
-/// from one flush to the next by the processor), so the segment between two
-/// uploads counts: with an upload every 5 minutes and a point a minute, it
-/// is a fifth of the route. A record that starts more than
-/// [`MAX_SEGMENT_MS`] after the carried point, or before it (a late
-/// upload), starts a new route. Lost on a restart, which costs one segment
-/// per device.
-#[derive(Debug, Default)]
-pub struct Routes {
-    last: HashMap<(TenantId, DeviceId), RoutePoint>,
-}
-
-/// How far behind the newest point a device's carried point is kept. Its
-/// next upload continues the route only if it starts within
-/// [`MAX_SEGMENT_MS`] of that point, but it arrives an upload interval
-/// later, while other devices' newer points come in: a device uploading
-/// every few hours must still find its point.
-const ROUTE_MEMORY_MS: i64 = 6 * 3600 * 1000;
-
-impl Routes {
-    /// Forgets points older than [`ROUTE_MEMORY_MS`] before the newest one
-    /// (bounds memory to the devices active in that span).
-    fn forget_stale(&mut self) {
-        let newest = self.last.values().map(|p| p.at_ms).max().unwrap_or(0);
-        self.last.retain(|_, p| p.at_ms >= newest - ROUTE_MEMORY_MS);
-    }
-}
-
 /// Collects rows from many records, then yields one batch per partition.
 #[derive(Default)]
 pub struct Aggregator {
@@ -194,6 +159,12 @@ impl Aggregator {
             routes,
             ..Self::default()
         }
+    }
+
+    /// The devices' routes, to open a tenant's carried points before its
+    /// records are added.
+    pub fn routes_mut(&mut self) -> &mut Routes {
+        &mut self.routes
     }
 
     /// The devices' routes as they stand, for the next flush.
@@ -276,13 +247,14 @@ impl Aggregator {
                 let (at, lat, lon) = (ts(0), f64s(1), f64s(2));
                 let mut order: Vec<usize> = (0..e.num_rows()).collect();
                 order.sort_by_key(|&i| at.value(i));
-                let device = (tenant.clone(), record.meta.device.clone());
-                let carried = self.routes.last.get(&device).copied();
+                let device = &record.meta.device;
+                let received_ms = record.meta.received_at_ms;
+                let carried = self.routes.carried(tenant, device);
                 // The previous kept point: the device's carried one if this
                 // record continues its route.
                 let mut previous = match (carried, order.first()) {
                     (Some(p), Some(&i))
-                        if at.value(i) > p.at_ms && at.value(i) - p.at_ms <= MAX_SEGMENT_MS =>
+                        if p.continued_by(at.value(i), received_ms, MAX_SEGMENT_MS) =>
                     {
                         Some((p.at_ms, p.at, p.moving))
                     }
@@ -330,16 +302,13 @@ impl Aggregator {
                 // the record is older than what the device already sent.
                 let last_t = order.last().map(|&i| at.value(i));
                 if last_t.is_some_and(|t| carried.is_none_or(|p| t > p.at_ms)) {
-                    match previous {
-                        Some((at_ms, at, moving)) => {
-                            self.routes
-                                .last
-                                .insert(device, RoutePoint { at_ms, at, moving });
-                        }
-                        None => {
-                            self.routes.last.remove(&device);
-                        }
-                    }
+                    let point = previous.map(|(at_ms, at, moving)| RoutePoint {
+                        at_ms,
+                        at,
+                        moving,
+                        received_ms,
+                    });
+                    self.routes.carry(tenant, device, point);
                 }
             }
             Dataset::Attendance => {

@@ -8,35 +8,22 @@
 //!
 //! Each partition's memory holds (batch id, dataset) with the batch's
 //! receive time, for `window` back from the newest batch seen. It survives
-//! restarts and rebalances in the lake: every flush writes the ids it took
-//! in as one more object of that flush
-//! (`_processor/<group>/batches/partition-P/<first>-<last>.bin`, listed in
-//! its intent, so a flush that never committed loses its ids file too).
-//! When a processor starts a chunk at offset F that it did not itself reach
-//! by committing, it reloads the partition's ids from the files that end
-//! before F, which are exactly the committed ones.
-//!
-//! One file per flush would pile up, so once a partition has more than
-//! `MAX_FILES` of them, its whole memory (already cut to the window) is
-//! written as one file covering everything committed, and the files it
-//! replaces are deleted. A crash between the two leaves copies of ids,
-//! which are harmless.
+//! restarts and rebalances in the lake as the flushes' state files of kind
+//! `batches` (see `flush_state`): every flush writes the ids it took in,
+//! and a processor taking a partition over reloads them.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 
+use crate::flush_state::{FlushFiles, MAX_FILES};
 use crate::lake::{Lake, LakeError};
 
 /// A batch's records, one per dataset: the batch id and the dataset tag.
 pub type BatchKey = ([u8; 16], u8);
 
 const ENTRY_LEN: usize = 16 + 1 + 8;
-
-/// Files per partition before they are merged into one.
-pub const MAX_FILES: usize = 256;
 
 /// The ids one chunk takes in, added to memory once the chunk is committed.
 #[derive(Debug, Default)]
@@ -96,8 +83,7 @@ impl PartitionSeen {
 }
 
 pub struct SeenBatches {
-    lake: Lake,
-    group: String,
+    files: FlushFiles,
     window_ms: i64,
     partitions: HashMap<i32, PartitionSeen>,
 }
@@ -105,24 +91,15 @@ pub struct SeenBatches {
 impl SeenBatches {
     pub fn new(lake: Lake, group: &str, window: Duration) -> Self {
         Self {
-            lake,
-            group: group.to_string(),
+            files: FlushFiles::new(lake, group, "batches"),
             window_ms: window.as_millis() as i64,
             partitions: HashMap::new(),
         }
     }
 
-    fn folder(&self, partition: i32) -> ObjectPath {
-        ObjectPath::from(format!(
-            "_processor/{}/batches/partition-{partition:05}",
-            self.group
-        ))
-    }
-
     /// Where a chunk's ids file goes.
     pub fn ids_path(&self, partition: i32, first: i64, last: i64) -> ObjectPath {
-        self.folder(partition)
-            .join(format!("{first:020}-{last:020}.bin"))
+        self.files.path(partition, first, last)
     }
 
     /// Makes the partition's memory current for a chunk starting at
@@ -136,50 +113,27 @@ impl SeenBatches {
         {
             return Ok(());
         }
-        let store = self.lake.store();
-        let files: Vec<_> = store
-            .list(Some(&self.folder(partition)))
-            .try_collect()
-            .await?;
         let mut seen = PartitionSeen {
             next_offset: first,
             ..PartitionSeen::default()
         };
         let mut newest_of_file = Vec::new();
-        for file in files {
-            let Some(last) = file
-                .location
-                .filename()
-                .and_then(|n| n.strip_suffix(".bin"))
-                .and_then(|n| n.split_once('-'))
-                .and_then(|(_, last)| last.parse::<i64>().ok())
-            else {
-                continue;
-            };
-            if last >= first {
-                // A flush that never committed; its intent's cleanup deletes it.
-                continue;
-            }
-            let bytes = self
-                .lake
-                .get_optional(&file.location)
-                .await?
-                .unwrap_or_default();
+        for file in self.files.committed_before(partition, first).await? {
             let mut newest = i64::MIN;
-            for entry in bytes.chunks_exact(ENTRY_LEN) {
+            for entry in file.bytes.chunks_exact(ENTRY_LEN) {
                 let id: [u8; 16] = entry[..16].try_into().expect("16 bytes");
                 let at = i64::from_be_bytes(entry[17..].try_into().expect("8 bytes"));
                 seen.add((id, entry[16]), at);
                 newest = newest.max(at);
             }
-            newest_of_file.push((file.location, newest));
+            newest_of_file.push((file.path, newest));
         }
         let oldest = seen.newest_ms.saturating_sub(self.window_ms);
         seen.forget_before(oldest);
         // Files wholly outside the window are no longer needed.
         for (path, newest) in newest_of_file {
             if newest < oldest {
-                self.lake.delete_durable(&path).await?;
+                self.files.lake().delete_durable(&path).await?;
             } else {
                 seen.files.push(path);
             }
@@ -231,33 +185,23 @@ impl SeenBatches {
         }
         if seen.files.len() > MAX_FILES {
             seen.forget_before(seen.newest_ms.saturating_sub(window_ms));
-            let merged =
-                self.folder(partition)
-                    .join(format!("{:020}-{:020}.bin", 0, next_offset - 1));
+            let merged = self.files.merged_path(partition, next_offset);
             let seen = self.partitions.get_mut(&partition).expect("inserted above");
-            if let Err(e) = merge_files(&self.lake, seen, merged).await {
-                // The files stay as they are; the next merge tries again.
-                tracing::warn!(partition, error = %e, "could not merge batch-id files");
+            let replaced = std::mem::take(&mut seen.files);
+            match self
+                .files
+                .replace(&merged, seen.to_bytes(), replaced.iter().cloned())
+                .await
+            {
+                Ok(()) => seen.files.push(merged),
+                Err(e) => {
+                    // The files stay as they are; the next merge tries again.
+                    seen.files = replaced;
+                    tracing::warn!(partition, error = %e, "could not merge batch-id files");
+                }
             }
         }
     }
-}
-
-/// Writes the partition's memory as one file, then deletes the files it
-/// replaces.
-async fn merge_files(
-    lake: &Lake,
-    seen: &mut PartitionSeen,
-    merged: ObjectPath,
-) -> Result<(), LakeError> {
-    lake.put_durable(&merged, seen.to_bytes().into()).await?;
-    for file in std::mem::take(&mut seen.files) {
-        if file != merged {
-            lake.delete_durable(&file).await?;
-        }
-    }
-    seen.files.push(merged);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -288,12 +232,7 @@ mod tests {
                 .unwrap();
             seen.committed(0, offset + 1, chunk, Some(path)).await;
         }
-        let files: Vec<_> = lake
-            .store()
-            .list(Some(&seen.folder(0)))
-            .try_collect()
-            .await
-            .unwrap();
+        let files = lake.list(&seen.files.folder(0)).await.unwrap();
         assert!(files.len() <= MAX_FILES + 1, "{} files", files.len());
 
         // A processor that takes the partition over knows every id.

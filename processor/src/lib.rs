@@ -7,10 +7,12 @@ mod aggregate;
 pub mod compaction;
 mod dedup;
 pub mod erasure;
+mod flush_state;
 mod intent;
 mod lake;
 mod metrics;
 pub mod retention;
+mod routes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,11 +25,12 @@ use candor_schemas::TenantId;
 use candor_schemas::record::{open_record, read_header};
 use object_store::path::Path as ObjectPath;
 
-pub use aggregate::{Aggregator, PartitionKey, Routes, Subject, TenantPolicy};
+pub use aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
 pub use dedup::{ChunkIds, SeenBatches};
 pub use intent::{FlushIntent, Intents};
 pub use lake::{LEASE_MS, Lake, LakeError, Lakes, Lease};
 pub use metrics::{MaintenanceMetrics, ProcessorMetrics};
+pub use routes::{RouteMemory, Routes};
 
 /// Serves a processor's `/metrics` (everything in `registry`) and
 /// `/healthz` until `shutdown` resolves. A processor answers nothing else.
@@ -124,10 +127,8 @@ pub struct Processor<C> {
     metrics: ProcessorMetrics,
     /// When lag was last measured; it costs a round trip to the log.
     lag_measured: Option<Instant>,
-    /// Per log partition, the devices' GPS routes after its last chunk and
-    /// the offset the next chunk must start at to continue them (a chunk
-    /// starting elsewhere is a replay or a rebalance: the routes restart).
-    routes: HashMap<i32, (i64, Routes)>,
+    /// Per log partition, the devices' GPS routes as of its last commit.
+    routes: RouteMemory,
 }
 
 impl<C: LogConsumer> Processor<C> {
@@ -146,12 +147,12 @@ impl<C: LogConsumer> Processor<C> {
             control,
             intents: Intents::new(lakes.clone(), &config.group),
             seen: SeenBatches::new(lakes.home().clone(), &config.group, config.dedup_window),
+            routes: RouteMemory::new(lakes.home().clone(), &config.group),
             lakes,
             dead_letters: None,
             config,
             metrics: ProcessorMetrics::default(),
             lag_measured: None,
-            routes: HashMap::new(),
         }
     }
 
@@ -254,23 +255,28 @@ impl<C: LogConsumer> Processor<C> {
         let mut events = 0;
         for (partition, records) in by_partition {
             let timer = Instant::now();
-            let (last, ids, ids_file, chunk_events) =
-                self.write_partition_chunk(partition, &records).await?;
-            events += chunk_events;
-            taken_in.push((partition, last + 1, ids, ids_file));
+            let chunk = self.write_partition_chunk(partition, &records).await?;
+            events += chunk.events;
+            taken_in.push((partition, chunk));
             self.metrics
                 .flush_seconds
                 .observe(timer.elapsed().as_secs_f64());
             positions.push(Resume {
                 partition,
-                next_offset: last + 1,
+                next_offset: taken_in.last().expect("pushed above").1.next_offset,
             });
         }
         // Only now, with every object durable, may the log forget the records.
         self.commit(&positions).await?;
         self.metrics.events_committed.inc_by(events);
-        for (partition, next_offset, ids, file) in taken_in {
-            self.seen.committed(partition, next_offset, ids, file).await;
+        for (partition, chunk) in taken_in {
+            let next_offset = chunk.next_offset;
+            self.seen
+                .committed(partition, next_offset, chunk.ids, chunk.ids_file)
+                .await;
+            self.routes
+                .committed(partition, next_offset, chunk.routes, chunk.routes_file)
+                .await;
         }
         Ok(count)
     }
@@ -292,14 +298,12 @@ impl<C: LogConsumer> Processor<C> {
     }
 
     /// Aggregates one partition's records and writes one object per dataset,
-    /// tenant and date. Returns the last offset covered, the batch ids taken
-    /// in, the object they were written to (when there were any), and the
-    /// events of the records that opened.
+    /// tenant and date, plus the state that travels with the flush.
     async fn write_partition_chunk(
         &mut self,
         partition: i32,
         records: &[Delivered],
-    ) -> Result<(i64, ChunkIds, Option<ObjectPath>, u64), ProcessorError> {
+    ) -> Result<WrittenChunk, ProcessorError> {
         let first = records.first().expect("chunks are non-empty").offset;
         let last = records.last().expect("chunks are non-empty").offset;
         let mut backoff = Backoff::default();
@@ -310,11 +314,18 @@ impl<C: LogConsumer> Processor<C> {
             self.metrics.lake_retries.inc();
             backoff.wait("reading the partition's batch ids", &e).await;
         }
-        let mut ids = ChunkIds::default();
-        let routes = match self.routes.remove(&partition) {
-            Some((next, routes)) if next == first => routes,
-            _ => Routes::default(),
+        let mut backoff = Backoff::default();
+        let routes = loop {
+            match self.routes.take(partition, first).await {
+                Ok(routes) => break routes,
+                Err(e) if e.is_transient() => {
+                    self.metrics.lake_retries.inc();
+                    backoff.wait("reading the partition's GPS routes", &e).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
+        let mut ids = ChunkIds::default();
         let mut agg = Aggregator::with_routes(routes);
         let mut dead = Vec::new();
         let mut events = 0;
@@ -333,6 +344,10 @@ impl<C: LogConsumer> Processor<C> {
                             let policy = TenantPolicy::of(&view.tenant.doc);
                             (view, policy)
                         });
+                        // Its devices' carried points open with its keys.
+                        if let Some(keys) = known.as_ref().and_then(|(v, _)| v.keys.as_ref()) {
+                            agg.routes_mut().open(&header.tenant, keys);
+                        }
                         tenants.insert(header.tenant, known.clone());
                         known
                     }
@@ -385,7 +400,10 @@ impl<C: LogConsumer> Processor<C> {
             .events_dropped
             .with_label_values(&["outside_work_hours"])
             .inc_by(agg.outside_work_hours);
-        self.routes.insert(partition, (last + 1, agg.take_routes()));
+        let mut routes = agg.take_routes();
+        let routes_file = routes
+            .take_changes()
+            .map(|bytes| (self.routes.path(partition, first, last), bytes));
         // Each tenant's objects go to its own lake when it has one.
         let mut objects = LakeObjects::new();
         for (key, batch) in agg.finish() {
@@ -399,9 +417,12 @@ impl<C: LogConsumer> Processor<C> {
                 .or_default()
                 .push((key.object_path(&file_name), batch));
         }
-        // The batch ids taken in travel with the flush, as one more object.
+        // The batch ids taken in and the routes' changes travel with the
+        // flush, as objects of their own.
         let ids_file =
             (!ids.is_empty()).then(|| (self.seen.ids_path(partition, first, last), ids.to_bytes()));
+        let state_files: Vec<(ObjectPath, Vec<u8>)> =
+            ids_file.iter().chain(&routes_file).cloned().collect();
         let paths = |objects: &[(ObjectPath, RecordBatch)]| -> Vec<String> {
             objects.iter().map(|(path, _)| path.to_string()).collect()
         };
@@ -414,7 +435,7 @@ impl<C: LogConsumer> Processor<C> {
                 .map(|home| paths(home))
                 .unwrap_or_default()
                 .into_iter()
-                .chain(ids_file.iter().map(|(path, _)| path.to_string()))
+                .chain(state_files.iter().map(|(path, _)| path.to_string()))
                 .collect(),
             elsewhere: objects
                 .iter()
@@ -425,7 +446,7 @@ impl<C: LogConsumer> Processor<C> {
         // (its intent first, so a half-written try is cleaned up) and
         // nothing is committed: the log keeps the records meanwhile.
         let mut backoff = Backoff::default();
-        while let Err(e) = self.write_flush(&intent, &objects, ids_file.as_ref()).await {
+        while let Err(e) = self.write_flush(&intent, &objects, &state_files).await {
             if !e.is_transient() {
                 return Err(e.into());
             }
@@ -442,7 +463,14 @@ impl<C: LogConsumer> Processor<C> {
                 backoff.wait("dead-letter append", &e).await;
             }
         }
-        Ok((last, ids, ids_file.map(|(path, _)| path), events))
+        Ok(WrittenChunk {
+            next_offset: last + 1,
+            ids,
+            ids_file: ids_file.map(|(path, _)| path),
+            routes,
+            routes_file: routes_file.map(|(path, _)| path),
+            events,
+        })
     }
 
     /// Records the flush's intent, then writes its objects durably.
@@ -450,7 +478,7 @@ impl<C: LogConsumer> Processor<C> {
         &self,
         intent: &FlushIntent,
         objects: &LakeObjects,
-        ids_file: Option<&(ObjectPath, Vec<u8>)>,
+        state_files: &[(ObjectPath, Vec<u8>)],
     ) -> Result<(), LakeError> {
         let deleted = self.intents.begin(intent).await?;
         self.metrics.leftover_objects_deleted.inc_by(deleted as u64);
@@ -467,7 +495,7 @@ impl<C: LogConsumer> Processor<C> {
                 self.metrics.files_written.inc();
             }
         }
-        if let Some((path, bytes)) = ids_file {
+        for (path, bytes) in state_files {
             self.lakes
                 .home()
                 .put_durable(path, bytes.clone().into())
@@ -546,6 +574,18 @@ impl<C: LogConsumer> Processor<C> {
             }
         }
     }
+}
+
+/// A partition chunk written and not yet committed: where the partition
+/// resumes after it, and its state for after the commit.
+struct WrittenChunk {
+    next_offset: i64,
+    ids: ChunkIds,
+    ids_file: Option<ObjectPath>,
+    routes: Routes,
+    routes_file: Option<ObjectPath>,
+    /// Events of the records that opened.
+    events: u64,
 }
 
 /// A flush's objects by the lake they go to ([`Lakes::key`]; `None`: the

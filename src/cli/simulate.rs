@@ -2,7 +2,7 @@
 //! workdays to an ingest node (the generator is the `candor-simulate`
 //! crate; this file reads the flags, sends, and reports).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use candor_control::{Directory, Member};
-use candor_schemas::TenantId;
 use candor_schemas::batch::Batch;
 use candor_schemas::keys::MasterSecret;
+use candor_schemas::{DeviceId, TenantId};
 use candor_simulate::{DayStatus, Device, Outcome, Params, SimulatedAgent, Simulation, Tz};
 use chrono::{Datelike, Days, NaiveDate, Utc};
 use clap::Args;
@@ -215,13 +215,17 @@ impl Tally {
     }
 }
 
-/// Posts batches, `concurrency` at a time.
+/// Posts batches, `concurrency` at a time, and each device's one at a
+/// time, in order, as an agent does: a device's next batch waits for the
+/// answer to its previous one (retries included).
 struct Sender {
     client: reqwest::Client,
     /// The batch route of every ingest node.
     urls: Vec<String>,
     master: MasterSecret,
     gate: Arc<Semaphore>,
+    /// Held by the post of each device's batch in flight.
+    in_flight: HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>,
     tasks: tokio::task::JoinSet<()>,
     tally: Arc<Tally>,
 }
@@ -236,6 +240,13 @@ impl Sender {
         late: bool,
     ) -> Result<()> {
         let body = agent.seal(&self.master, &batch, &mut rand::rng());
+        let device = self
+            .in_flight
+            .entry(agent.device.clone())
+            .or_default()
+            .clone()
+            .lock_owned()
+            .await;
         let permit = self.gate.clone().acquire_owned().await?;
         let mut urls = self.urls.clone();
         let home = i % urls.len();
@@ -243,7 +254,7 @@ impl Sender {
         let (client, tally) = (self.client.clone(), self.tally.clone());
         self.tasks.spawn(async move {
             let outcome = candor_simulate::post_batch(&client, &urls, body, MAX_ATTEMPTS).await;
-            drop(permit);
+            drop((permit, device));
             match outcome {
                 Ok(Outcome::Accepted) => tally.accept(&batch, late),
                 Ok(Outcome::Rejected { status, reason }) => {
@@ -368,6 +379,7 @@ pub async fn run(args: SimulateArgs, config: &candor::config::Config) -> Result<
         urls,
         master,
         gate: Arc::new(Semaphore::new(args.concurrency as usize)),
+        in_flight: HashMap::new(),
         tasks: tokio::task::JoinSet::new(),
         tally: tally.clone(),
     };
