@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::AsArray;
-use arrow::datatypes::Int64Type;
+use arrow::datatypes::{Float64Type, Int64Type};
 use async_trait::async_trait;
 use candor_control::testkit::TestStore;
 use candor_control::testkit::{TcpProxy, s3_client};
@@ -24,6 +24,7 @@ use candor_processor::{
     DeadLetter, Lake, Lakes, Processor, ProcessorConfig, ProcessorError, ProcessorMetrics,
 };
 use candor_schemas::TenantId;
+use candor_schemas::batch::{Batch, GpsPoint, haversine_m};
 use candor_schemas::keys::MasterSecret;
 use chrono::{Days, Utc};
 use common::{Control, activity_batch, header, ms, post, random_master, samples, seal_batch};
@@ -395,6 +396,112 @@ async fn a_batch_in_the_log_twice_is_counted_once_even_across_a_restart() {
         assert_eq!(second.stats().records, 12);
         assert_eq!(second.stats().events_duplicate, 24);
         assert_eq!(sums().await, expected);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+/// GPS metres and moving seconds of acme's whole lake.
+async fn gps_totals(lake: &Lake) -> (f64, i64) {
+    let store = lake.store();
+    let (mut metres, mut moving_s) = (0.0, 0);
+    for path in objects(lake, "gps/tenant=acme").await {
+        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let column = |name: &str| b.column(b.schema().index_of(name).unwrap()).clone();
+            let distance = column("distance_m");
+            let moving = column("moving_s");
+            for i in 0..b.num_rows() {
+                metres += distance.as_primitive::<Float64Type>().value(i);
+                moving_s += moving.as_primitive::<Int64Type>().value(i);
+            }
+        }
+    }
+    (metres, moving_s)
+}
+
+/// One phone drives north 111 m a minute and uploads every 5 minutes. One
+/// processor that reads everything at once counts all 29 one-minute
+/// segments, the 5 between uploads included; so does a run where every
+/// record is a chunk of its own, handled by a processor that never saw the
+/// partition before (as after a crash or a rebalance), the first of which
+/// dies before its commit: the carried points come from the lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_across_uploads_is_the_same_whoever_processes_each_chunk() {
+    tokio::time::timeout(GUARD, async {
+        let OneMachine {
+            dir,
+            master,
+            control,
+            spool,
+            url,
+        } = OneMachine::start().await;
+        let day = Utc::now().date_naive() - Days::new(1);
+        for upload in 0..6 {
+            let h = header("acme", "employee-0001", "phone-0001");
+            let gps = (0..5)
+                .map(|k| {
+                    let minute = upload * 5 + k;
+                    GpsPoint {
+                        at_ms: ms(day, 9, 0) + minute * 60_000,
+                        lat: 48.0 + 0.001 * minute as f64,
+                        lon: 11.0,
+                        accuracy_m: 5.0,
+                    }
+                })
+                .collect();
+            let batch = Batch {
+                gps,
+                ..activity_batch(vec![])
+            };
+            let (status, answer) = post(&url, BATCH, seal_batch(&master, &h, &batch)).await;
+            assert_eq!(status, 202, "{answer}");
+        }
+        let processor = |group: &str, max_records_per_flush| {
+            Processor::new(
+                spool.consumer(group).unwrap(),
+                control.cache.clone(),
+                Lake::local(dir.path().join(group)).unwrap(),
+                ProcessorConfig {
+                    group: group.into(),
+                    max_records_per_flush,
+                    poll_wait: Duration::from_millis(100),
+                    ..ProcessorConfig::default()
+                },
+            )
+        };
+        processor("whole", 100).drain().await.unwrap();
+        let whole = gps_totals(&Lake::local(dir.path().join("whole")).unwrap()).await;
+        let step = haversine_m((48.0, 11.0), (48.001, 11.0));
+        assert!((whole.0 - 29.0 * step).abs() < 1e-6, "{whole:?}");
+        assert_eq!(whole.1, 29 * 60);
+
+        let mut doomed = Processor::new(
+            DiesBeforeCommit(spool.consumer("pieces").unwrap()),
+            control.cache.clone(),
+            Lake::local(dir.path().join("pieces")).unwrap(),
+            ProcessorConfig {
+                group: "pieces".into(),
+                max_records_per_flush: 2,
+                poll_wait: Duration::from_millis(100),
+                ..ProcessorConfig::default()
+            },
+        );
+        assert!(matches!(doomed.step().await, Err(ProcessorError::Log(_))));
+        drop(doomed);
+        let mut chunks = 0;
+        while processor("pieces", 1).step().await.unwrap() > 0 {
+            chunks += 1;
+        }
+        assert_eq!(chunks, 6);
+        let pieces = gps_totals(&Lake::local(dir.path().join("pieces")).unwrap()).await;
+        assert!((pieces.0 - whole.0).abs() < 1e-6, "{pieces:?} vs {whole:?}");
+        assert_eq!(pieces.1, whole.1);
     })
     .await
     .expect("test finished within its hang guard");
