@@ -14,8 +14,9 @@
 //! rebalances alike); departments are filled; nothing went to the
 //! dead-letter topic.
 //!
-//! The nodes share loopback: each listens on its own port, as it would on
-//! its own host.
+//! Where root may make network namespaces, each node runs in its own, with
+//! its own address on a private bridge, as on its own machine; otherwise
+//! the nodes share loopback, each on its own port (`common::hosts`).
 
 mod common;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use candor_control::testkit::{TcpProxy, fresh_named_bucket, s3_endpoint};
 use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
+use common::hosts::Hosts;
 use common::process::{NodeProcess, Standalone, candor, secret_in};
 use serde_json::Value;
 
@@ -254,6 +256,12 @@ async fn run() {
     let dead_letters = format!("{}-dead", kafka.topic);
     let (bucket, _) = fresh_named_bucket("deployment");
     let s3 = TcpProxy::start(&s3_endpoint()).await;
+    let services = [&kafka.brokers, &s3.endpoint()].map(|a| {
+        a.trim_start_matches("http://")
+            .parse()
+            .expect("the broker and the S3 proxy listen on loopback")
+    });
+    let hosts = Hosts::new(5, &services);
 
     // The deployment's configuration: a file, plus what the environment of
     // each machine says (the S3 client's settings).
@@ -350,12 +358,29 @@ max_records_per_flush = 2000
         ],
     );
 
-    let local = "127.0.0.1:0";
-    let mut ingest_1 = NodeProcess::start(&["ingest", "--listen", local], &env, &["ingest"]);
-    let ingest_2 = NodeProcess::start(&["ingest", "--listen", local], &env, &["ingest"]);
-    let mut processor_1 = NodeProcess::start(&["processor", "--listen", local], &env, &["metrics"]);
-    let processor_2 = NodeProcess::start(&["processor", "--listen", local], &env, &["metrics"]);
-    let query = NodeProcess::start(&["query", "--listen", local], &env, &["query"]);
+    // Each node on a host of its own where the machine allows it.
+    let node_env = if hosts.separate() {
+        // Listeners on the private test network, not loopback.
+        let mut env = env.clone();
+        env.push(("CANDOR_TLS__PLAIN_HTTP".into(), "true".into()));
+        env
+    } else {
+        env.clone()
+    };
+    let node = |host: usize, role: &str, name: &str| {
+        let host = hosts.host(host);
+        NodeProcess::start_on(
+            host,
+            &[role, "--listen", &host.listen()],
+            &node_env,
+            &[name],
+        )
+    };
+    let mut ingest_1 = node(0, "ingest", "ingest");
+    let ingest_2 = node(1, "ingest", "ingest");
+    let mut processor_1 = node(2, "processor", "metrics");
+    let processor_2 = node(3, "processor", "metrics");
+    let query = node(4, "query", "query");
 
     let ingest_urls = format!("{},{}", ingest_1.url("ingest"), ingest_2.url("ingest"));
     let mut agents = Command::new(env!("CARGO_BIN_EXE_candor"))

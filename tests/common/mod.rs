@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod hosts;
 pub mod process;
 
 use std::sync::Arc;

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use candor_schemas::keys::MasterSecret;
 
+use super::hosts::Host;
+
 /// Bound of every wait on a process: a stuck one fails the test instead of
 /// stalling CI.
 const GUARD: Duration = Duration::from_secs(120);
@@ -195,7 +197,21 @@ impl NodeProcess {
     /// Starts `candor <args>` with `env` added, and waits until it has
     /// printed the address of each of `names`.
     pub fn start(args: &[&str], env: &[(String, String)], names: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_candor"))
+        Self::start_with(Command::new(env!("CARGO_BIN_EXE_candor")), args, env, names)
+    }
+
+    /// [`NodeProcess::start`] on `host`.
+    pub fn start_on(host: &Host, args: &[&str], env: &[(String, String)], names: &[&str]) -> Self {
+        Self::start_with(host.command(env!("CARGO_BIN_EXE_candor")), args, env, names)
+    }
+
+    fn start_with(
+        mut candor: Command,
+        args: &[&str],
+        env: &[(String, String)],
+        names: &[&str],
+    ) -> Self {
+        let mut child = candor
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
