@@ -13,13 +13,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 
-/// `CANDOR_S3_ENDPOINT` if set, otherwise the project's script starts (or
+/// `TEST_S3_ENDPOINT` if set, otherwise the project's script starts (or
 /// finds) moto on 127.0.0.1:`CANDOR_S3_PORT` (default 19000).
 pub fn s3_endpoint() -> String {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
     ENDPOINT
         .get_or_init(|| {
-            if let Ok(e) = std::env::var("CANDOR_S3_ENDPOINT") {
+            if let Ok(e) = std::env::var("TEST_S3_ENDPOINT") {
                 return e;
             }
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3-server");

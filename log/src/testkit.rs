@@ -10,14 +10,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::LogError;
 use crate::kafka::{KafkaConfig, ensure_topic};
 
-/// Bootstrap address of the test broker: `CANDOR_KAFKA_BROKERS` if set,
+/// Bootstrap address of the test broker: `TEST_KAFKA_BROKERS` if set,
 /// otherwise `scripts/kafka-broker start` starts (or finds) Tansu on
 /// 127.0.0.1:`CANDOR_BROKER_PORT` (default 19092), building it once.
 pub fn broker() -> String {
     static BROKERS: OnceLock<String> = OnceLock::new();
     BROKERS
         .get_or_init(|| {
-            if let Ok(b) = std::env::var("CANDOR_KAFKA_BROKERS") {
+            if let Ok(b) = std::env::var("TEST_KAFKA_BROKERS") {
                 return b;
             }
             // This crate sits one folder below the workspace root.

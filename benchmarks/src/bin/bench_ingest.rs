@@ -44,7 +44,7 @@ struct Args {
     #[command(subcommand)]
     node: Option<NodeCommand>,
     /// Kafka bootstrap servers.
-    #[arg(long, env = "CANDOR_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+    #[arg(long, env = "TEST_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
     brokers: String,
     /// Length of each phase.
     #[arg(long, default_value_t = 10)]
