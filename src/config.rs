@@ -244,6 +244,14 @@ pub struct QuerySettings {
     /// is refused. A list, or names separated by commas in a variable.
     #[serde(default, deserialize_with = "list::deserialize")]
     pub extract_receiver_allow_hosts: Vec<String>,
+    /// Bytes of SQL text a statement may have (`POST /v1/sql`).
+    pub sql_max_bytes: usize,
+    /// Rows a statement answers at most; the answer says it was cut.
+    pub sql_max_rows: usize,
+    /// Memory a statement may use (bytes) before it fails.
+    pub sql_memory_bytes: usize,
+    /// Seconds a statement may run before it is cancelled.
+    pub sql_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,6 +281,7 @@ impl Config {
         let limits = Limits::default();
         let quotas = QuotaConfig::default();
         let replay = ReplayConfig::default();
+        let sql = candor_query::session::Limits::default();
         let on_one_machine = role == Role::Standalone;
         Self {
             data_dir: PathBuf::from(".candor"),
@@ -337,6 +346,10 @@ impl Config {
                 header_timeout_secs: serve.header_read_timeout.as_secs(),
                 body_timeout_secs: serve.request_body_timeout.as_secs(),
                 extract_receiver_allow_hosts: Vec::new(),
+                sql_max_bytes: sql.max_sql_bytes,
+                sql_max_rows: sql.max_rows,
+                sql_memory_bytes: sql.memory_bytes,
+                sql_timeout_secs: sql.timeout.as_secs(),
             },
             maintenance: MaintenanceSettings {
                 retention_every_hours: if on_one_machine { 6 } else { 0 },
@@ -463,6 +476,18 @@ impl Config {
         })
     }
 
+    /// The limits of each SQL statement.
+    pub fn sql_limits(&self) -> candor_query::session::Limits {
+        let q = &self.query;
+        candor_query::session::Limits {
+            max_sql_bytes: q.sql_max_bytes,
+            max_rows: q.sql_max_rows,
+            memory_bytes: q.sql_memory_bytes,
+            timeout: Duration::from_secs(q.sql_timeout_secs),
+            ..candor_query::session::Limits::default()
+        }
+    }
+
     /// How the query API serves (loads the TLS certificate).
     pub fn query_serve(&self) -> Result<ServeConfig> {
         let q = &self.query;
@@ -539,6 +564,22 @@ impl Config {
         }
         if self.control.refresh_secs == 0 {
             bail!("control.refresh_secs must be at least 1");
+        }
+        let q = &self.query;
+        for (key, value) in [
+            ("query.sql_max_bytes", q.sql_max_bytes as u64),
+            ("query.sql_max_rows", q.sql_max_rows as u64),
+            ("query.sql_timeout_secs", q.sql_timeout_secs),
+        ] {
+            if value == 0 {
+                bail!("{key} must be at least 1");
+            }
+        }
+        if q.sql_memory_bytes < 1024 * 1024 {
+            bail!(
+                "query.sql_memory_bytes ({}) must be at least 1 MiB (1048576)",
+                q.sql_memory_bytes
+            );
         }
         Ok(())
     }

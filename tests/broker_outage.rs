@@ -81,7 +81,7 @@ async fn broker_down_means_503_and_no_accepted_batch_is_lost() {
             master.clone(),
             control.cache.clone(),
             log,
-            Default::default(),
+            &common::ingest_defaults(),
         )
         .await;
         let client = reqwest::Client::new();

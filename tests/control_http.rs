@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candor_control::testkit::TestStore;
-use candor_control::{Actor, CacheConfig, ControlCache, Role, TokenRequest};
+use candor_control::{Actor, Role, TokenRequest};
 use candor_log::LogConsumer;
 use candor_log::spool::{Spool, SpoolConfig};
 use candor_query::api::QueryState;
-use candor_schemas::{Limits, TenantId};
+use candor_schemas::TenantId;
 use chrono::{Days, Utc};
 use common::{Control, activity_batch, header, ms, post, random_master, samples};
 use reqwest::StatusCode;
@@ -38,18 +38,8 @@ async fn start_query_with(
     admin: Arc<candor_control::Admin>,
     master: &candor_schemas::keys::MasterSecret,
 ) -> String {
-    let config = CacheConfig {
-        tokens: true,
-        directory: true,
-        ..CacheConfig::default()
-    };
     let registry = prometheus::Registry::new();
-    let cache = Arc::new(ControlCache::new(
-        control.store.documents(),
-        master.clone(),
-        config,
-        &registry,
-    ));
+    let cache = control.cache_for(candor::config::Role::Query);
     let lake = candor_query::lake::QueryLake::new(candor_query::lake::LakeConfig::new(
         std::env::temp_dir()
             .join("candor-control-http-lake")
@@ -141,7 +131,7 @@ async fn admin_api_and_revocation_reach_ingest(store: TestStore) {
         master.clone(),
         control.cache.clone(),
         Arc::new(spool.producer()),
-        Limits::default(),
+        &common::ingest_defaults(),
     )
     .await;
 
@@ -819,7 +809,7 @@ async fn ingest_serves_its_last_good_copy_while_the_control_store_is_down() {
         master.clone(),
         control.cache.clone(),
         Arc::new(spool.producer()),
-        Limits::default(),
+        &common::ingest_defaults(),
     )
     .await;
     let day = Utc::now().date_naive() - Days::new(1);

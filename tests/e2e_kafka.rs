@@ -42,7 +42,7 @@ async fn bad_input_gets_a_reason_and_never_reaches_the_log() {
         let master = random_master();
         let limits = Limits { max_body_bytes: 64 * 1024, max_decompressed_bytes: 256 * 1024, ..Limits::default() };
         let control = Control::local_with(&master, &["acme"]).await;
-        let url = start_ingest(master.clone(), control.cache.clone(), &kafka, limits).await;
+        let url = start_ingest(master.clone(), control.cache.clone(), &kafka, &common::ingest_config(&limits)).await;
         let now = Utc::now().timestamp_millis();
         let h = header("acme", "employee-0001", "laptop-0001");
         let good = seal_batch(&master, &h, &activity_batch(samples(now - 600_000, 3, 50, 10)));
@@ -145,7 +145,7 @@ async fn sealed_batches_become_a_kpi_through_the_real_broker() {
             master.clone(),
             control.cache.clone(),
             &kafka,
-            Limits::default(),
+            &common::ingest_defaults(),
         )
         .await;
         let day = Utc::now().date_naive() - Days::new(3);

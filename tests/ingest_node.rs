@@ -8,11 +8,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use candor_http::{ServeConfig, load_tls};
-use candor_ingest::{IngestConfig, QuotaConfig};
 use candor_log::LogConsumer;
 use candor_log::spool::{Spool, SpoolConfig};
-use candor_schemas::Limits;
 use candor_schemas::batch::GpsPoint;
 use chrono::Utc;
 use common::{Control, activity_batch, header, random_master, samples, seal_batch};
@@ -32,7 +29,7 @@ struct Node {
 }
 
 impl Node {
-    async fn start(config: IngestConfig) -> Self {
+    async fn start(config: candor::config::Config) -> Self {
         let master = random_master();
         let control = Control::local_with(&master, &["acme", "globex"]).await;
         let dir = tempfile::tempdir().unwrap();
@@ -41,7 +38,7 @@ impl Node {
             master.clone(),
             control.cache.clone(),
             Arc::new(spool.producer()),
-            config,
+            &config,
             std::future::pending(),
         )
         .await;
@@ -118,14 +115,10 @@ async fn https_with_http2_and_a_retried_batch_is_appended_once() {
         let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
         std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
-        let node = Node::start(IngestConfig {
-            serve: ServeConfig {
-                tls: Some(load_tls(&cert_pem, &key_pem).unwrap()),
-                ..ServeConfig::default()
-            },
-            ..IngestConfig::default()
-        })
-        .await;
+        let mut config = common::ingest_defaults();
+        config.tls.cert = Some(cert_pem);
+        config.tls.key = Some(key_pem);
+        let node = Node::start(config).await;
         assert!(node.url.starts_with("https://"), "{}", node.url);
         let client = reqwest::Client::builder()
             .add_root_certificate(
@@ -169,20 +162,13 @@ async fn https_with_http2_and_a_retried_batch_is_appended_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_answer_429_with_retry_after_per_device_and_per_tenant() {
     tokio::time::timeout(GUARD, async {
-        let node = Node::start(IngestConfig {
-            limits: Limits {
-                max_events: 10,
-                ..Limits::default()
-            },
-            quotas: QuotaConfig {
-                device_batches_per_s: 1,
-                device_burst: 2,
-                tenant_events_per_s: 1,
-                tenant_burst: 25,
-            },
-            ..IngestConfig::default()
-        })
-        .await;
+        let mut config = common::ingest_defaults();
+        config.ingest.max_events = 10;
+        config.ingest.device_batches_per_s = 1;
+        config.ingest.device_burst = 2;
+        config.ingest.tenant_events_per_s = 1;
+        config.ingest.tenant_burst = 25;
+        let node = Node::start(config).await;
         let client = reqwest::Client::new();
         for _ in 0..2 {
             let a = node
@@ -239,12 +225,10 @@ async fn start_slow_post(url: &str, content_length: usize, sent: &[u8]) -> TcpSt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_gets_408_and_a_full_node_gets_503() {
     tokio::time::timeout(GUARD, async {
-        let node = Node::start(IngestConfig {
-            max_in_flight: 1,
-            body_timeout: Duration::from_millis(500),
-            ..IngestConfig::default()
-        })
-        .await;
+        let mut config = common::ingest_defaults();
+        config.ingest.max_in_flight = 1;
+        config.ingest.body_timeout_secs = 1;
+        let node = Node::start(config).await;
         let client = reqwest::Client::new();
         // A slowloris client: half a body, then nothing.
         let body = batch_for(&node, "laptop-1", 3, 0);
@@ -280,7 +264,7 @@ async fn a_slow_body_gets_408_and_a_full_node_gets_503() {
 async fn late_data_is_welcome_back_to_the_tenants_retention_and_no_further() {
     tokio::time::timeout(GUARD, async {
         // Test tenants are on the starter plan: 30 days of retention.
-        let node = Node::start(IngestConfig::default()).await;
+        let node = Node::start(common::ingest_defaults()).await;
         let client = reqwest::Client::new();
         let day = 86_400_000;
         let cases = [
@@ -317,7 +301,7 @@ async fn late_data_is_welcome_back_to_the_tenants_retention_and_no_further() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_seconds_are_invalid_events_naming_the_event() {
     tokio::time::timeout(GUARD, async {
-        let node = Node::start(IngestConfig::default()).await;
+        let node = Node::start(common::ingest_defaults()).await;
         let client = reqwest::Client::new();
         let h = header("acme", "employee-0001", "laptop-1");
         let t = now() - 60_000;
@@ -358,7 +342,7 @@ async fn negative_seconds_are_invalid_events_naming_the_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_methods_answer_json_with_a_reason() {
     tokio::time::timeout(GUARD, async {
-        let node = Node::start(IngestConfig::default()).await;
+        let node = Node::start(common::ingest_defaults()).await;
         let client = reqwest::Client::new();
         let cases = [
             (

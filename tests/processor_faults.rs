@@ -143,7 +143,7 @@ impl OneMachine {
             master.clone(),
             control.cache.clone(),
             producer,
-            Default::default(),
+            &common::ingest_defaults(),
         )
         .await;
         Self {
@@ -627,7 +627,7 @@ async fn sigkill_mid_flush_then_restart_keeps_every_row_exactly_once() {
             master.clone(),
             control.cache.clone(),
             &kafka,
-            Default::default(),
+            &common::ingest_defaults(),
         )
         .await;
         let expected = post_batches(&url, &master, &control, 90).await;

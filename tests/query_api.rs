@@ -14,7 +14,6 @@ use candor_log::LogProducer;
 use candor_log::spool::{Spool, SpoolConfig};
 use candor_processor::{Lake, Lakes, Processor, ProcessorConfig};
 use candor_query::api::{QueryState, TRUNCATED_HEADER};
-use candor_query::lake::{LakeConfig, QueryLake};
 use candor_query::session::Limits;
 use candor_schemas::batch::{AppUsage, GpsPoint};
 use candor_schemas::{EmployeeId, TenantId};
@@ -135,7 +134,7 @@ impl Service {
             master.clone(),
             control.cache.clone(),
             producer,
-            Default::default(),
+            &common::ingest_defaults(),
         )
         .await;
         for (tenant, employee, _, minutes, active) in STAFF {
@@ -228,23 +227,31 @@ impl Service {
                 .unwrap();
         }
 
-        let lake = QueryLake::new(LakeConfig::new(lake_dir.to_string_lossy())).unwrap();
-        if let Some((bucket, store)) = acme_lake {
-            lake.register_store(&format!("s3://{bucket}"), store)
-                .unwrap();
-        }
-        let mut state = QueryState::new(
-            control.cache.clone(),
-            control.admin.clone(),
-            Arc::new(lake),
-            master.clone(),
-            prometheus::Registry::new(),
-        );
-        state.limits = limits;
+        // The query node as `candor query` builds it, on this lake and
+        // control plane, with the test's statement limits.
+        let mut config = control.config(candor::config::Role::Query);
+        config.lake.url = Some(lake_dir.display().to_string());
+        config.query.sql_max_bytes = limits.max_sql_bytes;
+        config.query.sql_max_rows = limits.max_rows;
+        config.query.sql_memory_bytes = limits.memory_bytes;
+        config.query.sql_timeout_secs = limits.timeout.as_secs();
         // The test's AI receiver listens on loopback, as an operator's
         // internal receiver would be allowed by name.
-        state.delivery.allowed_internal_hosts = vec!["127.0.0.1".into()];
-        let state = Arc::new(state);
+        config.query.extract_receiver_allow_hosts = vec!["127.0.0.1".into()];
+        config.validate(candor::config::Role::Query).unwrap();
+        let state = candor::node::query_state(
+            &config,
+            control.cache.clone(),
+            &master,
+            &prometheus::Registry::new(),
+        )
+        .unwrap();
+        if let Some((bucket, store)) = acme_lake {
+            state
+                .lake
+                .register_store(&format!("s3://{bucket}"), store)
+                .unwrap();
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(candor_query::api::serve(

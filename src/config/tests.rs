@@ -105,6 +105,10 @@ fn contradictions_are_refused() {
     assert!(e.contains("different"), "{e}");
     let e = error_of("[kafka]\nreplication_factor = 0\n", Role::Ingest);
     assert!(e.contains("replication_factor"), "{e}");
+    let e = error_of("[query]\nsql_timeout_secs = 0\n", Role::Query);
+    assert!(e.contains("query.sql_timeout_secs"), "{e}");
+    let e = error_of("[query]\nsql_memory_bytes = 1000\n", Role::Query);
+    assert!(e.contains("query.sql_memory_bytes"), "{e}");
 }
 
 #[test]

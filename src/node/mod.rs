@@ -146,6 +146,7 @@ pub fn query_state(
         registry.clone(),
     );
     state.delivery.allowed_internal_hosts = config.query.extract_receiver_allow_hosts.clone();
+    state.limits = config.sql_limits();
     Ok(Arc::new(state))
 }
 

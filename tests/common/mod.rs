@@ -8,9 +8,9 @@ pub mod process;
 
 use std::sync::Arc;
 
+use candor::config::{Config, Role};
 use candor_control::testkit::TestStore;
 use candor_control::{Actor, Admin, AuditLog, CacheConfig, ControlCache, Plan, Tenant};
-use candor_ingest::{IngestConfig, IngestMetrics, IngestState};
 use candor_log::LogProducer;
 use candor_log::kafka::{KafkaConfig, KafkaProducer};
 use candor_schemas::batch::{ActivitySample, Batch};
@@ -93,6 +93,23 @@ impl Control {
         cache
     }
 
+    /// `role`'s defaults on this control plane, for in-process nodes built
+    /// by `candor::node` (a local control plane only: an S3 one is reached
+    /// through the environment, which tests share).
+    pub fn config(&self, role: Role) -> Config {
+        let TestStore::Local(dir, _) = &self.store else {
+            panic!("in-process nodes are configured on a local control plane");
+        };
+        let mut config = config(role);
+        config.control.url = Some(
+            dir.path()
+                .join(TestStore::prefix().as_ref())
+                .display()
+                .to_string(),
+        );
+        config
+    }
+
     /// A local-directory control plane with these tenants (UTC, starter
     /// plan, tracking around the clock).
     pub async fn local_with(master: &MasterSecret, tenants: &[&str]) -> Self {
@@ -148,15 +165,36 @@ impl Control {
     }
 }
 
-/// Starts an ingest node on 127.0.0.1:<free port>; returns its base URL.
+/// A node configuration for in-process nodes: `role`'s defaults, as
+/// `candor config print --role <role>` shows them.
+pub fn config(role: Role) -> Config {
+    Config::defaults(role)
+}
+
+/// The ingest role's defaults.
+pub fn ingest_defaults() -> Config {
+    config(Role::Ingest)
+}
+
+/// The ingest role's defaults with `limits`' sizes.
+pub fn ingest_config(limits: &Limits) -> Config {
+    let mut config = ingest_defaults();
+    config.ingest.max_body_bytes = limits.max_body_bytes;
+    config.ingest.max_decompressed_bytes = limits.max_decompressed_bytes;
+    config.ingest.max_events = limits.max_events;
+    config
+}
+
+/// Starts an ingest node on 127.0.0.1:<free port> appending to `kafka`;
+/// returns its base URL.
 pub async fn start_ingest(
     master: MasterSecret,
     control: Arc<ControlCache>,
     kafka: &KafkaConfig,
-    limits: Limits,
+    config: &Config,
 ) -> String {
     let log = Arc::new(KafkaProducer::new(kafka).expect("producer"));
-    start_ingest_on(master, control, log, limits).await
+    start_ingest_on(master, control, log, config).await
 }
 
 /// Starts an ingest node appending to `log`; returns its base URL.
@@ -164,30 +202,31 @@ pub async fn start_ingest_on(
     master: MasterSecret,
     control: Arc<ControlCache>,
     log: Arc<dyn LogProducer>,
-    limits: Limits,
+    config: &Config,
 ) -> String {
-    let config = IngestConfig {
-        limits,
-        ..IngestConfig::default()
-    };
     start_ingest_with(master, control, log, config, std::future::pending()).await
 }
 
-/// Starts an ingest node with its whole configuration, serving until
-/// `shutdown` resolves; returns its base URL (`https` when TLS is set).
+/// Starts an ingest node built by `candor::node` from `config`, serving on
+/// 127.0.0.1:<free port> until `shutdown` resolves; returns its base URL
+/// (`https` when TLS is set).
 pub async fn start_ingest_with(
     master: MasterSecret,
     control: Arc<ControlCache>,
     log: Arc<dyn LogProducer>,
-    config: IngestConfig,
+    config: &Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> String {
-    let scheme = config.serve.scheme();
-    let state = IngestState::new(master, config, control, log, IngestMetrics::default())
+    config
+        .validate(Role::Ingest)
+        .expect("a valid ingest configuration");
+    let registry = prometheus::Registry::new();
+    let state = candor::node::ingest_state(config, control, log, &master, &registry)
         .expect("a usable ingest configuration");
+    let scheme = state.config().serve.scheme();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(candor_ingest::serve(listener, Arc::new(state), shutdown));
+    tokio::spawn(candor_ingest::serve(listener, state, shutdown));
     format!("{scheme}://{addr}")
 }
 
