@@ -130,6 +130,9 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Replicas of each partition of the topics Candor creates.
     pub replication_factor: i32,
+    /// Milliseconds a processor may go unheard before its partitions go
+    /// to the others of its group (`session.timeout.ms`).
+    pub session_timeout_ms: u32,
     /// `all` (every in-sync replica) or `leader`.
     pub acks: Acks,
     /// Idempotent producer: retries never duplicate or reorder. Needs `acks = "all"`.
@@ -298,6 +301,7 @@ impl Config {
                 dead_letter_topic: "candor.dead-letters".into(),
                 partitions: 6,
                 replication_factor: kafka.replication_factor,
+                session_timeout_ms: kafka.session_timeout_ms,
                 acks: kafka.acks,
                 idempotence: kafka.idempotence,
                 linger_ms: kafka.linger_ms,
@@ -400,6 +404,7 @@ impl Config {
             queue_max_kbytes: k.queue_max_kbytes,
             statistics_interval_ms: k.statistics_interval_ms,
             replication_factor: k.replication_factor,
+            session_timeout_ms: k.session_timeout_ms,
             extra: k.properties.clone(),
             ..KafkaConfig::new(&k.brokers, &k.topic)
         }

@@ -284,11 +284,9 @@ brokers = "{brokers}"
 topic = "{topic}"
 dead_letter_topic = "{dead_letters}"
 partitions = 4
-
-[kafka.properties]
 # A killed member holds its partitions until its session times out; the
 # broker's minimum keeps the takeover quick.
-"session.timeout.ms" = "6000"
+session_timeout_ms = 6000
 
 [processor]
 group = "{topic}-processors"

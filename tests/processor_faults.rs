@@ -599,7 +599,7 @@ fn processor_child(
         .args(["--set", "processor.max_records_per_flush=3"])
         // A killed member holds its partitions until its session times out;
         // the broker's minimum keeps the test's restarts quick.
-        .args(["--set", "kafka.properties=session.timeout.ms=6000"])
+        .args(["--set", "kafka.session_timeout_ms=6000"])
         .args(extra)
         .env("CANDOR_MASTER_SECRET", master_hex)
         .env_remove("CANDOR_MASTER_SECRET_FILE")

@@ -60,6 +60,11 @@ pub struct KafkaConfig {
     /// Replicas of each partition when Candor creates a topic (default 1,
     /// for a single broker; 3 on a production cluster).
     pub replication_factor: i32,
+    /// How long a consumer group member may go unheard before the broker
+    /// gives its partitions to the others (`session.timeout.ms`): how long
+    /// a dead processor's partitions wait. Within the broker's
+    /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
+    pub session_timeout_ms: u32,
     /// Any other librdkafka property, passed through unchanged and applied
     /// last. A property Candor sets itself ([`MANAGED_PROPERTIES`]) is
     /// refused by [`KafkaConfig::validate`]: it would silently undo a
@@ -86,6 +91,7 @@ pub const MANAGED_PROPERTIES: &[&str] = &[
     "queue.buffering.max.kbytes",
     "statistics.interval.ms",
     "group.id",
+    "session.timeout.ms",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "auto.offset.reset",
@@ -157,6 +163,7 @@ impl KafkaConfig {
             queue_max_kbytes: 65_536,
             statistics_interval_ms: 5_000,
             replication_factor: 1,
+            session_timeout_ms: 45_000,
             extra: BTreeMap::new(),
         }
     }
@@ -181,6 +188,9 @@ impl KafkaConfig {
                 "kafka.properties.{key:?} is a property Candor manages itself; \
                  use its kafka setting instead (see `candor config print`)"
             ));
+        }
+        if self.session_timeout_ms < 1 {
+            return Err("kafka.session_timeout_ms must be at least 1".into());
         }
         if self.replication_factor < 1 {
             return Err(format!(
@@ -470,6 +480,7 @@ impl KafkaConsumer {
         config.validate().map_err(LogError::Fatal)?;
         let mut c = config.client_config();
         c.set("group.id", group)
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
