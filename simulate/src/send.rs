@@ -5,8 +5,9 @@ use std::time::Duration;
 /// What happened to one post.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// 202: durable in the log (or a replay of a batch that is).
-    Accepted,
+    /// 202: durable in the log (or a replay of a batch that is), after
+    /// `waited` answers 409, 429 or 503 that were waited out.
+    Accepted { waited: u32 },
     /// A final refusal, or a retryable one after the last attempt, with
     /// the answer's `reason` (or the transport error).
     Rejected { status: u16, reason: String },
@@ -28,6 +29,7 @@ pub async fn post_batch(
     anyhow::ensure!(!urls.is_empty(), "no ingest address to post to");
     let mut attempt = 0;
     let mut node = 0;
+    let mut waited = 0;
     loop {
         attempt += 1;
         let sent = client
@@ -53,7 +55,7 @@ pub async fn post_batch(
         };
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
-            return Ok(Outcome::Accepted);
+            return Ok(Outcome::Accepted { waited });
         }
         if !matches!(status, 409 | 429 | 503) || attempt >= max_attempts {
             let reason = response
@@ -70,6 +72,7 @@ pub async fn post_batch(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(1);
+        waited += 1;
         tokio::time::sleep(Duration::from_secs(wait_s.clamp(1, 30))).await;
     }
 }

@@ -256,7 +256,7 @@ impl Sender {
             let outcome = candor_simulate::post_batch(&client, &urls, body, MAX_ATTEMPTS).await;
             drop((permit, device));
             match outcome {
-                Ok(Outcome::Accepted) => tally.accept(&batch, late),
+                Ok(Outcome::Accepted { .. }) => tally.accept(&batch, late),
                 Ok(Outcome::Rejected { status, reason }) => {
                     tally.refuse(format!("{status} {reason}"))
                 }

@@ -30,7 +30,11 @@ use candor_schemas::batch::Batch;
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::record::{self, RecordMeta};
 use candor_schemas::{Limits, TenantId, authenticate, decode};
-use candor_simulate::SimulatedAgent;
+use candor_simulate::{Outcome, SimulatedAgent, post_batch};
+
+/// Sends of one batch before a benchmark gives up on it (429 and 503
+/// answers waited out included).
+const MAX_ATTEMPTS: u32 = 50;
 use chrono::{Datelike, Days, Utc, Weekday};
 use clap::{Parser, Subcommand};
 use rand::SeedableRng;
@@ -154,6 +158,8 @@ struct Phase {
     events: usize,
     bytes: usize,
     latencies_us: Vec<u64>,
+    /// Answers 429 or 503 the agents waited out.
+    waited: usize,
     cpu_seconds: Option<f64>,
 }
 
@@ -177,7 +183,7 @@ impl Phase {
             format!("{:.0}", self.events as f64 / cpu)
         });
         format!(
-            "| {} | {:.0} | {:.0} | {:.1} | {} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {:.0} | {:.1} | {} | {:.2} | {:.2} | {} |",
             self.name,
             self.batches as f64 / self.seconds,
             self.events_per_s(),
@@ -185,6 +191,7 @@ impl Phase {
             per_core,
             self.percentile(0.5),
             self.percentile(0.99),
+            self.waited,
         )
     }
 }
@@ -378,9 +385,9 @@ async fn run_benchmark(args: &Args) -> Result<()> {
     );
     println!();
     println!(
-        "| phase | batches/s | events/s | MB/s in | events/s per ingest core | p50 ms | p99 ms |"
+        "| phase | batches/s | events/s | MB/s in | events/s per ingest core | p50 ms | p99 ms | 429/503 waited out |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for phase in [&peak, &half, &bare] {
         println!("{}", phase.row());
     }
@@ -415,17 +422,14 @@ async fn closed_loop(
             next.clone(),
         );
         tasks.spawn(async move {
-            let (mut batches, mut events, mut bytes, mut latencies) = (0, 0, 0, Vec::new());
+            let mut sent = Sent::default();
             while started.elapsed() < window {
                 let p = &prepared[next.fetch_add(1, Ordering::Relaxed) % prepared.len()];
-                let sent = Instant::now();
-                post(&client, &url, &p.body).await?;
-                latencies.push(sent.elapsed().as_micros() as u64);
-                batches += 1;
-                events += p.events;
-                bytes += p.body.len();
+                let at = Instant::now();
+                let waited = post(&client, &url, &p.body).await?;
+                sent.add(p, at, waited);
             }
-            anyhow::Ok((batches, events, bytes, latencies))
+            anyhow::Ok(sent)
         });
     }
     let mut phase = gather(name, tasks, started).await?;
@@ -435,8 +439,27 @@ async fn closed_loop(
     Ok(phase)
 }
 
-/// What one sending task reports: batches, events, bytes, latencies in µs.
-type Sent = (usize, usize, usize, Vec<u64>);
+/// What one sending task reports.
+#[derive(Default)]
+struct Sent {
+    batches: usize,
+    events: usize,
+    bytes: usize,
+    /// From the first send to the 202, waits for `Retry-After` included.
+    latencies_us: Vec<u64>,
+    /// Answers 429 or 503 waited out before a 202.
+    waited: usize,
+}
+
+impl Sent {
+    fn add(&mut self, p: &Prepared, sent_at: Instant, waited: usize) {
+        self.latencies_us.push(sent_at.elapsed().as_micros() as u64);
+        self.batches += 1;
+        self.events += p.events;
+        self.bytes += p.body.len();
+        self.waited += waited;
+    }
+}
 
 /// Sums the tasks of a phase once they are all done.
 async fn gather(
@@ -451,34 +474,30 @@ async fn gather(
         events: 0,
         bytes: 0,
         latencies_us: Vec::new(),
+        waited: 0,
         cpu_seconds: None,
     };
     while let Some(done) = tasks.join_next().await {
-        let (batches, events, bytes, latencies) = done??;
-        phase.batches += batches;
-        phase.events += events;
-        phase.bytes += bytes;
-        phase.latencies_us.extend(latencies);
+        let sent = done??;
+        phase.batches += sent.batches;
+        phase.events += sent.events;
+        phase.bytes += sent.bytes;
+        phase.latencies_us.extend(sent.latencies_us);
+        phase.waited += sent.waited;
     }
     phase.seconds = started.elapsed().as_secs_f64();
     Ok(phase)
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: &[u8]) -> Result<()> {
-    let response = client
-        .post(url)
-        .header("content-type", candor_ingest::BATCH_CONTENT_TYPE)
-        .body(body.to_vec())
-        .send()
-        .await?;
-    if response.status() != 202 {
-        bail!(
-            "ingest answered {}: {}",
-            response.status(),
-            response.text().await?
-        );
+/// Posts one batch as an agent does (`candor_simulate::post_batch`): a
+/// 429 or 503 is waited out for its `Retry-After` and the batch sent again.
+/// Returns how many such answers came before the 202.
+async fn post(client: &reqwest::Client, url: &str, body: &[u8]) -> Result<usize> {
+    let urls = [url.to_string()];
+    match post_batch(client, &urls, body.to_vec(), MAX_ATTEMPTS).await? {
+        Outcome::Accepted { waited } => Ok(waited as usize),
+        Outcome::Rejected { status, reason } => bail!("ingest answered {status}: {reason}"),
     }
-    Ok(())
 }
 
 /// Batches sent at a fixed rate whatever the answers, so latency is
@@ -504,14 +523,11 @@ async fn open_loop(
         i += 1;
         tasks.spawn(async move {
             let p = &prepared[n % prepared.len()];
-            let sent = Instant::now();
-            post(&client, &url, &p.body).await?;
-            anyhow::Ok((
-                1,
-                p.events,
-                p.body.len(),
-                vec![sent.elapsed().as_micros() as u64],
-            ))
+            let at = Instant::now();
+            let waited = post(&client, &url, &p.body).await?;
+            let mut sent = Sent::default();
+            sent.add(p, at, waited);
+            anyhow::Ok(sent)
         });
     }
     let mut phase = gather("ingest, half of peak", tasks, started).await?;
@@ -546,10 +562,10 @@ async fn bare_producer(
             topic.to_string(),
         );
         tasks.spawn(async move {
-            let (mut batches, mut events, mut bytes, mut latencies) = (0, 0, 0, Vec::new());
+            let mut sent = Sent::default();
             while started.elapsed() < window {
                 let p = &prepared[next.fetch_add(1, Ordering::Relaxed) % prepared.len()];
-                let sent = Instant::now();
+                let at = Instant::now();
                 // All of a batch's records are queued before any is awaited,
                 // as ingest does.
                 let mut deliveries = Vec::with_capacity(p.records.len());
@@ -560,12 +576,9 @@ async fn bare_producer(
                 for d in deliveries {
                     d.await?.map_err(|(e, _)| e)?;
                 }
-                latencies.push(sent.elapsed().as_micros() as u64);
-                batches += 1;
-                events += p.events;
-                bytes += p.body.len();
+                sent.add(p, at, 0);
             }
-            anyhow::Ok((batches, events, bytes, latencies))
+            anyhow::Ok(sent)
         });
     }
     let phase = gather("bare rdkafka producer", tasks, started).await?;

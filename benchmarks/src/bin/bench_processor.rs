@@ -26,7 +26,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -782,7 +781,7 @@ async fn prepare(
                     *datasets.entry(name).or_default() += n as u64;
                     records += u64::from(n > 0);
                 }
-                bodies.push(agents[i].seal(master, b, &mut rng));
+                bodies.push((i, agents[i].seal(master, b, &mut rng)));
             }
         }
     }
@@ -793,28 +792,32 @@ async fn prepare(
         started.elapsed().as_secs_f64()
     );
 
+    // Each connection posts the batches of its own agents, one at a time
+    // and in order, as an agent does: a device's next batch never overtakes
+    // one that is being retried, so its GPS route reaches the log in time
+    // order (what the DuckDB side assumes).
     let bodies = Arc::new(bodies);
-    let next = Arc::new(AtomicUsize::new(0));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .build()?;
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.connections {
-        let (client, url, bodies, next) =
-            (client.clone(), url.clone(), bodies.clone(), next.clone());
+    for connection in 0..args.connections {
+        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+        let connections = args.connections;
         tasks.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else {
-                    return anyhow::Ok(());
-                };
+            let own = bodies
+                .iter()
+                .enumerate()
+                .filter(|(_, (agent, _))| agent % connections == connection);
+            for (i, (_, body)) in own {
                 match post_batch(&client, std::slice::from_ref(&url), body.clone(), 20).await? {
-                    Outcome::Accepted => {}
+                    Outcome::Accepted { .. } => {}
                     Outcome::Rejected { status, reason } => {
                         bail!("ingest rejected batch {i}: {status} {reason}")
                     }
                 }
             }
+            anyhow::Ok(())
         });
     }
     while let Some(done) = tasks.join_next().await {
