@@ -64,26 +64,32 @@ async fn post_batches(
     expected
 }
 
-/// Active seconds per subject over acme's whole lake, read object by
+/// The record batches of every object under `prefix`, read object by
 /// object through the lake's store (a local directory or S3 alike).
-async fn active_by_subject(lake: &Lake) -> BTreeMap<String, i64> {
+async fn batches(lake: &Lake, prefix: &str) -> Vec<arrow::array::RecordBatch> {
     let store = lake.store();
-    let mut out = BTreeMap::new();
-    for path in objects(lake, "activity/tenant=acme").await {
+    let mut out = Vec::new();
+    for path in objects(lake, prefix).await {
         let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .unwrap()
             .build()
             .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let (subject, active) = (
-                b.column(0).as_string::<i32>(),
-                b.column(4).as_primitive::<Int64Type>(),
-            );
-            for i in 0..b.num_rows() {
-                *out.entry(subject.value(i).to_string()).or_insert(0) += active.value(i);
-            }
+        out.extend(reader.map(Result::unwrap));
+    }
+    out
+}
+
+/// Active seconds per subject over acme's whole lake.
+async fn active_by_subject(lake: &Lake) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for b in batches(lake, "activity/tenant=acme").await {
+        let (subject, active) = (
+            b.column(0).as_string::<i32>(),
+            b.column(4).as_primitive::<Int64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            *out.entry(subject.value(i).to_string()).or_insert(0) += active.value(i);
         }
     }
     out
@@ -403,23 +409,13 @@ async fn a_batch_in_the_log_twice_is_counted_once_even_across_a_restart() {
 
 /// GPS metres and moving seconds of acme's whole lake.
 async fn gps_totals(lake: &Lake) -> (f64, i64) {
-    let store = lake.store();
     let (mut metres, mut moving_s) = (0.0, 0);
-    for path in objects(lake, "gps/tenant=acme").await {
-        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .unwrap()
-            .build()
-            .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let column = |name: &str| b.column(b.schema().index_of(name).unwrap()).clone();
-            let distance = column("distance_m");
-            let moving = column("moving_s");
-            for i in 0..b.num_rows() {
-                metres += distance.as_primitive::<Float64Type>().value(i);
-                moving_s += moving.as_primitive::<Int64Type>().value(i);
-            }
+    for b in batches(lake, "gps/tenant=acme").await {
+        let column = |name: &str| b.column(b.schema().index_of(name).unwrap()).clone();
+        let (distance, moving) = (column("distance_m"), column("moving_s"));
+        for i in 0..b.num_rows() {
+            metres += distance.as_primitive::<Float64Type>().value(i);
+            moving_s += moving.as_primitive::<Int64Type>().value(i);
         }
     }
     (metres, moving_s)
