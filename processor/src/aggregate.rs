@@ -185,10 +185,10 @@ impl Aggregator {
             .or_default()
     }
 
-    /// Adds one opened record's events for `subject`, under the tenant's policy.
-    pub fn add(&mut self, record: &LogRecord, subject: &Subject, policy: &TenantPolicy) {
-        // Shared by every row of the record: a count, not two strings, per event.
-        let subject = &Arc::new(subject.clone());
+    /// Adds one opened record's events for `subject`, under the tenant's
+    /// policy. Every row shares the subject: a count, not two strings, per
+    /// event.
+    pub fn add(&mut self, record: &LogRecord, subject: &Arc<Subject>, policy: &TenantPolicy) {
         let e = &record.events;
         let ts = |i: usize| e.column(i).as_primitive::<TimestampMillisecondType>();
         let u32s = |i: usize| e.column(i).as_primitive::<UInt32Type>();
@@ -514,10 +514,10 @@ mod tests {
             unproductive: vec!["solitaire".into()],
         };
         let policy = TenantPolicy::of(&tenant);
-        let subject = Subject {
+        let subject = Arc::new(Subject {
             pseudonym: "p1".into(),
             department: Some("Sales".into()),
-        };
+        });
         let mut agg = Aggregator::default();
         for r in record(&json, inside) {
             agg.add(&r, &subject, &policy);
@@ -598,10 +598,10 @@ mod tests {
             lon: 11.0,
             radius_m: 100.0,
         }];
-        let subject = Subject {
+        let subject = Arc::new(Subject {
             pseudonym: "p1".into(),
             department: None,
-        };
+        });
         let mut agg = Aggregator::default();
         for r in record(&json, t0 + 30 * 60_000) {
             agg.add(&r, &subject, &TenantPolicy::of(&tenant));
@@ -697,10 +697,10 @@ mod tests {
         );
         tenant.track_outside_work_hours = true;
         let policy = TenantPolicy::of(&tenant);
-        let subject = Subject {
+        let subject = Arc::new(Subject {
             pseudonym: "p1".into(),
             department: None,
-        };
+        });
         let step = haversine_m((48.0, 11.0), (48.001, 11.0));
 
         // One flush: minutes 0-4 and 5-9, nine segments of one minute.

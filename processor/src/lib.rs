@@ -11,6 +11,7 @@ mod flush_state;
 mod intent;
 mod lake;
 mod metrics;
+mod open;
 pub mod retention;
 mod routes;
 
@@ -21,8 +22,8 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use candor_control::{CacheError, ControlCache, TenantView};
 use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Record, Resume};
-use candor_schemas::TenantId;
-use candor_schemas::record::{open_record, read_header};
+use candor_schemas::record::read_header;
+use candor_schemas::{EmployeeId, TenantId};
 use object_store::path::Path as ObjectPath;
 
 pub use aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
@@ -329,41 +330,37 @@ impl<C: LogConsumer> Processor<C> {
         let mut agg = Aggregator::with_routes(routes);
         let mut dead = Vec::new();
         let mut events = 0;
+        // The tenants' views and policies, looked up once per chunk, and
+        // their devices' carried points opened with their keys. An unknown
+        // tenant or destroyed keys leave no keys: its records do not open.
         let mut tenants: HashMap<TenantId, Option<(Arc<TenantView>, TenantPolicy)>> =
             HashMap::new();
         for d in records {
-            self.metrics.records.inc();
-            // The tenant's view and policy, looked up once per chunk. An
-            // unknown tenant or destroyed keys leave `keys` empty: the record
-            // does not open.
-            let tenant = match read_header(&d.value) {
-                Ok(header) => match tenants.get(&header.tenant) {
-                    Some(known) => known.clone(),
-                    None => {
-                        let known = self.tenant_view(&header.tenant).await?.map(|view| {
-                            let policy = TenantPolicy::of(&view.tenant.doc);
-                            (view, policy)
-                        });
-                        // Its devices' carried points open with its keys.
-                        if let Some(keys) = known.as_ref().and_then(|(v, _)| v.keys.as_ref()) {
-                            agg.routes_mut().open(&header.tenant, keys);
-                        }
-                        tenants.insert(header.tenant, known.clone());
-                        known
-                    }
-                },
-                Err(_) => None,
+            let Ok(header) = read_header(&d.value) else {
+                continue;
             };
-            let keys = tenant.as_ref().and_then(|(view, _)| view.keys.clone());
-            let opened = open_record(&d.value, |_, version| {
-                keys.as_ref().and_then(|k| k.at_rest(version).cloned())
+            if tenants.contains_key(&header.tenant) {
+                continue;
+            }
+            let known = self.tenant_view(&header.tenant).await?.map(|view| {
+                let policy = TenantPolicy::of(&view.tenant.doc);
+                (view, policy)
             });
+            if let Some(keys) = known.as_ref().and_then(|(v, _)| v.keys.as_ref()) {
+                agg.routes_mut().open(&header.tenant, keys);
+            }
+            tenants.insert(header.tenant, known);
+        }
+        let view_of = |tenant: &TenantId| tenants.get(tenant).and_then(Option::as_ref);
+        let opened = open::open_all(records, |tenant| view_of(tenant)?.0.keys.clone());
+        // Each employee's subject (an HMAC) and department, once per chunk.
+        let mut subjects: HashMap<(TenantId, EmployeeId), Arc<Subject>> = HashMap::new();
+        for (d, opened) in records.iter().zip(opened) {
+            self.metrics.records.inc();
             match opened {
                 Ok(record) => {
-                    let (view, policy) = tenant
-                        .as_ref()
-                        .expect("a record opened, so its tenant exists");
-                    let keys = keys.as_ref().expect("a record opened, so its keys exist");
+                    let (view, policy) =
+                        view_of(&record.tenant).expect("a record opened, so its tenant exists");
                     self.metrics.events.inc_by(record.events.num_rows() as u64);
                     events += record.events.num_rows() as u64;
                     let key = (record.meta.batch_id, record.dataset as u8);
@@ -377,14 +374,22 @@ impl<C: LogConsumer> Processor<C> {
                             .inc_by(record.events.num_rows() as u64);
                         continue;
                     }
-                    let subject = Subject {
-                        pseudonym: keys.pseudonym().subject(&record.meta.employee),
-                        department: view
-                            .directory
-                            .department_of(&record.meta.employee)
-                            .map(str::to_string),
-                    };
-                    agg.add(&record, &subject, policy);
+                    let subject = subjects
+                        .entry((record.tenant.clone(), record.meta.employee.clone()))
+                        .or_insert_with(|| {
+                            let keys = view
+                                .keys
+                                .as_ref()
+                                .expect("a record opened, so its keys exist");
+                            Arc::new(Subject {
+                                pseudonym: keys.pseudonym().subject(&record.meta.employee),
+                                department: view
+                                    .directory
+                                    .department_of(&record.meta.employee)
+                                    .map(str::to_string),
+                            })
+                        });
+                    agg.add(&record, subject, policy);
                 }
                 Err(e) => {
                     self.metrics.records_undecodable.inc();

@@ -7,7 +7,7 @@
 //! `tenant` and `date` columns come from those paths, not from the files.
 //! `date` is the UTC date of `slot_start`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -70,7 +70,19 @@ impl Dataset {
     }
 
     /// Rows of a log record: the events of one batch, as the agent sent them.
+    /// Built once per process: ingest and the processor ask per batch and per
+    /// record.
     pub fn log_schema(self) -> SchemaRef {
+        static SCHEMAS: OnceLock<[SchemaRef; 4]> = OnceLock::new();
+        let schemas = SCHEMAS.get_or_init(|| Self::ALL.map(Self::build_log_schema));
+        let index = Self::ALL
+            .iter()
+            .position(|d| *d == self)
+            .expect("every dataset is in ALL");
+        schemas[index].clone()
+    }
+
+    fn build_log_schema(self) -> SchemaRef {
         let fields = match self {
             Self::Activity => vec![
                 field("start_ms", ts_ms(), false),

@@ -388,9 +388,11 @@ async fn pieces(
                 timed(&mut t.dedup, || {
                     seen.insert((record.meta.batch_id, record.dataset as u8))
                 });
-                let subject = timed(&mut t.subject, || Subject {
-                    pseudonym: keys.pseudonym().subject(&record.meta.employee),
-                    department: None,
+                let subject = timed(&mut t.subject, || {
+                    Arc::new(Subject {
+                        pseudonym: keys.pseudonym().subject(&record.meta.employee),
+                        department: None,
+                    })
                 });
                 timed(&mut t.aggregate_add, || agg.add(&record, &subject, policy));
             }
