@@ -89,7 +89,7 @@ struct AttendanceRow {
 
 /// Whose row: the pseudonymous subject and the department it belonged to
 /// when processed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Subject {
     pub pseudonym: String,
     pub department: Option<String>,
@@ -100,13 +100,63 @@ struct AppRow {
     seconds: i64,
 }
 
-/// Rows of one partition, keyed by (subject, slot, key columns...).
+/// Rows of one partition, keyed by (subject, slot, key columns...), the
+/// subject and every string key as its number in the aggregator's
+/// [`Interned`]: a lookup per event hashes integers and allocates nothing.
+/// Rows are sorted by their keys' values when the batch is built.
 #[derive(Default)]
 struct Rows {
-    activity: BTreeMap<(Arc<Subject>, i64), ActivityRow>,
-    app_usage: BTreeMap<(Arc<Subject>, i64, String, Option<String>), AppRow>,
-    gps: BTreeMap<(Arc<Subject>, i64, Option<String>), GpsRow>,
-    attendance: BTreeMap<(Arc<Subject>, i64, String), AttendanceRow>,
+    activity: HashMap<(SubjectId, i64), ActivityRow>,
+    /// (subject, slot, app, host)
+    app_usage: HashMap<(SubjectId, i64, NameId, Option<NameId>), AppRow>,
+    /// (subject, slot, site)
+    gps: HashMap<(SubjectId, i64, Option<NameId>), GpsRow>,
+    /// (subject, slot, kind)
+    attendance: HashMap<(SubjectId, i64, NameId), AttendanceRow>,
+}
+
+type SubjectId = u32;
+type NameId = u32;
+
+/// The subjects and the strings (apps, hosts, sites, attendance kinds) of
+/// an aggregator's rows, each stored once and known by its number.
+#[derive(Default)]
+struct Interned {
+    subjects: Vec<Arc<Subject>>,
+    subject_ids: HashMap<Arc<Subject>, SubjectId>,
+    names: Vec<Box<str>>,
+    name_ids: HashMap<Box<str>, NameId>,
+}
+
+impl Interned {
+    fn subject(&mut self, subject: &Arc<Subject>) -> SubjectId {
+        if let Some(&id) = self.subject_ids.get(subject) {
+            return id;
+        }
+        let id = SubjectId::try_from(self.subjects.len()).expect("fewer than 2^32 subjects");
+        self.subjects.push(subject.clone());
+        self.subject_ids.insert(subject.clone(), id);
+        id
+    }
+
+    /// A string's number; allocates only the first time it is seen.
+    fn name(&mut self, name: &str) -> NameId {
+        if let Some(&id) = self.name_ids.get(name) {
+            return id;
+        }
+        let id = NameId::try_from(self.names.len()).expect("fewer than 2^32 names");
+        self.names.push(name.into());
+        self.name_ids.insert(name.into(), id);
+        id
+    }
+
+    fn subject_of(&self, id: SubjectId) -> &Subject {
+        &self.subjects[id as usize]
+    }
+
+    fn name_of(&self, id: NameId) -> &str {
+        &self.names[id as usize]
+    }
 }
 
 /// What the processor applies of a tenant's document.
@@ -147,6 +197,7 @@ pub struct Aggregator {
     /// rows of one partition. Looked up per event, so no key is built or
     /// cloned on the way.
     partitions: HashMap<TenantId, BTreeMap<(Dataset, i64), Rows>>,
+    interned: Interned,
     routes: Routes,
     /// Events dropped because they lie outside the tenant's work hours.
     pub outside_work_hours: u64,
@@ -189,6 +240,7 @@ impl Aggregator {
     /// policy. Every row shares the subject: a count, not two strings, per
     /// event.
     pub fn add(&mut self, record: &LogRecord, subject: &Arc<Subject>, policy: &TenantPolicy) {
+        let subject = self.interned.subject(subject);
         let e = &record.events;
         let ts = |i: usize| e.column(i).as_primitive::<TimestampMillisecondType>();
         let u32s = |i: usize| e.column(i).as_primitive::<UInt32Type>();
@@ -206,7 +258,7 @@ impl Aggregator {
                     let row = self
                         .rows(Dataset::Activity, tenant, slot)
                         .activity
-                        .entry((subject.clone(), slot))
+                        .entry((subject, slot))
                         .or_default();
                     let (a, d) = (i64::from(active.value(i)), i64::from(idle.value(i)));
                     row.tracked_s += a + d;
@@ -228,14 +280,15 @@ impl Aggregator {
                     }
                     let slot = slot_start(start.value(i));
                     let (app, host) = (app.value(i), host.is_valid(i).then(|| host.value(i)));
+                    let key = (
+                        subject,
+                        slot,
+                        self.interned.name(app),
+                        host.map(|h| self.interned.name(h)),
+                    );
                     self.rows(Dataset::AppUsage, tenant, slot)
                         .app_usage
-                        .entry((
-                            subject.clone(),
-                            slot,
-                            app.to_string(),
-                            host.map(str::to_string),
-                        ))
+                        .entry(key)
                         .or_insert_with(|| AppRow {
                             category: policy.categories.of(app, host),
                             seconds: 0,
@@ -269,11 +322,11 @@ impl Aggregator {
                     }
                     let (t, here) = (at.value(i), (lat.value(i), lon.value(i)));
                     let slot = slot_start(t);
-                    let site = policy.site_at(here).map(str::to_string);
+                    let site = policy.site_at(here).map(|s| self.interned.name(s));
                     let row = self
                         .rows(Dataset::Gps, tenant, slot)
                         .gps
-                        .entry((subject.clone(), slot, site))
+                        .entry((subject, slot, site))
                         .or_default();
                     row.points += 1;
                     row.lat_sum += here.0;
@@ -316,9 +369,10 @@ impl Aggregator {
                 for i in 0..e.num_rows() {
                     let t = at.value(i);
                     let slot = slot_start(t);
+                    let kind = self.interned.name(kind.value(i));
                     self.rows(Dataset::Attendance, tenant, slot)
                         .attendance
-                        .entry((subject.clone(), slot, kind.value(i).to_string()))
+                        .entry((subject, slot, kind))
                         .and_modify(|r| {
                             r.events += 1;
                             r.first_at = r.first_at.min(t);
@@ -336,6 +390,7 @@ impl Aggregator {
 
     /// One batch per partition, in the dataset's lake schema.
     pub fn finish(self) -> Vec<(PartitionKey, RecordBatch)> {
+        let interned = &self.interned;
         let mut out: Vec<_> = self
             .partitions
             .into_iter()
@@ -346,9 +401,9 @@ impl Aggregator {
                         tenant: tenant.clone(),
                         date: utc_date(day * MS_PER_DAY),
                     };
-                    let batch =
-                        RecordBatch::try_new(dataset.lake_schema(), rows.into_columns(dataset))
-                            .expect("columns are built to the dataset's lake schema");
+                    let columns = rows.into_columns(dataset, interned);
+                    let batch = RecordBatch::try_new(dataset.lake_schema(), columns)
+                        .expect("columns are built to the dataset's lake schema");
                     (key, batch)
                 })
             })
@@ -370,60 +425,92 @@ fn ints(values: impl Iterator<Item = i64>) -> ArrayRef {
     Arc::new(values.collect::<Int64Array>())
 }
 
+/// A map's rows in the order of their keys' values (`order` turns a key
+/// into what it sorts by).
+fn sorted<K: Copy, V, O: Ord>(map: HashMap<K, V>, order: impl Fn(&K) -> O) -> Vec<(K, V)> {
+    let mut rows: Vec<(K, V)> = map.into_iter().collect();
+    rows.sort_by_cached_key(|(k, _)| order(k));
+    rows
+}
+
 impl Rows {
-    /// Columns in lake-schema order: subject, department, slot_start, measures.
-    fn into_columns(self, dataset: Dataset) -> Vec<ArrayRef> {
+    /// Columns in lake-schema order: subject, department, slot_start,
+    /// measures; rows sorted by subject, slot and key columns.
+    fn into_columns(self, dataset: Dataset, n: &Interned) -> Vec<ArrayRef> {
         macro_rules! common {
-            ($map:expr) => {{
+            ($rows:expr) => {{
                 vec![
-                    strings($map.keys().map(|k| Some(k.0.pseudonym.as_str()))),
-                    strings($map.keys().map(|k| k.0.department.as_deref())),
-                    utc_ts($map.keys().map(|k| k.1).collect()),
+                    strings(
+                        $rows
+                            .iter()
+                            .map(|(k, _)| Some(n.subject_of(k.0).pseudonym.as_str())),
+                    ),
+                    strings(
+                        $rows
+                            .iter()
+                            .map(|(k, _)| n.subject_of(k.0).department.as_deref()),
+                    ),
+                    utc_ts($rows.iter().map(|(k, _)| k.1).collect()),
                 ]
             }};
         }
         match dataset {
             Dataset::Activity => {
-                let m = &self.activity;
+                let m = sorted(self.activity, |k| (n.subject_of(k.0), k.1));
                 let mut c = common!(m);
-                c.push(ints(m.values().map(|r| r.tracked_s)));
-                c.push(ints(m.values().map(|r| r.active_s)));
-                c.push(ints(m.values().map(|r| r.idle_s)));
-                c.push(ints(m.values().map(|r| r.samples)));
+                c.push(ints(m.iter().map(|(_, r)| r.tracked_s)));
+                c.push(ints(m.iter().map(|(_, r)| r.active_s)));
+                c.push(ints(m.iter().map(|(_, r)| r.idle_s)));
+                c.push(ints(m.iter().map(|(_, r)| r.samples)));
                 c
             }
             Dataset::AppUsage => {
-                let m = &self.app_usage;
+                let m = sorted(self.app_usage, |k| {
+                    (
+                        n.subject_of(k.0),
+                        k.1,
+                        n.name_of(k.2),
+                        k.3.map(|h| n.name_of(h)),
+                    )
+                });
                 let mut c = common!(m);
-                c.push(strings(m.keys().map(|k| Some(k.2.as_str()))));
-                c.push(strings(m.keys().map(|k| k.3.as_deref())));
-                c.push(strings(m.values().map(|r| Some(r.category.as_str()))));
-                c.push(ints(m.values().map(|r| r.seconds)));
+                c.push(strings(m.iter().map(|(k, _)| Some(n.name_of(k.2)))));
+                c.push(strings(m.iter().map(|(k, _)| k.3.map(|h| n.name_of(h)))));
+                c.push(strings(m.iter().map(|(_, r)| Some(r.category.as_str()))));
+                c.push(ints(m.iter().map(|(_, r)| r.seconds)));
                 c
             }
             Dataset::Gps => {
-                let m = &self.gps;
+                let m = sorted(self.gps, |k| {
+                    (n.subject_of(k.0), k.1, k.2.map(|s| n.name_of(s)))
+                });
                 let mut c = common!(m);
-                c.push(ints(m.values().map(|r| r.points)));
+                c.push(ints(m.iter().map(|(_, r)| r.points)));
                 c.push(Arc::new(
-                    m.values().map(|r| r.distance_m).collect::<Float64Array>(),
+                    m.iter()
+                        .map(|(_, r)| r.distance_m)
+                        .collect::<Float64Array>(),
                 ));
                 c.push(Arc::new(
-                    m.values().map(|r| Some(r.cell())).collect::<StringArray>(),
+                    m.iter()
+                        .map(|(_, r)| Some(r.cell()))
+                        .collect::<StringArray>(),
                 ));
-                c.push(strings(m.keys().map(|k| k.2.as_deref())));
-                c.push(ints(m.values().map(|r| r.moving_ms / 1000)));
-                c.push(ints(m.values().map(|r| r.stopped_ms / 1000)));
-                c.push(ints(m.values().map(|r| r.stops)));
+                c.push(strings(m.iter().map(|(k, _)| k.2.map(|s| n.name_of(s)))));
+                c.push(ints(m.iter().map(|(_, r)| r.moving_ms / 1000)));
+                c.push(ints(m.iter().map(|(_, r)| r.stopped_ms / 1000)));
+                c.push(ints(m.iter().map(|(_, r)| r.stops)));
                 c
             }
             Dataset::Attendance => {
-                let m = &self.attendance;
+                let m = sorted(self.attendance, |k| {
+                    (n.subject_of(k.0), k.1, n.name_of(k.2))
+                });
                 let mut c = common!(m);
-                c.push(strings(m.keys().map(|k| Some(k.2.as_str()))));
-                c.push(ints(m.values().map(|r| r.events)));
-                c.push(utc_ts(m.values().map(|r| r.first_at).collect()));
-                c.push(utc_ts(m.values().map(|r| r.last_at).collect()));
+                c.push(strings(m.iter().map(|(k, _)| Some(n.name_of(k.2)))));
+                c.push(ints(m.iter().map(|(_, r)| r.events)));
+                c.push(utc_ts(m.iter().map(|(_, r)| r.first_at).collect()));
+                c.push(utc_ts(m.iter().map(|(_, r)| r.last_at).collect()));
                 c
             }
         }
