@@ -27,6 +27,7 @@ use candor_http::{ServeConfig, load_tls};
 use candor_ingest::{IngestConfig, QuotaConfig, ReplayConfig};
 use candor_log::kafka::{Acks, Compression, KafkaConfig};
 use candor_schemas::Limits;
+use candor_schemas::record::RecordFormat;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -213,6 +214,10 @@ pub struct IngestSettings {
     pub header_timeout_secs: u64,
     /// Seconds a client may take to send its request body (then 408).
     pub body_timeout_secs: u64,
+    /// Layout of the log records this node writes: 2 (one record per
+    /// batch), or 1 while processors of the release before 2 still read
+    /// the log (rolling upgrade: processors first, then this back to 2).
+    pub log_record_format: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -337,6 +342,7 @@ impl Config {
                 max_connections: serve.max_connections,
                 header_timeout_secs: serve.header_read_timeout.as_secs(),
                 body_timeout_secs: ingest.body_timeout.as_secs(),
+                log_record_format: ingest.record_format as u8,
             },
             processor: ProcessorSettings {
                 group: "candor-processor".into(),
@@ -470,6 +476,8 @@ impl Config {
             },
             max_in_flight: i.max_in_flight,
             body_timeout: Duration::from_secs(i.body_timeout_secs),
+            record_format: RecordFormat::from_version(i.log_record_format)
+                .context("ingest.log_record_format must be 1 or 2")?,
             serve: self.serve(
                 "ingest",
                 i.listen,
@@ -554,6 +562,12 @@ impl Config {
         }
         if self.processor.max_records_per_flush < 1 {
             bail!("processor.max_records_per_flush must be at least 1");
+        }
+        if RecordFormat::from_version(self.ingest.log_record_format).is_none() {
+            bail!(
+                "ingest.log_record_format must be 1 or 2, not {}",
+                self.ingest.log_record_format
+            );
         }
         if self.processor.group.trim().is_empty() {
             bail!("processor.group must not be empty");

@@ -93,15 +93,16 @@ async fn sealed_record(cache: &ControlCache, tenant: &TenantId) -> (u32, Vec<u8>
         batch_id: [1; 16],
         received_at_ms: 0,
     };
-    let sealed = record::seal_record(
+    let sealed = record::seal_batch(
+        record::RecordFormat::CURRENT,
         tenant,
         key,
         version,
-        &[9; 24],
-        candor_schemas::datasets::Dataset::Activity,
         &meta,
-        &events,
-    );
+        &[(candor_schemas::datasets::Dataset::Activity, events)],
+        || [9; 24],
+    )
+    .remove(0);
     (version, sealed)
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use candor_http::ServeConfig;
 use candor_schemas::Limits;
+use candor_schemas::record::RecordFormat;
 
 use crate::quota::QuotaConfig;
 use crate::replay::ReplayConfig;
@@ -29,6 +30,9 @@ pub struct IngestConfig {
     pub body_timeout: Duration,
     /// TLS, connection limits and header timeouts.
     pub serve: ServeConfig,
+    /// Layout of the log records written (version 1 only while processors
+    /// of an older release still read the log).
+    pub record_format: RecordFormat,
 }
 
 impl Default for IngestConfig {
@@ -41,6 +45,7 @@ impl Default for IngestConfig {
             decode_slots: std::thread::available_parallelism().map_or(2, |n| n.get()),
             body_timeout: Duration::from_secs(30),
             serve: ServeConfig::default(),
+            record_format: RecordFormat::CURRENT,
         }
     }
 }

@@ -266,22 +266,21 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
         batch_id: h.batch_id,
         received_at_ms,
     };
-    let records = batch
-        .datasets
-        .iter()
-        .map(|(dataset, events)| Record {
-            key: log_key.clone(),
-            value: record::seal_record(
-                &h.tenant,
-                key,
-                key_version,
-                &rand::random(),
-                *dataset,
-                &meta,
-                events,
-            ),
-        })
-        .collect();
+    let records = record::seal_batch(
+        state.config.record_format,
+        &h.tenant,
+        key,
+        key_version,
+        &meta,
+        &batch.datasets,
+        rand::random,
+    )
+    .into_iter()
+    .map(|value| Record {
+        key: log_key.clone(),
+        value,
+    })
+    .collect();
     state.metrics.stage(Stage::Encode, timer.elapsed());
 
     let timer = Instant::now();

@@ -241,12 +241,25 @@ impl Aggregator {
     /// event.
     pub fn add(&mut self, record: &LogRecord, subject: &Arc<Subject>, policy: &TenantPolicy) {
         let subject = self.interned.subject(subject);
-        let e = &record.events;
+        for (dataset, events) in &record.datasets {
+            self.add_events(record, *dataset, events, subject, policy);
+        }
+    }
+
+    /// One dataset's events of `record`.
+    fn add_events(
+        &mut self,
+        record: &LogRecord,
+        dataset: Dataset,
+        e: &RecordBatch,
+        subject: SubjectId,
+        policy: &TenantPolicy,
+    ) {
         let ts = |i: usize| e.column(i).as_primitive::<TimestampMillisecondType>();
         let u32s = |i: usize| e.column(i).as_primitive::<UInt32Type>();
         let f64s = |i: usize| e.column(i).as_primitive::<Float64Type>();
         let tenant = &record.tenant;
-        match record.dataset {
+        match dataset {
             Dataset::Activity => {
                 let (start, active, idle) = (ts(0), u32s(1), u32s(2));
                 for i in 0..e.num_rows() {
@@ -557,8 +570,7 @@ mod tests {
         decoded
             .datasets
             .into_iter()
-            .map(|(dataset, events)| LogRecord {
-                dataset,
+            .map(|dataset| LogRecord {
                 tenant: TenantId::new("acme").unwrap(),
                 key_version: 1,
                 meta: RecordMeta {
@@ -567,7 +579,7 @@ mod tests {
                     batch_id: [1; 16],
                     received_at_ms,
                 },
-                events,
+                datasets: vec![dataset],
             })
             .collect()
     }

@@ -358,20 +358,31 @@ impl<C: LogConsumer> Processor<C> {
         for (d, opened) in records.iter().zip(opened) {
             self.metrics.records.inc();
             match opened {
-                Ok(record) => {
+                Ok(mut record) => {
                     let (view, policy) =
                         view_of(&record.tenant).expect("a record opened, so its tenant exists");
-                    self.metrics.events.inc_by(record.events.num_rows() as u64);
-                    events += record.events.num_rows() as u64;
-                    let key = (record.meta.batch_id, record.dataset as u8);
-                    if self
-                        .seen
-                        .is_duplicate(partition, key, record.meta.received_at_ms, &mut ids)
-                    {
-                        self.metrics
-                            .events_dropped
-                            .with_label_values(&["duplicate_batch"])
-                            .inc_by(record.events.num_rows() as u64);
+                    let record_events = record.event_count() as u64;
+                    self.metrics.events.inc_by(record_events);
+                    events += record_events;
+                    // Batch ids are remembered per dataset, so a batch counts
+                    // once whether its copies are one record (version 2) or
+                    // one per dataset (version 1), even both across an upgrade.
+                    let (batch_id, received_at_ms) =
+                        (record.meta.batch_id, record.meta.received_at_ms);
+                    record.datasets.retain(|(dataset, events)| {
+                        let key = (batch_id, *dataset as u8);
+                        let repeated =
+                            self.seen
+                                .is_duplicate(partition, key, received_at_ms, &mut ids);
+                        if repeated {
+                            self.metrics
+                                .events_dropped
+                                .with_label_values(&["duplicate_batch"])
+                                .inc_by(events.num_rows() as u64);
+                        }
+                        !repeated
+                    });
+                    if record.datasets.is_empty() {
                         continue;
                     }
                     let subject = subjects

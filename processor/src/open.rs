@@ -54,13 +54,14 @@ pub fn open_all(
 #[cfg(test)]
 mod tests {
     use candor_control::keyring::KeyringDoc;
-    use candor_schemas::record::{RecordMeta, seal_record};
+    use candor_schemas::record::{RecordFormat, RecordMeta, seal_batch};
     use candor_schemas::{DeviceId, EmployeeId, Limits, MasterSecret, decode_json};
 
     use super::*;
 
     /// Enough records for every core, from two tenants of which one has
-    /// no keys: each comes back where it was, opened or refused.
+    /// no keys, in both layouts: each comes back where it was, opened or
+    /// refused.
     #[test]
     fn records_come_back_in_log_order_whatever_thread_opened_them() {
         let master = MasterSecret::from_bytes(&[9; 32]).unwrap();
@@ -79,7 +80,6 @@ mod tests {
                 );
                 let batch = decode_json(json.as_bytes(), &Limits::default(), 1_780_000_000_000)
                     .unwrap();
-                let (dataset, events) = batch.datasets.into_iter().next().unwrap();
                 let (tenant, keys) = if i % 7 == 0 {
                     (&gone, &gone_keys)
                 } else {
@@ -92,11 +92,14 @@ mod tests {
                     received_at_ms: i,
                 };
                 let (version, key) = keys.current_at_rest();
+                let format = if i % 2 == 0 { RecordFormat::V1 } else { RecordFormat::V2 };
                 Delivered {
                     partition: 0,
                     offset: i,
                     key: Vec::new(),
-                    value: seal_record(tenant, key, version, &rand::random(), dataset, &meta, &events),
+                    // Both layouts, as a log holds them across an upgrade.
+                    value: seal_batch(format, tenant, key, version, &meta, &batch.datasets, rand::random)
+                        .remove(0),
                 }
             })
             .collect();

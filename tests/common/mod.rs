@@ -167,8 +167,19 @@ impl Control {
 
 /// A node configuration for in-process nodes: `role`'s defaults, as
 /// `candor config print --role <role>` shows them.
+///
+/// `CANDOR_INGEST__LOG_RECORD_FORMAT` applies here as it does to the nodes
+/// the tests start as processes, so `scripts/test` can run the processing
+/// tests once more on version 1 log records (what a log holds across an
+/// upgrade).
 pub fn config(role: Role) -> Config {
-    Config::defaults(role)
+    let mut config = Config::defaults(role);
+    if let Ok(format) = std::env::var("CANDOR_INGEST__LOG_RECORD_FORMAT") {
+        config.ingest.log_record_format = format
+            .parse()
+            .expect("CANDOR_INGEST__LOG_RECORD_FORMAT is 1 or 2");
+    }
+    config
 }
 
 /// The ingest role's defaults.

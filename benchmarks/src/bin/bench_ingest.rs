@@ -28,7 +28,7 @@ use candor_log::Record;
 use candor_log::kafka::{KafkaConfig, ensure_topic};
 use candor_schemas::batch::Batch;
 use candor_schemas::keys::MasterSecret;
-use candor_schemas::record::{self, RecordMeta};
+use candor_schemas::record::{self, RecordFormat, RecordMeta};
 use candor_schemas::{Limits, TenantId, authenticate, decode};
 use candor_simulate::{Outcome, SimulatedAgent, post_batch};
 
@@ -283,22 +283,22 @@ async fn run_benchmark(args: &Args) -> Result<()> {
                 batch_id: h.batch_id,
                 received_at_ms,
             };
-            let records = decoded
-                .datasets
-                .into_iter()
-                .map(|(dataset, events)| Record {
-                    key: record::log_key(&h.tenant, &h.device),
-                    value: record::seal_record(
-                        &h.tenant,
-                        key,
-                        version,
-                        &rand::random(),
-                        dataset,
-                        &meta,
-                        &events,
-                    ),
-                })
-                .collect();
+            // Sealed as ingest seals them, in the layout it writes.
+            let records = record::seal_batch(
+                RecordFormat::CURRENT,
+                &h.tenant,
+                key,
+                version,
+                &meta,
+                &decoded.datasets,
+                rand::random,
+            )
+            .into_iter()
+            .map(|value| Record {
+                key: record::log_key(&h.tenant, &h.device),
+                value,
+            })
+            .collect();
             prepared.push(Prepared {
                 body,
                 events: batch.event_count(),

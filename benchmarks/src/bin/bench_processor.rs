@@ -316,8 +316,7 @@ async fn pieces(
 ) -> Result<()> {
     use candor_log::LogConsumer;
     use candor_processor::{Aggregator, Subject, TenantPolicy};
-    use candor_schemas::crypto;
-    use candor_schemas::record::{open_record, read_header};
+    use candor_schemas::record::{RecordError, SealedRecord, open_record, read_header};
     use object_store::ObjectStoreExt;
     use object_store::path::Path as ObjectPath;
     use parquet::basic::{Compression, ZstdLevel};
@@ -370,23 +369,18 @@ async fn pieces(
                 let keys = view.keys.as_ref().context("keys")?;
                 // Decryption alone, as `open_record` does it first.
                 timed(&mut t.decrypt, || {
-                    let b = &d.value;
-                    let nonce_end = 11 + b[10] as usize + crypto::NONCE_LEN;
-                    let nonce: [u8; crypto::NONCE_LEN] = b
-                        [nonce_end - crypto::NONCE_LEN..nonce_end]
-                        .try_into()
-                        .expect("24 bytes");
-                    let key = keys.at_rest(1).expect("version 1");
-                    crypto::open(key.as_bytes(), &nonce, &b[..nonce_end], &b[nonce_end..])
-                        .map(|ipc| ipc.len())
-                })
-                .map_err(|_| anyhow::anyhow!("does not open"))?;
+                    let sealed = SealedRecord::parse(&d.value)?;
+                    let key = keys.at_rest(sealed.header.key_version).cloned();
+                    sealed.decrypt(&key.ok_or(RecordError::Authentication)?)
+                })?;
                 let record = timed(&mut t.open_record, || {
                     open_record(&d.value, |_, v| keys.at_rest(v).cloned())
                 })?;
-                events += record.events.num_rows();
+                events += record.event_count();
                 timed(&mut t.dedup, || {
-                    seen.insert((record.meta.batch_id, record.dataset as u8))
+                    for (dataset, _) in &record.datasets {
+                        seen.insert((record.meta.batch_id, *dataset as u8));
+                    }
                 });
                 let subject = timed(&mut t.subject, || {
                     Arc::new(Subject {
@@ -432,7 +426,7 @@ async fn pieces(
         ("header, tenant view", t.header_and_keys),
         ("decrypt (XChaCha20-Poly1305)", t.decrypt),
         (
-            "Arrow IPC decode + metadata (open_record - decrypt)",
+            "Arrow IPC decode, who and when (open_record - decrypt)",
             decode,
         ),
         ("pseudonym (HMAC-SHA256 + hex)", t.subject),
