@@ -24,8 +24,9 @@ use candor_processor::{
     DeadLetter, Lake, Lakes, Processor, ProcessorConfig, ProcessorError, ProcessorMetrics,
 };
 use candor_schemas::TenantId;
-use candor_schemas::batch::{Batch, GpsPoint, haversine_m};
+use candor_schemas::batch::{AppUsage, Batch, GpsPoint, haversine_m};
 use candor_schemas::keys::MasterSecret;
+use candor_schemas::record::RecordFormat;
 use chrono::{Days, Utc};
 use common::{Control, activity_batch, header, ms, post, random_master, samples, seal_batch};
 use futures::StreamExt;
@@ -402,6 +403,87 @@ async fn a_batch_in_the_log_twice_is_counted_once_even_across_a_restart() {
         assert_eq!(second.stats().records, 12);
         assert_eq!(second.stats().events_duplicate, 24);
         assert_eq!(sums().await, expected);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+/// Across an upgrade the log holds both record layouts, and an agent's
+/// retry may be appended by an ingest node of each: the batch counts once,
+/// its version 2 record and its version 1 records alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_in_both_record_layouts_counts_once() {
+    tokio::time::timeout(GUARD, async {
+        let OneMachine {
+            dir,
+            master,
+            control,
+            spool,
+            url,
+        } = OneMachine::start().await;
+        let mut older = common::ingest_defaults();
+        older.ingest.log_record_format = match common::record_format() {
+            RecordFormat::V1 => 2,
+            RecordFormat::V2 => 1,
+        };
+        let older_url = common::start_ingest_on(
+            master.clone(),
+            control.cache.clone(),
+            Arc::new(spool.producer()),
+            &older,
+        )
+        .await;
+        let day = Utc::now().date_naive() - Days::new(1);
+        let acme = TenantId::new("acme").unwrap();
+        let mut expected = BTreeMap::new();
+        for i in 0..4u32 {
+            let h = header("acme", &format!("employee-{i}"), &format!("laptop-{i}"));
+            let start = ms(day, 9, 0) + i64::from(i) * 120_000;
+            let mut batch = activity_batch(samples(start, 2, 10 + i, 0));
+            batch.app_usage.push(AppUsage {
+                start_ms: start,
+                duration_s: 60,
+                app: "Editor".into(),
+                host: None,
+            });
+            let body = seal_batch(&master, &h, &batch);
+            // Each node has its own replay memory: both append the batch.
+            for url in [&url, &older_url] {
+                let (status, answer) = post(url, BATCH, body.clone()).await;
+                assert_eq!(status, 202, "{answer}");
+                assert_eq!(answer["events"], 3, "not a replay: {answer}");
+            }
+            expected.insert(
+                control.subject(&acme, &h.employee).await,
+                2 * i64::from(10 + i),
+            );
+        }
+        let lake_dir = dir.path().join("lake");
+        let mut processor = Processor::new(
+            spool.consumer("g").unwrap(),
+            control.cache.clone(),
+            Lake::local(&lake_dir).unwrap(),
+            ProcessorConfig {
+                max_records_per_flush: 3,
+                ..ProcessorConfig::default()
+            },
+        );
+        processor.drain().await.unwrap();
+        // 4 batches: one version 2 record and two version 1 records each.
+        assert_eq!(processor.stats().records, 12);
+        assert_eq!(processor.stats().events, 2 * 4 * 3);
+        assert_eq!(processor.stats().events_duplicate, 4 * 3);
+        let lake = Lake::local(&lake_dir).unwrap();
+        assert_eq!(active_by_subject(&lake).await, expected);
+        let app_seconds: i64 = batches(&lake, "app_usage/tenant=acme")
+            .await
+            .iter()
+            .map(|b| {
+                let seconds = b.column_by_name("seconds").unwrap();
+                arrow::compute::sum(seconds.as_primitive::<Int64Type>()).unwrap_or(0)
+            })
+            .sum();
+        assert_eq!(app_seconds, 4 * 60);
     })
     .await
     .expect("test finished within its hang guard");

@@ -182,6 +182,12 @@ pub fn config(role: Role) -> Config {
     config
 }
 
+/// The layout of the log records the tests' ingest nodes write.
+pub fn record_format() -> candor_schemas::record::RecordFormat {
+    let version = config(Role::Ingest).ingest.log_record_format;
+    candor_schemas::record::RecordFormat::from_version(version).expect("a known layout")
+}
+
 /// The ingest role's defaults.
 pub fn ingest_defaults() -> Config {
     config(Role::Ingest)
