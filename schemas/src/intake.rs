@@ -1,7 +1,10 @@
 //! The whole path from request body to a validated batch, shared by ingest
 //! (which answers agents) and the test vectors (which pin it to WIRE.md).
 
+use std::cell::RefCell;
 use std::io::Read;
+
+use zstd::zstd_safe::{DCtx, DParameter, ResetDirective};
 
 use crate::batch::Limits;
 use crate::columns::{DecodedBatch, decode_json};
@@ -91,16 +94,40 @@ pub fn decode(
     decode_json(&json, limits, received_at_ms)
 }
 
+thread_local! {
+    /// Each thread's zstd decompression context, reused from batch to
+    /// batch: creating one (and its buffers) per batch costs more than
+    /// inflating a 5-minute batch.
+    static DECOMPRESSOR: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
+}
+
 /// Inflates a zstd frame, refusing output beyond `max` bytes.
 pub fn decompress_bounded(frame: &[u8], max: usize) -> Result<Vec<u8>, Rejection> {
     let bad = |e: std::io::Error| Rejection::new(RejectReason::BadCompression, e.to_string());
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame).map_err(bad)?;
-    decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(bad)?;
-    let mut out = Vec::new();
-    decoder
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(bad)?;
+    let zstd_error = |code| bad(std::io::Error::other(zstd::zstd_safe::get_error_name(code)));
+    // The declared content size sizes the output once, up to the cap; the
+    // cap still holds whatever the frame declares.
+    let declared = zstd::zstd_safe::get_frame_content_size(frame)
+        .ok()
+        .flatten()
+        .map_or(0, |size| size.min(max as u64 + 1) as usize);
+    let mut out = Vec::with_capacity(declared);
+    DECOMPRESSOR.with_borrow_mut(|context| {
+        let context = context.get_or_insert_with(DCtx::create);
+        // The previous frame may have stopped midway (cut, refused, over
+        // the cap): end its session, which keeps the parameters, and set
+        // the window cap again anyway, so no earlier use can have changed it.
+        context
+            .reset(ResetDirective::SessionOnly)
+            .map_err(zstd_error)?;
+        context
+            .set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
+            .map_err(zstd_error)?;
+        zstd::stream::read::Decoder::with_context(frame, context)
+            .take(max as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(bad)
+    })?;
     if out.len() > max {
         return Err(Rejection::new(
             RejectReason::DecompressedTooLarge,
@@ -121,6 +148,34 @@ mod tests {
         assert!(frame.len() < 64 * 1024, "a bomb is small on the wire");
         let err = decompress_bounded(&frame, 1024 * 1024).unwrap_err();
         assert_eq!(err.reason, RejectReason::DecompressedTooLarge);
+    }
+
+    /// One context serves every batch of a thread: a cut frame, a bomb or
+    /// a frame asking for a window past the cap leaves nothing behind for
+    /// the next batch, and the cap holds every time.
+    #[test]
+    fn a_reused_context_forgets_each_frame_and_keeps_its_caps() {
+        let text = b"a batch of telemetry ".repeat(100);
+        let good = zstd::encode_all(&text[..], 3).unwrap();
+        let wide = {
+            let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            encoder.window_log(ZSTD_WINDOW_LOG_MAX + 1).unwrap();
+            std::io::Write::write_all(&mut encoder, &text).unwrap();
+            encoder.finish().unwrap()
+        };
+        let bomb = zstd::encode_all(&vec![0u8; 4 * 1024 * 1024][..], 19).unwrap();
+        for _ in 0..2 {
+            assert_eq!(decompress_bounded(&good, 1 << 20).unwrap(), text);
+            let cut = decompress_bounded(&good[..good.len() / 2], 1 << 20).unwrap_err();
+            assert_eq!(cut.reason, RejectReason::BadCompression);
+            let too_wide = decompress_bounded(&wide, 1 << 20).unwrap_err();
+            assert_eq!(too_wide.reason, RejectReason::BadCompression, "{}", too_wide.detail);
+            let inflated = decompress_bounded(&bomb, 1 << 20).unwrap_err();
+            assert_eq!(inflated.reason, RejectReason::DecompressedTooLarge, "{}", inflated.detail);
+        }
+        // Two frames back to back are one batch, as before.
+        let twice = [good.clone(), good].concat();
+        assert_eq!(decompress_bounded(&twice, 1 << 20).unwrap(), [&text[..], &text[..]].concat());
     }
 
     #[test]
