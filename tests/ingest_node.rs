@@ -411,3 +411,36 @@ async fn unknown_routes_and_methods_answer_json_with_a_reason() {
     .await
     .expect("within the hang guard");
 }
+
+/// A batch at the event cap is opened, decoded and sealed with the worker
+/// handed over (`block_in_place`), while small batches beside it take the
+/// inline path: each is appended once, whichever path it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_at_the_event_cap_and_small_ones_beside_it_are_each_appended_once() {
+    tokio::time::timeout(GUARD, async {
+        let node = Node::start(common::ingest_defaults()).await;
+        let client = reqwest::Client::new();
+        let max_events = common::ingest_defaults().ingest.max_events as i64;
+        let large = batch_for(&node, "laptop-large", max_events, 0);
+        let small = (0..20).map(|i| batch_for(&node, &format!("laptop-{i}"), 5, 0));
+        let posts = std::iter::once(large)
+            .chain(small)
+            .map(|body| node.post(&client, body));
+        let answers = futures::future::join_all(posts).await;
+        for answer in &answers {
+            assert_eq!(answer.status, 202, "{answer:?}");
+        }
+        assert_eq!(answers[0].body["events"], max_events);
+        assert_eq!(node.records().await, 21, "one record per one-dataset batch");
+        let metrics = node.metrics(&client).await;
+        for line in [
+            format!("candor_ingest_events_accepted_total {}", max_events + 100),
+            // The large one inflates past what a light batch holds.
+            "candor_ingest_heavy_batches_total 1".to_string(),
+        ] {
+            assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+        }
+    })
+    .await
+    .expect("within the hang guard");
+}

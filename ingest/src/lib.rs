@@ -175,7 +175,9 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
     let received_at_ms = now_ms();
 
     let timer = Instant::now();
-    let authentic = authenticate(&body, &state.master, limits)?;
+    let authentic = on_cpu(body.len() > LIGHT_FRAME_BYTES, || {
+        authenticate(&body, &state.master, limits)
+    })?;
     state.metrics.stage(Stage::Open, timer.elapsed());
     let h = &authentic.header;
     // Only now, with the tag verified, is the control plane asked: a forged
@@ -226,6 +228,10 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
         max_age_ms: i64::from(view.tenant.doc.retention_days()) * 86_400_000,
         ..*limits
     };
+    let heavy = heavy(&authentic.frame);
+    if heavy {
+        state.metrics.heavy_batches.inc();
+    }
     let batch = {
         let _slot = state
             .decode_slots
@@ -233,7 +239,9 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
             .await
             .expect("the semaphore is never closed");
         let timer = Instant::now();
-        let decoded = decode(&authentic.frame, &tenant_limits, received_at_ms);
+        let decoded = on_cpu(heavy, || {
+            decode(&authentic.frame, &tenant_limits, received_at_ms)
+        });
         state.metrics.stage(Stage::Validate, timer.elapsed());
         decoded
     };
@@ -266,15 +274,17 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
         batch_id: h.batch_id,
         received_at_ms,
     };
-    let records = record::seal_batch(
-        state.config.record_format,
-        &h.tenant,
-        key,
-        key_version,
-        &meta,
-        &batch.datasets,
-        rand::random,
-    )
+    let records = on_cpu(heavy, || {
+        record::seal_batch(
+            state.config.record_format,
+            &h.tenant,
+            key,
+            key_version,
+            &meta,
+            &batch.datasets,
+            rand::random,
+        )
+    })
     .into_iter()
     .map(|value| Record {
         key: log_key.clone(),
@@ -300,6 +310,31 @@ async fn handle_batch(state: &IngestState, request: Request) -> Result<Accepted,
         events,
         replay: false,
     })
+}
+
+/// Batches a 5-minute upload is far below: decoding one costs tens of
+/// microseconds, less than handing it to another thread.
+const LIGHT_FRAME_BYTES: usize = 16 * 1024;
+const LIGHT_JSON_BYTES: u64 = 256 * 1024;
+
+/// Whether decoding `frame` is heavy CPU work: a large frame, or one that
+/// inflates (or may inflate: it does not say) past what a light batch holds.
+fn heavy(frame: &[u8]) -> bool {
+    frame.len() > LIGHT_FRAME_BYTES
+        || candor_schemas::intake::declared_size(frame).is_none_or(|size| size > LIGHT_JSON_BYTES)
+}
+
+/// Runs `work` on this thread when light, and otherwise with the reactor
+/// told this worker blocks (`block_in_place`: its other tasks move to
+/// another worker meanwhile), so a large batch never stalls the requests
+/// queued behind it. A current-thread runtime (some tests) runs it inline.
+fn on_cpu<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if heavy && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
 }
 
 /// Reads at most `max` bytes: a longer body is refused as soon as it passes

@@ -37,6 +37,9 @@ pub struct IngestMetrics {
     requests: IntCounterVec,
     pub bytes_received: IntCounter,
     pub events_accepted: IntCounter,
+    /// Authentic batches decoded with the worker handed over (large, or
+    /// not saying what they inflate to).
+    pub heavy_batches: IntCounter,
     events_rejected: IntCounterVec,
     request_seconds: Histogram,
     stage_seconds: HistogramVec,
@@ -63,6 +66,11 @@ impl IngestMetrics {
         let events_accepted = IntCounter::new(
             "candor_ingest_events_accepted_total",
             "Events in batches answered 202 (replays not counted again)",
+        )
+        .expect("valid metric");
+        let heavy_batches = IntCounter::new(
+            "candor_ingest_heavy_batches_total",
+            "Authentic batches decoded off the request's worker thread (large, or of undeclared size)",
         )
         .expect("valid metric");
         let events_rejected = IntCounterVec::new(
@@ -110,6 +118,7 @@ impl IngestMetrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(bytes_received.clone()),
             Box::new(events_accepted.clone()),
+            Box::new(heavy_batches.clone()),
             Box::new(events_rejected.clone()),
             Box::new(request_seconds.clone()),
             Box::new(stage_seconds.clone()),
@@ -124,6 +133,7 @@ impl IngestMetrics {
             requests,
             bytes_received,
             events_accepted,
+            heavy_batches,
             events_rejected,
             request_seconds,
             stage_seconds,

@@ -94,6 +94,20 @@ pub fn decode(
     decode_json(&json, limits, received_at_ms)
 }
 
+/// What a batch's zstd frame declares it inflates to; `None` when it does
+/// not say, or the bytes are not exactly one frame. Decompression never
+/// trusts it: the cap of [`decompress_bounded`] holds whatever it says.
+pub fn declared_size(frame: &[u8]) -> Option<u64> {
+    let one_frame = zstd::zstd_safe::find_frame_compressed_size(frame).ok() == Some(frame.len());
+    one_frame
+        .then(|| {
+            zstd::zstd_safe::get_frame_content_size(frame)
+                .ok()
+                .flatten()
+        })
+        .flatten()
+}
+
 thread_local! {
     /// Each thread's zstd decompression context, reused from batch to
     /// batch: creating one (and its buffers) per batch costs more than
@@ -156,7 +170,8 @@ mod tests {
     #[test]
     fn a_reused_context_forgets_each_frame_and_keeps_its_caps() {
         let text = b"a batch of telemetry ".repeat(100);
-        let good = zstd::encode_all(&text[..], 3).unwrap();
+        // As agents compress: one shot, the content size declared.
+        let good = zstd::bulk::compress(&text, 3).unwrap();
         let wide = {
             let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
             encoder.window_log(ZSTD_WINDOW_LOG_MAX + 1).unwrap();
@@ -169,13 +184,29 @@ mod tests {
             let cut = decompress_bounded(&good[..good.len() / 2], 1 << 20).unwrap_err();
             assert_eq!(cut.reason, RejectReason::BadCompression);
             let too_wide = decompress_bounded(&wide, 1 << 20).unwrap_err();
-            assert_eq!(too_wide.reason, RejectReason::BadCompression, "{}", too_wide.detail);
+            assert_eq!(
+                too_wide.reason,
+                RejectReason::BadCompression,
+                "{}",
+                too_wide.detail
+            );
             let inflated = decompress_bounded(&bomb, 1 << 20).unwrap_err();
-            assert_eq!(inflated.reason, RejectReason::DecompressedTooLarge, "{}", inflated.detail);
+            assert_eq!(
+                inflated.reason,
+                RejectReason::DecompressedTooLarge,
+                "{}",
+                inflated.detail
+            );
         }
-        // Two frames back to back are one batch, as before.
+        assert_eq!(declared_size(&good), Some(text.len() as u64));
+        assert_eq!(declared_size(&wide), None, "a streamed frame does not say");
+        // Two frames back to back are one batch, as before, of no one size.
         let twice = [good.clone(), good].concat();
-        assert_eq!(decompress_bounded(&twice, 1 << 20).unwrap(), [&text[..], &text[..]].concat());
+        assert_eq!(declared_size(&twice), None);
+        assert_eq!(
+            decompress_bounded(&twice, 1 << 20).unwrap(),
+            [&text[..], &text[..]].concat()
+        );
     }
 
     #[test]
