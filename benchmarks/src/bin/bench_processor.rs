@@ -1051,7 +1051,7 @@ async fn run_benchmark(args: &Args) -> Result<()> {
 
     let prepared = prepare(args, &master, &control_url, &spool_dir, &input_dir).await?;
     eprintln!(
-        "prepared and posted {} batches ({} records, {} events: {:?}) in {:.1} s",
+        "prepared and posted {} batches ({} dataset sections, {} events: {:?}) in {:.1} s",
         prepared.batches, prepared.records, prepared.events, prepared.per_dataset, prepared.seconds
     );
 
@@ -1162,7 +1162,7 @@ fn report(args: &Args, prepared: &Prepared, runs: &[Run]) {
     println!();
     println!(
         "{} employees in {} tenants, {} workdays, {}-minute batches, GPS for 1 in {}: \
-         {} batches, {} log records, {} events {:?}",
+         {} batches ({} dataset sections, one version 1 log record each), {} events {:?}",
         args.employees,
         args.tenants,
         args.days,
