@@ -230,6 +230,12 @@ pub struct ProcessorSettings {
     pub max_records_per_flush: u32,
     /// Hours a batch id is remembered to count a second copy once.
     pub dedup_window_hours: u64,
+    /// Seconds a log partition with records waiting may go without a
+    /// commit from anyone in the group, while this processor keeps up,
+    /// before it leaves and rejoins the group so that the broker assigns
+    /// every partition afresh (a broker that left a dead member's
+    /// partitions unassigned); 0: never.
+    pub rejoin_stalled_after_secs: u64,
     /// Address of a processor's `/metrics` and `/healthz` (plain HTTP;
     /// none when unset). Standalone serves them on the ingest address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,6 +354,7 @@ impl Config {
                 group: "candor-processor".into(),
                 max_records_per_flush: 10_000,
                 dedup_window_hours: 48,
+                rejoin_stalled_after_secs: 60,
                 listen: None,
             },
             query: QuerySettings {

@@ -179,10 +179,18 @@ fn same(a: &Value, b: &Value) -> bool {
 fn first_difference(got: &[(String, Vec<Value>)], want: &[(String, Vec<Value>)]) -> Option<String> {
     got.iter().zip(want).find_map(|((name, g), (_, w))| {
         if g.len() != w.len() {
+            let rows = |rows: &[Value]| {
+                rows.iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n    ")
+            };
             return Some(format!(
-                "{name}: {} rows, standalone has {}",
+                "{name}: {} rows, standalone has {}\n  deployment:\n    {}\n  standalone:\n    {}",
                 g.len(),
-                w.len()
+                w.len(),
+                rows(g),
+                rows(w)
             ));
         }
         g.iter()
@@ -190,6 +198,36 @@ fn first_difference(got: &[(String, Vec<Value>)], want: &[(String, Vec<Value>)])
             .find(|(g, w)| !same(g, w))
             .map(|(g, w)| format!("{name}: {g} where standalone has {w}"))
     })
+}
+
+/// What a processor says of its partitions (lag, records dropped and why,
+/// leftovers cleaned), printed while the deployment has not caught up, so a
+/// failure tells a stuck partition from records lost.
+async fn processor_state(metrics: &str) -> String {
+    let text = reqwest::get(format!("{metrics}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status());
+    let text = match text {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => return format!("processor metrics unavailable: {e}"),
+    };
+    text.lines()
+        .filter(|l| {
+            [
+                "candor_processor_partition_lag_records",
+                "candor_processor_events_dropped_total",
+                "candor_processor_records_undecodable_total",
+                "candor_processor_leftover_objects_deleted_total",
+                "candor_processor_events_committed_total",
+                "candor_processor_lake_retries_total",
+                "candor_processor_group_rejoins_total",
+            ]
+            .iter()
+            .any(|name| l.starts_with(name))
+        })
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// What `candor standalone` answers for the seeded input.
@@ -388,12 +426,15 @@ max_records_per_flush = 2000
         .spawn()
         .unwrap();
 
-    // Faults while the agents send: a processor dies once it has committed
-    // (its partitions go to the other), then an ingest node (its agents
-    // fail over), then S3 is cut for a few seconds.
+    // Faults while the agents send: a processor dies once both have
+    // committed, so the group has formed with partitions on each (the
+    // other must take its partitions over), then an ingest node (its
+    // agents fail over), then S3 is cut for a few seconds.
     let committed = "candor_processor_events_committed_total";
-    while processor_1.metric(committed).await.is_none_or(|n| n == 0) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for processor in [&processor_1, &processor_2] {
+        while processor.metric(committed).await.is_none_or(|n| n == 0) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     processor_1.kill();
     assert!(
@@ -440,6 +481,7 @@ max_records_per_flush = 2000
         };
         if round % 20 == 0 {
             eprintln!("deployment: not yet as standalone: {difference}");
+            eprintln!("{}", processor_state(processor_2.url("metrics")).await);
         }
         if processor_2.metric(committed).await.is_none() {
             panic!("the surviving processor stopped; last difference: {difference}");

@@ -470,7 +470,9 @@ pub struct KafkaConsumer {
     /// A client outside the group, for watermark queries: on the group
     /// consumer's connections they would queue behind its long-polling fetches.
     meta: Arc<BaseConsumer>,
-    topic: String,
+    /// What a rejoin builds its new member from.
+    config: KafkaConfig,
+    group: String,
 }
 
 impl KafkaConsumer {
@@ -478,13 +480,7 @@ impl KafkaConsumer {
     /// position starts from the earliest record.
     pub fn new(config: &KafkaConfig, group: &str) -> Result<Self, LogError> {
         config.validate().map_err(LogError::Fatal)?;
-        let mut c = config.client_config();
-        c.set("group.id", group)
-            .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
-        let consumer: StreamConsumer = config.with_extra(c).create().map_err(fatal)?;
+        let consumer = Self::member(config, group)?;
         consumer.subscribe(&[&config.topic]).map_err(fatal)?;
         let meta: BaseConsumer = config
             .with_extra(config.client_config())
@@ -493,8 +489,27 @@ impl KafkaConsumer {
         Ok(Self {
             consumer: Arc::new(consumer),
             meta: Arc::new(meta),
-            topic: config.topic.clone(),
+            config: config.clone(),
+            group: group.to_string(),
         })
+    }
+
+    /// A group member, not yet subscribed.
+    fn member(config: &KafkaConfig, group: &str) -> Result<StreamConsumer, LogError> {
+        let mut c = config.client_config();
+        c.set("group.id", group)
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            // Six heartbeats per session instead of librdkafka's fixed 3 s
+            // (two per 6 s session): one late heartbeat must not cost a
+            // live member its partitions.
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout_ms / 6).clamp(1, 3000).to_string(),
+            )
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        config.with_extra(c).create().map_err(fatal)
     }
 }
 
@@ -534,7 +549,7 @@ impl LogConsumer for KafkaConsumer {
         }
         let mut tpl = TopicPartitionList::new();
         for p in positions {
-            tpl.add_partition_offset(&self.topic, p.partition, Offset::Offset(p.next_offset))
+            tpl.add_partition_offset(&self.config.topic, p.partition, Offset::Offset(p.next_offset))
                 .map_err(fatal)?;
         }
         let consumer = self.consumer.clone();
@@ -545,7 +560,7 @@ impl LogConsumer for KafkaConsumer {
     }
 
     async fn end_offsets(&self) -> Result<Vec<Resume>, LogError> {
-        let (meta, topic) = (self.meta.clone(), self.topic.clone());
+        let (meta, topic) = (self.meta.clone(), self.config.topic.clone());
         Ok(
             tokio::task::spawn_blocking(move || watermarks(meta.as_ref(), &topic))
                 .await
@@ -562,7 +577,7 @@ impl LogConsumer for KafkaConsumer {
     async fn committed(&self) -> Result<Vec<Resume>, LogError> {
         let mut tpl = TopicPartitionList::new();
         for r in self.end_offsets().await? {
-            tpl.add_partition(&self.topic, r.partition);
+            tpl.add_partition(&self.config.topic, r.partition);
         }
         let consumer = self.consumer.clone();
         let committed = tokio::task::spawn_blocking(move || {
@@ -582,6 +597,31 @@ impl LogConsumer for KafkaConsumer {
                 },
             })
             .collect())
+    }
+
+    fn assigned(&self) -> Option<Vec<i32>> {
+        let assignment = self.consumer.assignment().ok()?;
+        Some(
+            assignment
+                .elements()
+                .iter()
+                .map(|e| e.partition())
+                .collect(),
+        )
+    }
+
+    async fn rejoin(&mut self) -> Result<(), LogError> {
+        // The old member leaves first (closing it sends LeaveGroup and
+        // waits for it), so the group forms anew around the new one rather
+        // than around a state the broker got wrong.
+        let fresh = Arc::new(Self::member(&self.config, &self.group)?);
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        tokio::task::spawn_blocking(move || drop(old))
+            .await
+            .map_err(|e| LogError::Fatal(e.to_string()))?;
+        self.consumer
+            .subscribe(&[&self.config.topic])
+            .map_err(fatal)
     }
 }
 

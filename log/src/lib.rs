@@ -97,4 +97,18 @@ pub trait LogConsumer: Send + 'static {
     /// The positions this consumer's group has committed, for every
     /// partition (0 where it has committed nothing yet).
     async fn committed(&self) -> Result<Vec<Resume>, LogError>;
+
+    /// The partitions the group assigns this consumer right now; `None`
+    /// where there is no group to share them with (the spool's one reader
+    /// reads every partition).
+    fn assigned(&self) -> Option<Vec<i32>> {
+        None
+    }
+
+    /// Leaves the group and joins it again, so that it assigns every
+    /// partition afresh. Reading resumes from the group's commits. Where
+    /// there is no group, nothing to do.
+    async fn rejoin(&mut self) -> Result<(), LogError> {
+        Ok(())
+    }
 }

@@ -14,6 +14,7 @@ mod metrics;
 mod open;
 pub mod retention;
 mod routes;
+mod stall;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use intent::{FlushIntent, Intents};
 pub use lake::{LEASE_MS, Lake, LakeError, Lakes, Lease};
 pub use metrics::{MaintenanceMetrics, ProcessorMetrics};
 pub use routes::{RouteMemory, Routes};
+use stall::{PartitionProgress, StallWatch};
 
 /// Serves a processor's `/metrics` (everything in `registry`) and
 /// `/healthz` until `shutdown` resolves. A processor answers nothing else.
@@ -79,6 +81,10 @@ pub struct ProcessorConfig {
     pub dedup_window: Duration,
     /// How long a poll waits for the first record.
     pub poll_wait: Duration,
+    /// How long a partition with records waiting may go without a commit
+    /// from the group before this processor rejoins it (see `stall`);
+    /// `None`: never.
+    pub rejoin_stalled_after: Option<Duration>,
 }
 
 impl Default for ProcessorConfig {
@@ -88,6 +94,7 @@ impl Default for ProcessorConfig {
             max_records_per_flush: 10_000,
             dedup_window: Duration::from_secs(48 * 3600),
             poll_wait: Duration::from_millis(500),
+            rejoin_stalled_after: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -130,6 +137,8 @@ pub struct Processor<C> {
     lag_measured: Option<Instant>,
     /// Per log partition, the devices' GPS routes as of its last commit.
     routes: RouteMemory,
+    /// The group's commits, to find partitions nobody reads.
+    stalls: StallWatch,
 }
 
 impl<C: LogConsumer> Processor<C> {
@@ -154,6 +163,7 @@ impl<C: LogConsumer> Processor<C> {
             config,
             metrics: ProcessorMetrics::default(),
             lag_measured: None,
+            stalls: StallWatch::default(),
         }
     }
 
@@ -191,8 +201,9 @@ impl<C: LogConsumer> Processor<C> {
         }
     }
 
-    /// Records before `ends` the group has yet to commit, per partition.
-    async fn records_behind(&self, ends: &[Resume]) -> Result<Vec<(i32, i64)>, ProcessorError> {
+    /// The group's commits and the records before `ends` after them, per
+    /// partition.
+    async fn progress(&self, ends: &[Resume]) -> Result<Vec<PartitionProgress>, ProcessorError> {
         let committed: BTreeMap<i32, i64> = self
             .consumer
             .committed()
@@ -203,27 +214,34 @@ impl<C: LogConsumer> Processor<C> {
         Ok(ends
             .iter()
             .map(|e| {
-                let behind = e.next_offset - committed.get(&e.partition).copied().unwrap_or(0);
-                (e.partition, behind.max(0))
+                let committed = committed.get(&e.partition).copied().unwrap_or(0);
+                PartitionProgress {
+                    partition: e.partition,
+                    committed,
+                    behind: (e.next_offset - committed).max(0),
+                }
             })
             .collect())
     }
 
-    /// Records in the log the group has yet to commit; updates the gauges.
-    async fn lag(&self) -> Result<i64, ProcessorError> {
-        let behind = self
-            .records_behind(&self.consumer.end_offsets().await?)
-            .await?;
-        for (partition, lag) in &behind {
+    /// Every partition's progress up to the log's end now; updates the
+    /// lag gauges.
+    async fn lag(&self) -> Result<Vec<PartitionProgress>, ProcessorError> {
+        let progress = self.progress(&self.consumer.end_offsets().await?).await?;
+        for p in &progress {
             self.metrics
                 .partition_lag_records
-                .with_label_values(&[&partition.to_string()])
-                .set(*lag);
+                .with_label_values(&[&p.partition.to_string()])
+                .set(p.behind);
         }
-        Ok(behind.iter().map(|(_, lag)| lag).sum())
+        self.metrics
+            .lag_records
+            .set(progress.iter().map(|p| p.behind).sum());
+        Ok(progress)
     }
 
-    /// Refreshes the lag gauge, at most once a second.
+    /// Refreshes the lag gauges, at most once a second, and rejoins the
+    /// group when a partition has no working reader (see `stall`).
     async fn measure_lag(&mut self) -> Result<(), ProcessorError> {
         if self
             .lag_measured
@@ -231,9 +249,24 @@ impl<C: LogConsumer> Processor<C> {
         {
             return Ok(());
         }
-        let lag = self.lag().await?;
-        self.metrics.lag_records.set(lag);
+        let progress = self.lag().await?;
         self.lag_measured = Some(Instant::now());
+        let Some(after) = self.config.rejoin_stalled_after else {
+            return Ok(());
+        };
+        let stalled = self.stalls.stalled(Instant::now(), &progress, after);
+        if stalled.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            ?stalled,
+            assigned = ?self.consumer.assigned(),
+            "partitions with records waiting had no commit from the group for {}s: rejoining the group so every partition is assigned again",
+            after.as_secs()
+        );
+        self.consumer.rejoin().await?;
+        self.metrics.group_rejoins.inc();
+        self.stalls.reset();
         Ok(())
     }
 
@@ -547,9 +580,9 @@ impl<C: LogConsumer> Processor<C> {
     pub async fn drain(&mut self) -> Result<(), ProcessorError> {
         let targets = self.consumer.end_offsets().await?;
         loop {
-            let behind = self.records_behind(&targets).await?;
-            if behind.iter().all(|(_, lag)| *lag == 0) {
-                self.metrics.lag_records.set(self.lag().await?);
+            let behind = self.progress(&targets).await?;
+            if behind.iter().all(|p| p.behind == 0) {
+                self.lag().await?;
                 return Ok(());
             }
             self.step().await?;

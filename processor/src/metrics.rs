@@ -19,6 +19,9 @@ pub struct ProcessorMetrics {
     pub bytes_written: IntCounter,
     /// Objects of flushes that never committed, deleted before a replay.
     pub leftover_objects_deleted: IntCounter,
+    /// Times this processor left and rejoined its group because a partition
+    /// had no working reader.
+    pub group_rejoins: IntCounter,
     /// Log positions committed (each after its objects were durable).
     pub commits: IntCounter,
     /// Flushes retried because the lake could not be written.
@@ -96,6 +99,10 @@ impl ProcessorMetrics {
             lake_retries: counter(
                 "candor_processor_lake_retries_total",
                 "Flushes retried because the lake could not be written",
+            ),
+            group_rejoins: counter(
+                "candor_processor_group_rejoins_total",
+                "Times the processor rejoined its group because a partition with records waiting had no commit from anyone",
             ),
             leftover_objects_deleted: counter(
                 "candor_processor_leftover_objects_deleted_total",

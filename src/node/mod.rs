@@ -103,6 +103,8 @@ pub fn processor_config(config: &Config) -> ProcessorConfig {
         group: config.processor.group.clone(),
         max_records_per_flush: config.processor.max_records_per_flush as usize,
         dedup_window: std::time::Duration::from_secs(config.processor.dedup_window_hours * 3600),
+        rejoin_stalled_after: (config.processor.rejoin_stalled_after_secs > 0)
+            .then(|| std::time::Duration::from_secs(config.processor.rejoin_stalled_after_secs)),
         ..ProcessorConfig::default()
     }
 }
