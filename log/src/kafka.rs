@@ -549,8 +549,12 @@ impl LogConsumer for KafkaConsumer {
         }
         let mut tpl = TopicPartitionList::new();
         for p in positions {
-            tpl.add_partition_offset(&self.config.topic, p.partition, Offset::Offset(p.next_offset))
-                .map_err(fatal)?;
+            tpl.add_partition_offset(
+                &self.config.topic,
+                p.partition,
+                Offset::Offset(p.next_offset),
+            )
+            .map_err(fatal)?;
         }
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))

@@ -105,10 +105,11 @@ mod tests {
         secs: u64,
         p: &[PartitionProgress],
     ) -> Vec<i32> {
-        (0..=secs)
-            .map(|s| watch.stalled(start + Duration::from_secs(s), p, AFTER))
-            .next_back()
-            .unwrap()
+        let mut stalled = Vec::new();
+        for s in 0..=secs {
+            stalled = watch.stalled(start + Duration::from_secs(s), p, AFTER);
+        }
+        stalled
     }
 
     #[test]
