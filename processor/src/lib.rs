@@ -251,7 +251,10 @@ impl<C: LogConsumer> Processor<C> {
         }
         let progress = self.lag().await?;
         self.lag_measured = Some(Instant::now());
-        let Some(after) = self.config.rejoin_stalled_after else {
+        // Only a group can leave a partition without a reader.
+        let (Some(after), Some(assigned)) =
+            (self.config.rejoin_stalled_after, self.consumer.assigned())
+        else {
             return Ok(());
         };
         let stalled = self.stalls.stalled(Instant::now(), &progress, after);
@@ -260,7 +263,7 @@ impl<C: LogConsumer> Processor<C> {
         }
         tracing::warn!(
             ?stalled,
-            assigned = ?self.consumer.assigned(),
+            ?assigned,
             "partitions with records waiting had no commit from the group for {}s: rejoining the group so every partition is assigned again",
             after.as_secs()
         );
