@@ -42,6 +42,11 @@ use rand::rngs::StdRng;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+/// The allocator under comparison (feature `mimalloc`); the system's without it.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Ingest throughput and latency against a bare Kafka producer on the same broker")]
 struct Args {

@@ -50,6 +50,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
+/// The allocator under comparison (feature `mimalloc`); the system's without it.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Processor throughput (sealed log records to committed Parquet) against DuckDB")]
 struct Args {
