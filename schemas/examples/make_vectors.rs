@@ -12,7 +12,8 @@ use candor_schemas::envelope::{self, EnvelopeHeader};
 use candor_schemas::keys::{
     AT_REST_KEY_LABEL, DEVICE_KEY_LABEL, HKDF_SALT, MasterSecret, PSEUDONYM_KEY_LABEL, TenantSeed,
 };
-use candor_schemas::{DeviceId, EmployeeId, TenantId};
+use candor_schemas::record::{RecordFormat, RecordMeta, seal_batch};
+use candor_schemas::{DeviceId, EmployeeId, Limits, TenantId, decode_json};
 use serde_json::{Value, json};
 
 const RECEIVED_AT_MS: i64 = 1_795_000_000_000; // 2026-11-18T11:06:40Z
@@ -259,6 +260,7 @@ fn main() {
     let employee = EmployeeId::new("e-1042").unwrap();
     // A fixed seed, so the file is reproducible; real seeds are random.
     let seed = TenantSeed::from_bytes(*b"candor test vector tenant seed!!");
+    let log_records = log_records(&master, &seed, &header("e-1042"), &valid_json(t));
     let out: Value = json!({
         "about": "Candor wire test vectors; see schemas/WIRE.md. Regenerate with: cargo run -p candor-schemas --example make_vectors > schemas/testdata/vectors.json",
         "master_secret_hex": MASTER_HEX,
@@ -282,6 +284,59 @@ fn main() {
             "subject": master.pseudonym_key(&tenant, 1, &seed).subject(&employee),
         }],
         "vectors": vectors,
+        "log_records": log_records,
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
+}
+
+/// The accepted batch as ingest appends it to the log, in both record
+/// layouts, sealed with the tenant's at-rest key: what a processor of any
+/// later release must still open, byte for byte.
+fn log_records(
+    master: &MasterSecret,
+    seed: &TenantSeed,
+    header: &EnvelopeHeader,
+    json: &str,
+) -> Vec<Value> {
+    let batch = decode_json(json.as_bytes(), &Limits::default(), RECEIVED_AT_MS)
+        .expect("the valid vector decodes");
+    let meta = RecordMeta {
+        employee: header.employee.clone(),
+        device: header.device.clone(),
+        batch_id: header.batch_id,
+        received_at_ms: RECEIVED_AT_MS,
+    };
+    let key = master.at_rest_key(&header.tenant, 1, seed);
+    [RecordFormat::V1, RecordFormat::V2]
+        .into_iter()
+        .map(|format| {
+            let mut nonces = Vec::new();
+            let records = seal_batch(
+                format,
+                &header.tenant,
+                &key,
+                1,
+                &meta,
+                &batch.datasets,
+                || {
+                    let n = nonce(100 + 10 * format as u8 + nonces.len() as u8);
+                    nonces.push(hex::encode(n));
+                    n
+                },
+            );
+            json!({
+                "format": format as u8,
+                "from_vector": "valid-all-event-kinds",
+                "tenant": header.tenant.as_str(),
+                "key_version": 1,
+                "employee": meta.employee.as_str(),
+                "device": meta.device.as_str(),
+                "batch_id_hex": hex::encode(meta.batch_id),
+                "received_at_ms": meta.received_at_ms,
+                "datasets": batch.datasets.iter().map(|(d, e)| json!({"dataset": d.name(), "tag": *d as u8, "events": e.num_rows()})).collect::<Vec<_>>(),
+                "nonces_hex": nonces,
+                "records_hex": records.iter().map(hex::encode).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
 }

@@ -64,6 +64,60 @@ def parse(body: bytes):
     return ids, version, body[: pos + 24], body[pos : pos + 24], body[pos + 24 :]
 
 
+def check_log_records(r, tenant_keys) -> bool:
+    """Opens the records as the layout in schemas/src/record/mod.rs says:
+    clear header (magic, version, [v1: dataset tag], key version, tenant),
+    nonce, XChaCha20-Poly1305 with every byte before the ciphertext as AAD;
+    a version 2 payload starts with receive time, batch id, employee,
+    device and its dataset sections, whose tags are checked here."""
+    (keys,) = [t for t in tenant_keys if t["tenant"] == r["tenant"]]
+    key = bytes.fromhex(keys["at_rest_key_hex"])
+    records = [bytes.fromhex(h) for h in r["records_hex"]]
+    tags = [d["tag"] for d in r["datasets"]]
+    if len(records) != (1 if r["format"] == 2 else len(tags)):
+        return False
+    for i, rec in enumerate(records):
+        if rec[:4] != b"CNDL" or rec[4] != r["format"]:
+            return False
+        pos = 5
+        if r["format"] == 1:
+            if rec[pos] != tags[i]:
+                return False
+            pos += 1
+        if struct.unpack(">I", rec[pos : pos + 4])[0] != r["key_version"]:
+            return False
+        pos += 4
+        tenant = rec[pos + 1 : pos + 1 + rec[pos]].decode()
+        pos += 1 + rec[pos]
+        nonce = rec[pos : pos + 24]
+        if tenant != r["tenant"] or nonce.hex() != r["nonces_hex"][i]:
+            return False
+        try:
+            payload = crypto_aead_xchacha20poly1305_ietf_decrypt(rec[pos + 24 :], rec[: pos + 24], nonce, key)
+        except CryptoError:
+            return False
+        if r["format"] == 2:
+            received, batch_id = struct.unpack(">q", payload[:8])[0], payload[8:24]
+            at = 24
+            ids = []
+            for _ in range(2):
+                ids.append(payload[at + 1 : at + 1 + payload[at]].decode())
+                at += 1 + payload[at]
+            if (received, batch_id.hex(), ids) != (r["received_at_ms"], r["batch_id_hex"], [r["employee"], r["device"]]):
+                return False
+            count, at = payload[at], at + 1
+            seen = []
+            for _ in range(count):
+                tag, message, body = payload[at], *struct.unpack(">II", payload[at + 1 : at + 9])
+                seen.append(tag)
+                at += 9 + message
+                at += -at % 8  # bodies start 8-aligned within the payload
+                at += body
+            if seen != tags or at != len(payload):
+                return False
+    return True
+
+
 def main() -> int:
     path = pathlib.Path(__file__).with_name("vectors.json")
     doc = json.loads(path.read_text())
@@ -118,7 +172,12 @@ def main() -> int:
         ok = (at_rest.hex(), pseudo.hex(), subject) == (t["at_rest_key_hex"], t["pseudonym_key_hex"], t["subject"])
         print(f"tenant keys {t['tenant']:16} {'ok' if ok else 'FAIL'}")
         failures += not ok
-    print(f"{len(doc['vectors']) + len(doc['tenant_keys']) - failures} passed, {failures} failed")
+    for r in doc["log_records"]:
+        ok = check_log_records(r, doc["tenant_keys"])
+        print(f"log records format {r['format']}          {'ok' if ok else 'FAIL'}")
+        failures += not ok
+    checked = len(doc["vectors"]) + len(doc["tenant_keys"]) + len(doc["log_records"])
+    print(f"{checked - failures} passed, {failures} failed")
     return 1 if failures else 0
 
 

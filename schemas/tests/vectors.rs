@@ -200,3 +200,96 @@ fn flipped_vectors_flip_the_bit_their_note_names() {
         }
     }
 }
+
+/// The accepted batch as log records of both layouts: each opens to the
+/// batch the intake path decodes, and sealing the batch again with the
+/// vector's nonces reproduces the records byte for byte, so a layout
+/// cannot change without this file changing with it.
+#[test]
+fn log_records_of_both_layouts_open_and_reseal_byte_for_byte() {
+    use candor_schemas::record::{RecordFormat, RecordMeta, open_record, seal_batch};
+
+    let all = vectors();
+    let master = MasterSecret::from_bytes(&hex_of(&all, "master_secret_hex")).unwrap();
+    let keys = &all["tenant_keys"][0];
+    let seed = TenantSeed::from_bytes(hex_of(keys, "seed_hex").try_into().unwrap());
+    let received_at_ms = all["received_at_ms"].as_i64().unwrap();
+    let sets = all["log_records"].as_array().expect("log_records");
+    let mut formats: Vec<u64> = sets.iter().map(|s| s["format"].as_u64().unwrap()).collect();
+    formats.sort();
+    assert_eq!(formats, [1, 2], "one set of records per layout");
+    for set in sets {
+        let format = RecordFormat::from_version(set["format"].as_u64().unwrap() as u8).unwrap();
+        let source = all["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == set["from_vector"])
+            .expect("the batch's vector");
+        let batch = decode_json(
+            str_of(source, "plaintext_json").as_bytes(),
+            &Limits::default(),
+            received_at_ms,
+        )
+        .unwrap();
+        let tenant = TenantId::new(str_of(set, "tenant")).unwrap();
+        let version = set["key_version"].as_u64().unwrap() as u32;
+        let meta = RecordMeta {
+            employee: EmployeeId::new(str_of(set, "employee")).unwrap(),
+            device: DeviceId::new(str_of(set, "device")).unwrap(),
+            batch_id: hex_of(set, "batch_id_hex").try_into().unwrap(),
+            received_at_ms: set["received_at_ms"].as_i64().unwrap(),
+        };
+        let key = master.at_rest_key(&tenant, version, &seed);
+        assert_eq!(key.as_bytes().to_vec(), hex_of(keys, "at_rest_key_hex"));
+        let records: Vec<Vec<u8>> = set["records_hex"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| hex::decode(r.as_str().unwrap()).unwrap())
+            .collect();
+        let mut nonces = set["nonces_hex"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| <[u8; 24]>::try_from(hex::decode(n.as_str().unwrap()).unwrap()).unwrap());
+        let resealed = seal_batch(
+            format,
+            &tenant,
+            &key,
+            version,
+            &meta,
+            &batch.datasets,
+            || nonces.next().expect("a nonce per record"),
+        );
+        assert_eq!(resealed, records, "{format:?}: sealed again byte for byte");
+
+        let mut opened = Vec::new();
+        for record in &records {
+            let record = open_record(record, |t, v| {
+                (t == &tenant && v == version).then(|| key.clone())
+            })
+            .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+            assert_eq!(record.meta, meta, "{format:?}: who and when");
+            opened.extend(record.datasets);
+        }
+        // Version 1 batches carry who and when as schema metadata too:
+        // the events are the columns.
+        let events = |sets: &[(candor_schemas::datasets::Dataset, arrow::array::RecordBatch)]| {
+            sets.iter()
+                .map(|(d, e)| (*d, e.schema().fields().clone(), e.columns().to_vec()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            events(&opened),
+            events(&batch.datasets),
+            "{format:?}: the batch's events"
+        );
+        let expected = if format == RecordFormat::V2 {
+            1
+        } else {
+            batch.datasets.len()
+        };
+        assert_eq!(records.len(), expected, "{format:?}: records per batch");
+    }
+}
