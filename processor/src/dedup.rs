@@ -12,7 +12,9 @@
 //! `batches` (see `flush_state`): every flush writes the ids it took in,
 //! and a processor taking a partition over reloads them.
 
-use std::collections::HashMap;
+// Looked up per batch: foldhash's randomly seeded hash, not SipHash (see
+// `aggregate`).
+use foldhash::{HashMap, HashMapExt};
 use std::time::Duration;
 
 use object_store::path::Path as ObjectPath;

@@ -112,24 +112,24 @@ impl Lake {
         Ok(size)
     }
 
-    /// Writes each batch as one Parquet object and returns, once all are
-    /// durable, their sizes in bytes. On a local lake each folder is
-    /// fsynced once for all of them, not once per object.
-    pub async fn write_parquet_all(
+    /// Writes every object and returns once all are durable. On a local
+    /// lake each file is fsynced, then each folder once for all of them,
+    /// not once per object.
+    pub async fn put_all_durable(
         &self,
-        objects: &[(ObjectPath, RecordBatch)],
-    ) -> Result<Vec<usize>, LakeError> {
-        let mut sizes = Vec::with_capacity(objects.len());
-        for (path, batch) in objects {
-            let bytes = encode_parquet(batch)?;
-            sizes.push(bytes.len());
-            self.store.put(path, bytes.into()).await?;
+        objects: &[(ObjectPath, bytes::Bytes)],
+    ) -> Result<(), LakeError> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        for (path, bytes) in objects {
+            self.store.put(path, bytes.clone().into()).await?;
         }
         if let Some(root) = &self.local_root {
             let paths: Vec<ObjectPath> = objects.iter().map(|(p, _)| p.clone()).collect();
             sync_local_all(root, &paths).await?;
         }
-        Ok(sizes)
+        Ok(())
     }
 
     /// Writes one object and returns once it is durable.
@@ -204,7 +204,7 @@ fn fsync_path(path: &Path) -> Result<(), LakeError> {
 
 /// A batch as one Parquet object: zstd, page statistics (so readers can
 /// prune pages), one row group.
-fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, LakeError> {
+pub(crate) fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, LakeError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_statistics_enabled(EnabledStatistics::Page)

@@ -4,6 +4,7 @@
 //! cover them are durable.
 
 mod aggregate;
+mod chunk;
 pub mod compaction;
 mod dedup;
 pub mod erasure;
@@ -16,18 +17,18 @@ pub mod retention;
 mod routes;
 mod stall;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
 use candor_control::{CacheError, ControlCache, TenantView};
 use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Record, Resume};
+use candor_schemas::TenantId;
 use candor_schemas::record::read_header;
-use candor_schemas::{EmployeeId, TenantId};
 use object_store::path::Path as ObjectPath;
 
 pub use aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
+use chunk::{AggregatedChunk, ChunkInput, ChunkTenants};
 pub use dedup::{ChunkIds, SeenBatches};
 pub use intent::{FlushIntent, Intents};
 pub use lake::{LEASE_MS, Lake, LakeError, Lakes, Lease};
@@ -287,21 +288,33 @@ impl<C: LogConsumer> Processor<C> {
         for d in delivered {
             by_partition.entry(d.partition).or_default().push(d);
         }
-        let mut positions = Vec::with_capacity(by_partition.len());
-        let mut taken_in = Vec::with_capacity(by_partition.len());
+        // What each chunk needs from the lake and the control plane is read
+        // first; the chunks are then worked on in parallel, and written one
+        // after another.
+        let timer = Instant::now();
+        let mut inputs = Vec::with_capacity(by_partition.len());
+        for (partition, records) in &by_partition {
+            inputs.push(self.prepare_chunk(*partition, records).await?);
+        }
+        let aggregated = chunk::aggregate_all(inputs, &self.seen, &self.metrics)?;
+        // Each chunk's share of the time spent on all of them together.
+        let shared = timer.elapsed().as_secs_f64() / aggregated.len() as f64;
+        let mut positions = Vec::with_capacity(aggregated.len());
+        let mut taken_in = Vec::with_capacity(aggregated.len());
         let mut events = 0;
-        for (partition, records) in by_partition {
+        for chunk in aggregated {
             let timer = Instant::now();
-            let chunk = self.write_partition_chunk(partition, &records).await?;
-            events += chunk.events;
-            taken_in.push((partition, chunk));
+            let partition = chunk.partition;
+            let written = self.write_chunk(chunk).await?;
+            events += written.events;
             self.metrics
                 .flush_seconds
-                .observe(timer.elapsed().as_secs_f64());
+                .observe(shared + timer.elapsed().as_secs_f64());
             positions.push(Resume {
                 partition,
-                next_offset: taken_in.last().expect("pushed above").1.next_offset,
+                next_offset: written.next_offset,
             });
+            taken_in.push((partition, written));
         }
         // Only now, with every object durable, may the log forget the records.
         self.commit(&positions).await?;
@@ -334,15 +347,15 @@ impl<C: LogConsumer> Processor<C> {
         }
     }
 
-    /// Aggregates one partition's records and writes one object per dataset,
-    /// tenant and date, plus the state that travels with the flush.
-    async fn write_partition_chunk(
+    /// Reads what a partition's chunk needs before it can be worked on:
+    /// the partition's batch ids and routes as of its last commit, and the
+    /// view and policy of each tenant in it.
+    async fn prepare_chunk<'a>(
         &mut self,
         partition: i32,
-        records: &[Delivered],
-    ) -> Result<WrittenChunk, ProcessorError> {
+        records: &'a [Delivered],
+    ) -> Result<ChunkInput<'a>, ProcessorError> {
         let first = records.first().expect("chunks are non-empty").offset;
-        let last = records.last().expect("chunks are non-empty").offset;
         let mut backoff = Backoff::default();
         while let Err(e) = self.seen.prepare(partition, first).await {
             if !e.is_transient() {
@@ -352,7 +365,7 @@ impl<C: LogConsumer> Processor<C> {
             backoff.wait("reading the partition's batch ids", &e).await;
         }
         let mut backoff = Backoff::default();
-        let routes = loop {
+        let mut routes = loop {
             match self.routes.take(partition, first).await {
                 Ok(routes) => break routes,
                 Err(e) if e.is_transient() => {
@@ -362,15 +375,10 @@ impl<C: LogConsumer> Processor<C> {
                 Err(e) => return Err(e.into()),
             }
         };
-        let mut ids = ChunkIds::default();
-        let mut agg = Aggregator::with_routes(routes);
-        let mut dead = Vec::new();
-        let mut events = 0;
         // The tenants' views and policies, looked up once per chunk, and
         // their devices' carried points opened with their keys. An unknown
         // tenant or destroyed keys leave no keys: its records do not open.
-        let mut tenants: HashMap<TenantId, Option<(Arc<TenantView>, TenantPolicy)>> =
-            HashMap::new();
+        let mut tenants = ChunkTenants::new();
         for d in records {
             let Ok(header) = read_header(&d.value) else {
                 continue;
@@ -383,100 +391,69 @@ impl<C: LogConsumer> Processor<C> {
                 (view, policy)
             });
             if let Some(keys) = known.as_ref().and_then(|(v, _)| v.keys.as_ref()) {
-                agg.routes_mut().open(&header.tenant, keys);
+                routes.open(&header.tenant, keys);
             }
             tenants.insert(header.tenant, known);
         }
-        let view_of = |tenant: &TenantId| tenants.get(tenant).and_then(Option::as_ref);
-        let opened = open::open_all(records, |tenant| view_of(tenant)?.0.keys.clone());
-        // Each employee's subject (an HMAC) and department, once per chunk.
-        let mut subjects: HashMap<(TenantId, EmployeeId), Arc<Subject>> = HashMap::new();
-        for (d, opened) in records.iter().zip(opened) {
-            self.metrics.records.inc();
-            match opened {
-                Ok(mut record) => {
-                    let (view, policy) =
-                        view_of(&record.tenant).expect("a record opened, so its tenant exists");
-                    let record_events = record.event_count() as u64;
-                    self.metrics.events.inc_by(record_events);
-                    events += record_events;
-                    // Batch ids are remembered per dataset, so a batch counts
-                    // once whether its copies are one record (version 2) or
-                    // one per dataset (version 1), even both across an upgrade.
-                    let (batch_id, received_at_ms) =
-                        (record.meta.batch_id, record.meta.received_at_ms);
-                    record.datasets.retain(|(dataset, events)| {
-                        let key = (batch_id, *dataset as u8);
-                        let repeated =
-                            self.seen
-                                .is_duplicate(partition, key, received_at_ms, &mut ids);
-                        if repeated {
-                            self.metrics
-                                .events_dropped
-                                .with_label_values(&["duplicate_batch"])
-                                .inc_by(events.num_rows() as u64);
-                        }
-                        !repeated
-                    });
-                    if record.datasets.is_empty() {
-                        continue;
-                    }
-                    let subject = subjects
-                        .entry((record.tenant.clone(), record.meta.employee.clone()))
-                        .or_insert_with(|| {
-                            let keys = view
-                                .keys
-                                .as_ref()
-                                .expect("a record opened, so its keys exist");
-                            Arc::new(Subject {
-                                pseudonym: keys.pseudonym().subject(&record.meta.employee),
-                                department: view
-                                    .directory
-                                    .department_of(&record.meta.employee)
-                                    .map(str::to_string),
-                            })
-                        });
-                    agg.add(&record, subject, policy);
-                }
-                Err(e) => {
-                    self.metrics.records_undecodable.inc();
-                    tracing::error!(partition, offset = d.offset, error = %e, "undecodable log record: dead-lettered and skipped");
-                    dead.push(DeadLetter::of(d, &e.to_string()).record());
-                }
-            }
-        }
+        Ok(ChunkInput {
+            partition,
+            records,
+            tenants,
+            routes,
+        })
+    }
+
+    /// Writes a worked-on chunk: one object per dataset, tenant and date,
+    /// plus the state that travels with the flush, then its dead letters.
+    async fn write_chunk(
+        &mut self,
+        chunk: AggregatedChunk<'_>,
+    ) -> Result<WrittenChunk, ProcessorError> {
+        let AggregatedChunk {
+            partition,
+            records,
+            tenants,
+            objects: encoded,
+            ids,
+            dead,
+            events,
+            outside_work_hours,
+            mut routes,
+        } = chunk;
+        let first = records.first().expect("chunks are non-empty").offset;
+        let last = records.last().expect("chunks are non-empty").offset;
         // Named after the log positions covered: replaying the same records
         // rewrites the same objects instead of adding duplicates.
         let file_name = format!("part-{partition:05}-{first:020}-{last:020}.parquet");
         self.metrics
             .events_dropped
             .with_label_values(&["outside_work_hours"])
-            .inc_by(agg.outside_work_hours);
-        let mut routes = agg.take_routes();
+            .inc_by(outside_work_hours);
         let routes_file = routes
             .take_changes()
             .map(|bytes| (self.routes.path(partition, first, last), bytes));
         // Each tenant's objects go to its own lake when it has one.
         let mut objects = LakeObjects::new();
-        for (key, batch) in agg.finish() {
-            let location = match tenants.get(&key.tenant) {
+        for object in encoded {
+            let location = match tenants.get(&object.key.tenant) {
                 Some(Some((view, _))) => view.tenant.doc.lake_url.as_deref(),
                 _ => None,
             };
             let lake = self.lakes.key(location)?;
-            objects
-                .entry(lake)
-                .or_default()
-                .push((key.object_path(&file_name), batch));
+            objects.entry(lake).or_default().push(LakeObject {
+                path: object.key.object_path(&file_name),
+                rows: object.rows,
+                bytes: object.parquet.into(),
+            });
         }
         // The batch ids taken in and the routes' changes travel with the
-        // flush, as objects of their own.
+        // flush, as objects of their own in the deployment's lake.
         let ids_file =
             (!ids.is_empty()).then(|| (self.seen.ids_path(partition, first, last), ids.to_bytes()));
         let state_files: Vec<(ObjectPath, Vec<u8>)> =
             ids_file.iter().chain(&routes_file).cloned().collect();
-        let paths = |objects: &[(ObjectPath, RecordBatch)]| -> Vec<String> {
-            objects.iter().map(|(path, _)| path.to_string()).collect()
+        let paths = |objects: &[LakeObject]| -> Vec<String> {
+            objects.iter().map(|o| o.path.to_string()).collect()
         };
         let intent = FlushIntent {
             partition,
@@ -535,23 +512,35 @@ impl<C: LogConsumer> Processor<C> {
         let deleted = self.intents.begin(intent).await?;
         self.metrics.leftover_objects_deleted.inc_by(deleted as u64);
         for (lake, objects) in objects {
-            // A key is itself a location (see `Lakes::key`).
-            let sizes = self
-                .lakes
+            // A key is itself a location (see `Lakes::key`). The state
+            // files go with the deployment's objects: one round of fsyncs.
+            let home = lake.is_none();
+            let puts: Vec<(ObjectPath, bytes::Bytes)> = objects
+                .iter()
+                .map(|o| (o.path.clone(), o.bytes.clone()))
+                .chain(
+                    state_files
+                        .iter()
+                        .filter(|_| home)
+                        .map(|(path, bytes)| (path.clone(), bytes.clone().into())),
+                )
+                .collect();
+            self.lakes
                 .at(lake.as_deref())?
-                .write_parquet_all(objects)
+                .put_all_durable(&puts)
                 .await?;
-            for ((_, batch), bytes) in objects.iter().zip(sizes) {
-                self.metrics.rows_written.inc_by(batch.num_rows() as u64);
-                self.metrics.bytes_written.inc_by(bytes as u64);
+            for object in objects {
+                self.metrics.rows_written.inc_by(object.rows as u64);
+                self.metrics.bytes_written.inc_by(object.bytes.len() as u64);
                 self.metrics.files_written.inc();
             }
         }
-        for (path, bytes) in state_files {
-            self.lakes
-                .home()
-                .put_durable(path, bytes.clone().into())
-                .await?;
+        if !objects.contains_key(&None) {
+            let puts: Vec<(ObjectPath, bytes::Bytes)> = state_files
+                .iter()
+                .map(|(path, bytes)| (path.clone(), bytes.clone().into()))
+                .collect();
+            self.lakes.home().put_all_durable(&puts).await?;
         }
         Ok(())
     }
@@ -640,9 +629,16 @@ struct WrittenChunk {
     events: u64,
 }
 
+/// One encoded object of a flush.
+struct LakeObject {
+    path: ObjectPath,
+    rows: usize,
+    bytes: bytes::Bytes,
+}
+
 /// A flush's objects by the lake they go to ([`Lakes::key`]; `None`: the
 /// deployment's).
-type LakeObjects = BTreeMap<Option<String>, Vec<(ObjectPath, RecordBatch)>>;
+type LakeObjects = BTreeMap<Option<String>, Vec<LakeObject>>;
 
 /// Waits between retries of a call that failed transiently (the log or
 /// the lake unavailable): 100 ms, doubling up to 5 s.

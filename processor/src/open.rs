@@ -3,12 +3,11 @@
 //! Opening a record (XChaCha20-Poly1305, then Arrow IPC decoding) is most
 //! of what a record costs the processor, and needs nothing but the record
 //! and its tenant's keys, so a chunk's records are opened in shares on
-//! scoped threads, one per core, and handed back in log order: everything
-//! that depends on order (batch-id dedup, routes, aggregation) stays on one
-//! thread. The calling task blocks meanwhile (a chunk of 10,000 records
-//! takes tens of milliseconds); nothing else runs on the processor's task.
+//! scoped threads, up to the threads given, and handed back in log order:
+//! everything that depends on order (batch-id dedup, routes, aggregation)
+//! stays on one thread. The calling thread blocks meanwhile (a chunk of
+//! 10,000 records takes tens of milliseconds).
 
-use std::num::NonZero;
 use std::sync::Arc;
 
 use candor_control::keyring::TenantKeys;
@@ -19,19 +18,20 @@ use candor_schemas::record::{LogRecord, RecordError, open_record};
 /// Fewest records worth a thread of their own.
 const MIN_SHARE: usize = 256;
 
-/// Opens every record, in order; `keys_of` gives a tenant's keys (`None`:
-/// unknown tenant or destroyed keys, and its records do not open).
+/// Opens every record, in order, on at most `max_threads` threads;
+/// `keys_of` gives a tenant's keys (`None`: unknown tenant or destroyed
+/// keys, and its records do not open).
 pub fn open_all(
     records: &[Delivered],
     keys_of: impl Fn(&TenantId) -> Option<Arc<TenantKeys>> + Sync,
+    max_threads: usize,
 ) -> Vec<Result<LogRecord, RecordError>> {
     let open = |d: &Delivered| {
         open_record(&d.value, |tenant, version| {
             keys_of(tenant)?.at_rest(version).cloned()
         })
     };
-    let cores = std::thread::available_parallelism().map_or(1, NonZero::get);
-    let threads = cores.min(records.len().div_ceil(MIN_SHARE)).max(1);
+    let threads = max_threads.min(records.len().div_ceil(MIN_SHARE)).max(1);
     if threads == 1 {
         return records.iter().map(open).collect();
     }
@@ -103,7 +103,7 @@ mod tests {
                 }
             })
             .collect();
-        let opened = open_all(&records, |t| (t == &acme).then(|| acme_keys.clone()));
+        let opened = open_all(&records, |t| (t == &acme).then(|| acme_keys.clone()), 3);
         assert_eq!(opened.len(), records.len());
         for (i, opened) in opened.iter().enumerate() {
             match opened {

@@ -1167,7 +1167,7 @@ fn report(args: &Args, prepared: &Prepared, runs: &[Run]) {
     println!();
     println!(
         "{} employees in {} tenants, {} workdays, {}-minute batches, GPS for 1 in {}: \
-         {} batches ({} dataset sections, one version 1 log record each), {} events {:?}",
+         {} batches, each one log record ({} dataset sections in all), {} events {:?}",
         args.employees,
         args.tenants,
         args.days,

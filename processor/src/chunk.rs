@@ -1,0 +1,214 @@
+//! The CPU part of a flush: opening a partition chunk's records, dropping
+//! repeated batches, aggregating and encoding the rows as Parquet.
+//!
+//! It needs nothing from the log or the lake (what it reads was fetched
+//! before: the tenants' views, the partition's batch ids and routes), so
+//! the chunks of one poll are worked on in parallel, one scoped thread per
+//! core taking chunks in turn. Within a chunk everything that depends on
+//! order (dedup, routes, aggregation) stays on one thread; a poll that
+//! holds a single chunk opens its records on every core instead.
+
+use std::collections::HashMap;
+use std::num::NonZero;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candor_control::TenantView;
+use candor_log::{Delivered, Record};
+use candor_schemas::{EmployeeId, TenantId};
+
+use crate::aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
+use crate::dedup::{ChunkIds, SeenBatches};
+use crate::lake::{LakeError, encode_parquet};
+use crate::metrics::ProcessorMetrics;
+use crate::routes::Routes;
+use crate::{DeadLetter, open};
+
+/// Each tenant of a chunk with its view and policy; `None`: unknown tenant.
+pub(crate) type ChunkTenants = HashMap<TenantId, Option<(Arc<TenantView>, TenantPolicy)>>;
+
+/// A chunk with everything it needs read: ready to be worked on off the
+/// processor's task.
+pub(crate) struct ChunkInput<'a> {
+    pub partition: i32,
+    pub records: &'a [Delivered],
+    pub tenants: ChunkTenants,
+    /// The devices' routes as of the partition's last commit, opened for
+    /// every tenant with keys.
+    pub routes: Routes,
+}
+
+/// One lake object of a chunk, encoded.
+pub(crate) struct EncodedObject {
+    pub key: PartitionKey,
+    pub parquet: Vec<u8>,
+    pub rows: usize,
+}
+
+/// A chunk worked on: its objects, and the state that travels with it.
+pub(crate) struct AggregatedChunk<'a> {
+    pub partition: i32,
+    pub records: &'a [Delivered],
+    pub tenants: ChunkTenants,
+    pub objects: Vec<EncodedObject>,
+    /// Batch ids taken in.
+    pub ids: ChunkIds,
+    /// Records that did not open, as they go to the dead-letter log.
+    pub dead: Vec<Record>,
+    /// Events of the records that opened.
+    pub events: u64,
+    pub outside_work_hours: u64,
+    pub routes: Routes,
+}
+
+/// Works on every chunk, in parallel where there are several, and returns
+/// them in the order given.
+pub(crate) fn aggregate_all<'a>(
+    inputs: Vec<ChunkInput<'a>>,
+    seen: &SeenBatches,
+    metrics: &ProcessorMetrics,
+) -> Result<Vec<AggregatedChunk<'a>>, LakeError> {
+    let cores = std::thread::available_parallelism().map_or(1, NonZero::get);
+    let threads = cores.min(inputs.len());
+    if threads <= 1 {
+        return inputs
+            .into_iter()
+            .map(|input| aggregate(input, seen, metrics, cores))
+            .collect();
+    }
+    let count = inputs.len();
+    // Taken by whichever thread is free next: chunks differ in size.
+    let inputs: Vec<std::sync::Mutex<Option<ChunkInput<'a>>>> = inputs
+        .into_iter()
+        .map(|input| std::sync::Mutex::new(Some(input)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = inputs.get(i) else {
+                return done;
+            };
+            let input = slot
+                .lock()
+                .expect("no thread panics holding a chunk")
+                .take()
+                .expect("each chunk is taken once");
+            done.push((i, aggregate(input, seen, metrics, 1)));
+        }
+    };
+    let mut results: Vec<_> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work();
+        for other in others {
+            all.extend(other.join().expect("aggregating a chunk does not panic"));
+        }
+        all
+    });
+    debug_assert_eq!(results.len(), count);
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, chunk)| chunk).collect()
+}
+
+/// One chunk, its records opened on `open_threads` threads.
+fn aggregate<'a>(
+    input: ChunkInput<'a>,
+    seen: &SeenBatches,
+    metrics: &ProcessorMetrics,
+    open_threads: usize,
+) -> Result<AggregatedChunk<'a>, LakeError> {
+    let ChunkInput {
+        partition,
+        records,
+        tenants,
+        routes,
+    } = input;
+    let view_of = |tenant: &TenantId| tenants.get(tenant).and_then(Option::as_ref);
+    let opened = open::open_all(
+        records,
+        |tenant| view_of(tenant)?.0.keys.clone(),
+        open_threads,
+    );
+    let mut agg = Aggregator::with_routes(routes);
+    let mut ids = ChunkIds::default();
+    let (mut dead, mut events) = (Vec::new(), 0);
+    // Each employee's subject (an HMAC) and department, once per chunk.
+    let mut subjects: foldhash::HashMap<(TenantId, EmployeeId), Arc<Subject>> =
+        foldhash::HashMap::default();
+    for (d, opened) in records.iter().zip(opened) {
+        metrics.records.inc();
+        let mut record = match opened {
+            Ok(record) => record,
+            Err(e) => {
+                metrics.records_undecodable.inc();
+                tracing::error!(partition, offset = d.offset, error = %e, "undecodable log record: dead-lettered and skipped");
+                dead.push(DeadLetter::of(d, &e.to_string()).record());
+                continue;
+            }
+        };
+        let (view, policy) =
+            view_of(&record.tenant).expect("a record opened, so its tenant exists");
+        let record_events = record.event_count() as u64;
+        metrics.events.inc_by(record_events);
+        events += record_events;
+        // Batch ids are remembered per dataset, so a batch counts once
+        // whether its copies are one record (version 2) or one per dataset
+        // (version 1), even both across an upgrade.
+        let (batch_id, received_at_ms) = (record.meta.batch_id, record.meta.received_at_ms);
+        record.datasets.retain(|(dataset, events)| {
+            let key = (batch_id, *dataset as u8);
+            let repeated = seen.is_duplicate(partition, key, received_at_ms, &mut ids);
+            if repeated {
+                metrics
+                    .events_dropped
+                    .with_label_values(&["duplicate_batch"])
+                    .inc_by(events.num_rows() as u64);
+            }
+            !repeated
+        });
+        if record.datasets.is_empty() {
+            continue;
+        }
+        let subject = subjects
+            .entry((record.tenant.clone(), record.meta.employee.clone()))
+            .or_insert_with(|| {
+                let keys = view
+                    .keys
+                    .as_ref()
+                    .expect("a record opened, so its keys exist");
+                Arc::new(Subject {
+                    pseudonym: keys.pseudonym().subject(&record.meta.employee),
+                    department: view
+                        .directory
+                        .department_of(&record.meta.employee)
+                        .map(str::to_string),
+                })
+            });
+        agg.add(&record, subject, policy);
+    }
+    let outside_work_hours = agg.outside_work_hours;
+    let routes = agg.take_routes();
+    let objects = agg
+        .finish()
+        .into_iter()
+        .map(|(key, batch)| {
+            Ok(EncodedObject {
+                parquet: encode_parquet(&batch)?,
+                rows: batch.num_rows(),
+                key,
+            })
+        })
+        .collect::<Result<_, LakeError>>()?;
+    Ok(AggregatedChunk {
+        partition,
+        records,
+        tenants,
+        objects,
+        ids,
+        dead,
+        events,
+        outside_work_hours,
+        routes,
+    })
+}
