@@ -68,6 +68,10 @@ struct Args {
     /// Agents sending at once (HTTP/1.1 keep-alive connections).
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// The log record layout the node writes and the bare producer sends
+    /// (`ingest.log_record_format`; 1 compares with the previous layout).
+    #[arg(long, default_value_t = RecordFormat::CURRENT as u8)]
+    log_record_format: u8,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +82,8 @@ enum NodeCommand {
         control: String,
         #[arg(long)]
         topic: String,
+        #[arg(long)]
+        log_record_format: u8,
     },
 }
 
@@ -87,9 +93,11 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match &args.node {
-        Some(NodeCommand::Node { control, topic }) => {
-            runtime.block_on(run_node(&args.brokers, control, topic))
-        }
+        Some(NodeCommand::Node {
+            control,
+            topic,
+            log_record_format,
+        }) => runtime.block_on(run_node(&args.brokers, control, topic, *log_record_format)),
         None => runtime.block_on(run_benchmark(&args)),
     }
 }
@@ -105,7 +113,7 @@ fn control_cache(url: &str, master: &MasterSecret) -> Result<Arc<ControlCache>> 
 /// quotas off (the benchmark's devices send far faster than agents may) and
 /// a replay window that remembers nothing (batches are reused in a cycle;
 /// the claim's hash and lock still run for every request).
-async fn run_node(brokers: &str, control: &str, topic: &str) -> Result<()> {
+async fn run_node(brokers: &str, control: &str, topic: &str, log_record_format: u8) -> Result<()> {
     let mut config = Config::defaults(Role::Ingest);
     config.kafka.brokers = brokers.into();
     config.kafka.topic = topic.into();
@@ -115,6 +123,7 @@ async fn run_node(brokers: &str, control: &str, topic: &str) -> Result<()> {
     config.ingest.device_batches_per_s = 0;
     config.ingest.tenant_events_per_s = 0;
     config.ingest.replay_window_secs = 0;
+    config.ingest.log_record_format = log_record_format;
     let node = candor::node::start(config, Role::Ingest).await?;
     println!("listening {}", node.ingest.context("an ingest address")?);
     node.wait().await?;
@@ -272,6 +281,8 @@ async fn run_benchmark(args: &Args) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(7);
     let mut prepared = Vec::new();
     let received_at_ms = Utc::now().timestamp_millis();
+    let format = RecordFormat::from_version(args.log_record_format)
+        .context("--log-record-format must be 1 or 2")?;
     for d in 0..args.devices {
         let tenant = &tenants[d % TENANTS];
         let agent = SimulatedAgent::new(tenant, d);
@@ -290,7 +301,7 @@ async fn run_benchmark(args: &Args) -> Result<()> {
             };
             // Sealed as ingest seals them, in the layout it writes.
             let records = record::seal_batch(
-                RecordFormat::CURRENT,
+                format,
                 &h.tenant,
                 key,
                 version,
@@ -331,6 +342,7 @@ async fn run_benchmark(args: &Args) -> Result<()> {
             &control_url,
         ])
         .args(["--topic", &ingest_topic])
+        .args(["--log-record-format", &args.log_record_format.to_string()])
         .env("CANDOR_MASTER_SECRET", hex::encode(secret))
         .stdout(Stdio::piped())
         .spawn()?;
