@@ -212,3 +212,124 @@ fn aggregate<'a>(
         routes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use candor_control::keyring::KeyringDoc;
+    use candor_control::tenant::{Plan, Tenant};
+    use candor_control::tokens::TokensDoc;
+    use candor_control::{Directory, Revocations, Versioned};
+    use candor_schemas::record::{RecordFormat, RecordMeta, seal_batch};
+    use candor_schemas::{DeviceId, Limits, MasterSecret, decode_json};
+
+    use super::*;
+    use crate::lake::Lake;
+
+    /// Chunks of several partitions, worked on by whichever thread is free,
+    /// come back in the order given and exactly as each would alone: same
+    /// objects byte for byte, a batch repeated within a chunk counted once.
+    #[test]
+    fn chunks_worked_on_in_parallel_equal_chunks_worked_on_alone() {
+        let master = MasterSecret::from_bytes(&[4; 32]).unwrap();
+        let acme = TenantId::new("acme").unwrap();
+        let keys = Arc::new(KeyringDoc::new(&master, &acme, 0).keys(&master).unwrap());
+        let mut tenant = Tenant::new(acme.clone(), Plan::Starter, "UTC");
+        tenant.track_outside_work_hours = true;
+        let policy = TenantPolicy::of(&tenant);
+        let view = Arc::new(TenantView {
+            tenant: Versioned {
+                version: 1,
+                doc: tenant,
+            },
+            keys: Some(keys.clone()),
+            revocations: Revocations::default(),
+            tokens: TokensDoc::default(),
+            directory: Arc::new(Directory::default()),
+            loaded_at: Instant::now(),
+        });
+        let now = 1_780_000_000_000;
+        let record = |partition: i32, offset: i64, batch: u8| {
+            let json = format!(
+                r#"{{"v":1,"sent_at_ms":0,"activity":[{{"start_ms":{},"active_s":{},"idle_s":1}}]}}"#,
+                now - offset * 60_000,
+                1 + offset % 50
+            );
+            let events = decode_json(json.as_bytes(), &Limits::default(), now).unwrap();
+            let meta = RecordMeta {
+                employee: EmployeeId::new(format!("e{}", offset % 7)).unwrap(),
+                device: DeviceId::new(format!("d{partition}")).unwrap(),
+                batch_id: [batch; 16],
+                received_at_ms: now,
+            };
+            let (version, key) = keys.current_at_rest();
+            Delivered {
+                partition,
+                offset,
+                key: Vec::new(),
+                value: seal_batch(
+                    RecordFormat::V2,
+                    &acme,
+                    key,
+                    version,
+                    &meta,
+                    &events.datasets,
+                    rand::random,
+                )
+                .remove(0),
+            }
+        };
+        // Partition 1's last record repeats the batch id of its first.
+        let partitions: Vec<Vec<Delivered>> = (0..3)
+            .map(|p| {
+                (0..40)
+                    .map(|o| record(p, o, if p == 1 && o == 39 { 0 } else { o as u8 }))
+                    .collect()
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let seen = SeenBatches::new(
+            Lake::local(dir.path()).unwrap(),
+            "g",
+            Duration::from_secs(3600),
+        );
+        let metrics = ProcessorMetrics::default();
+        let inputs = || {
+            partitions
+                .iter()
+                .map(|records| ChunkInput {
+                    partition: records[0].partition,
+                    records,
+                    tenants: [(acme.clone(), Some((view.clone(), policy.clone())))].into(),
+                    routes: Routes::default(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let parallel = aggregate_all(inputs(), &seen, &metrics).unwrap();
+        let alone: Vec<_> = inputs()
+            .into_iter()
+            .map(|input| aggregate(input, &seen, &metrics, 1).unwrap())
+            .collect();
+        assert_eq!(parallel.len(), 3);
+        for (p, (parallel, alone)) in parallel.iter().zip(&alone).enumerate() {
+            assert_eq!(parallel.partition, p as i32);
+            assert_eq!(parallel.events, 40, "partition {p}: every record opened");
+            let objects = |c: &AggregatedChunk| {
+                c.objects
+                    .iter()
+                    .map(|o| (o.key.clone(), o.rows, o.parquet.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(objects(parallel), objects(alone), "partition {p}");
+            assert!(!parallel.objects.is_empty());
+            let taken_in = if p == 1 { 39 } else { 40 };
+            // 25 bytes per batch id taken in (see `dedup`).
+            assert_eq!(
+                parallel.ids.to_bytes().len(),
+                25 * taken_in,
+                "partition {p}: batch ids taken in"
+            );
+        }
+    }
+}

@@ -511,6 +511,10 @@ impl<C: LogConsumer> Processor<C> {
     ) -> Result<(), LakeError> {
         let deleted = self.intents.begin(intent).await?;
         self.metrics.leftover_objects_deleted.inc_by(deleted as u64);
+        let state: Vec<(ObjectPath, bytes::Bytes)> = state_files
+            .iter()
+            .map(|(path, bytes)| (path.clone(), bytes.clone().into()))
+            .collect();
         for (lake, objects) in objects {
             // A key is itself a location (see `Lakes::key`). The state
             // files go with the deployment's objects: one round of fsyncs.
@@ -518,12 +522,7 @@ impl<C: LogConsumer> Processor<C> {
             let puts: Vec<(ObjectPath, bytes::Bytes)> = objects
                 .iter()
                 .map(|o| (o.path.clone(), o.bytes.clone()))
-                .chain(
-                    state_files
-                        .iter()
-                        .filter(|_| home)
-                        .map(|(path, bytes)| (path.clone(), bytes.clone().into())),
-                )
+                .chain(state.iter().filter(|_| home).cloned())
                 .collect();
             self.lakes
                 .at(lake.as_deref())?
@@ -536,11 +535,7 @@ impl<C: LogConsumer> Processor<C> {
             }
         }
         if !objects.contains_key(&None) {
-            let puts: Vec<(ObjectPath, bytes::Bytes)> = state_files
-                .iter()
-                .map(|(path, bytes)| (path.clone(), bytes.clone().into()))
-                .collect();
-            self.lakes.home().put_all_durable(&puts).await?;
+            self.lakes.home().put_all_durable(&state).await?;
         }
         Ok(())
     }
