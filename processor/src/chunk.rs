@@ -61,6 +61,21 @@ pub(crate) struct AggregatedChunk<'a> {
     pub routes: Routes,
 }
 
+/// Runs `work` with the runtime told that this worker blocks
+/// (`block_in_place`: its other tasks move to another worker meanwhile), so
+/// where the processor shares a runtime with ingest and the query API
+/// (`candor standalone`) their requests do not wait behind a flush. A
+/// current-thread runtime (some tests) runs it inline.
+pub(crate) fn off_reactor<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// Works on every chunk, in parallel where there are several, and returns
 /// them in the order given.
 pub(crate) fn aggregate_all<'a>(

@@ -296,7 +296,8 @@ impl<C: LogConsumer> Processor<C> {
         for (partition, records) in &by_partition {
             inputs.push(self.prepare_chunk(*partition, records).await?);
         }
-        let aggregated = chunk::aggregate_all(inputs, &self.seen, &self.metrics)?;
+        let (seen, metrics) = (&self.seen, &self.metrics);
+        let aggregated = chunk::off_reactor(|| chunk::aggregate_all(inputs, seen, metrics))?;
         // Each chunk's share of the time spent on all of them together.
         let shared = timer.elapsed().as_secs_f64() / aggregated.len() as f64;
         let mut positions = Vec::with_capacity(aggregated.len());
