@@ -216,12 +216,6 @@ impl Aggregator {
         }
     }
 
-    /// The devices' routes, to open a tenant's carried points before its
-    /// records are added.
-    pub fn routes_mut(&mut self) -> &mut Routes {
-        &mut self.routes
-    }
-
     /// The devices' routes as they stand, for the next flush.
     pub fn take_routes(&mut self) -> Routes {
         let mut routes = std::mem::take(&mut self.routes);
