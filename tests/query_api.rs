@@ -785,7 +785,9 @@ async fn kpis_answer_within_each_roles_scope() {
             let url = format!(
                 "{}{}",
                 s.url,
-                path.replace("{device}", "d1").replace("{id}", "t1")
+                path.replace("{device}", "d1")
+                    .replace("{id}", "t1")
+                    .replace("{file}", "app.js")
             );
             for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
                 let response = s

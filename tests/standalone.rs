@@ -14,7 +14,7 @@ use candor_query::{ActivityDay, TenantLake};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{EnvelopeHeader, TenantId};
 use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
-use common::process::{Standalone, candor, secret_in};
+use common::process::{Standalone, candor, count_before, secret_in, simulate};
 use common::{activity_batch, header, ms, post, samples, seal_batch};
 
 /// Hang guard: a stuck process fails the test instead of stalling CI.
@@ -221,17 +221,6 @@ fn two_workdays_ending() -> NaiveDate {
     day
 }
 
-/// The number before `word` in a line of `candor simulate`'s summary.
-fn count_before(summary: &str, word: &str) -> u64 {
-    summary
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .find(|w| w[1].trim_start_matches('(') == word)
-        .and_then(|w| w[0].trim_start_matches('(').parse().ok())
-        .unwrap_or_else(|| panic!("no count before {word:?} in {summary}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_staff_with_field_workers_and_late_uploads_reach_the_kpis() {
     let data = tempfile::tempdir().unwrap();
@@ -291,22 +280,15 @@ async fn simulated_staff_with_field_workers_and_late_uploads_reach_the_kpis() {
     let standalone = Standalone::start(data.path(), &secret_file, &[]);
 
     // The agents, as a process of their own.
-    let summary = {
-        let (data, secret_file) = (data.path().to_path_buf(), secret_file.clone());
-        let ingest = standalone.url.clone();
-        tokio::time::timeout(
-            GUARD,
-            tokio::task::spawn_blocking(move || {
-                let mut args = vec!["simulate", "--ingest", &ingest, "--days", "2"];
-                args.extend(["--last-day", &last_day]);
-                args.extend(staff);
-                candor(&data, &secret_file, &args)
-            }),
-        )
-        .await
-        .expect("candor simulate finished in time")
-        .unwrap()
-    };
+    let summary = simulate(
+        data.path(),
+        &secret_file,
+        &standalone.url,
+        2,
+        &last_day,
+        &staff,
+    )
+    .await;
     let (batches, late, refused) = (
         count_before(&summary, "batches"),
         count_before(&summary, "uploaded"),

@@ -42,12 +42,16 @@ use candor_schemas::{DeviceId, EmployeeId, TenantId};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditError, AuditEvent, AuditLog};
+use crate::auth::Principal;
 use crate::devices::{DeviceDoc, Revocations};
 use crate::directory::Directory;
 use crate::documents::{DocumentError, DocumentStore, Kind, Versioned};
 use crate::keyring::{self, KeyringError};
 use crate::tenant::Tenant;
-use crate::tokens::{self, MAX_TOKEN_NAME_LEN, MAX_TOKENS, Role, TokenRecord, TokensDoc};
+use crate::tokens::{
+    self, MAX_TOKEN_NAME_LEN, MAX_TOKENS, Role, SESSION_TTL_MS, SIGN_IN_LINK_TTL_MS, TokenKind,
+    TokenRecord, TokensDoc,
+};
 
 /// Who asks for a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +146,20 @@ pub struct Enrollment {
     pub key_version: u32,
     /// Hex of the 32-byte device key, for the agent's key store.
     pub device_key_hex: String,
+}
+
+/// A tenant's tokens as stored, pruned of those that ended, if there is
+/// room for one more (tokens and live sessions count alike).
+fn with_room(doc: Option<TokensDoc>, tenant: &TenantId, now: i64) -> Result<TokensDoc, AdminError> {
+    let mut doc = doc.unwrap_or_default();
+    doc.prune(now);
+    if doc.tokens.len() >= MAX_TOKENS {
+        return Err(AdminError::Invalid(format!(
+            "tenant {tenant} has {MAX_TOKENS} tokens and sessions; revoke some, or wait for \
+             sessions to end"
+        )));
+    }
+    Ok(doc)
 }
 
 /// A request for a new token.
@@ -730,6 +748,34 @@ impl Admin {
         tenant: &TenantId,
         request: &TokenRequest,
     ) -> Result<CreatedToken, AdminError> {
+        self.create(actor, tenant, request, TokenKind::Api).await
+    }
+
+    /// A one-time sign-in link for the portal: a token that opens one
+    /// session within [`SIGN_IN_LINK_TTL_MS`] (or its own earlier expiry)
+    /// and is good for nothing else.
+    pub async fn create_sign_in_link(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        request: &TokenRequest,
+    ) -> Result<CreatedToken, AdminError> {
+        let latest = now_ms() + SIGN_IN_LINK_TTL_MS;
+        let request = TokenRequest {
+            expires_at_ms: Some(request.expires_at_ms.map_or(latest, |e| e.min(latest))),
+            ..request.clone()
+        };
+        self.create(actor, tenant, &request, TokenKind::SignInLink)
+            .await
+    }
+
+    async fn create(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        request: &TokenRequest,
+        kind: TokenKind,
+    ) -> Result<CreatedToken, AdminError> {
         let needs = if request.role == Role::Owner {
             Needs::Owner
         } else {
@@ -771,21 +817,12 @@ impl Admin {
             return Err(AdminError::Invalid("expires_at_ms is in the past".into()));
         }
         self.active_tenant(tenant).await?;
-        let full = || {
-            AdminError::Invalid(format!(
-                "tenant {tenant} has {MAX_TOKENS} tokens; revoke some first"
-            ))
-        };
-        let mut base = self
+        let base = self
             .docs
             .get::<TokensDoc>(Kind::Tokens, tenant.as_str())
             .await?
-            .map(|c| c.doc)
-            .unwrap_or_default();
-        base.prune(now);
-        if base.tokens.len() >= MAX_TOKENS {
-            return Err(full());
-        }
+            .map(|c| c.doc);
+        with_room(base, tenant, now)?;
         let (token, sha256) = tokens::mint(tenant);
         let record = TokenRecord {
             id: sha256[..16].to_string(),
@@ -797,6 +834,9 @@ impl Admin {
             created_by: actor.id.clone(),
             expires_at_ms: request.expires_at_ms,
             revoked_at_ms: None,
+            kind,
+            parent: None,
+            used_at_ms: None,
         };
         let intent = self
             .intend(
@@ -804,17 +844,13 @@ impl Admin {
                 tenant,
                 "token.create",
                 &record.id,
-                serde_json::json!({"role": record.role, "name": record.name, "employee": record.employee, "expires_at_ms": record.expires_at_ms}),
+                serde_json::json!({"role": record.role, "name": record.name, "employee": record.employee, "expires_at_ms": record.expires_at_ms, "kind": record.kind}),
             )
             .await?;
         let outcome = self
             .docs
             .modify::<TokensDoc, AdminError, _>(Kind::Tokens, tenant.as_str(), |current| {
-                let mut doc = current.map(|c| c.doc).unwrap_or_default();
-                doc.prune(now);
-                if doc.tokens.len() >= MAX_TOKENS {
-                    return Err(full());
-                }
+                let mut doc = with_room(current.map(|c| c.doc), tenant, now)?;
                 doc.tokens.push(record.clone());
                 Ok(doc)
             })
@@ -853,17 +889,124 @@ impl Admin {
         token_id: &str,
     ) -> Result<TokenRecord, AdminError> {
         self.authorize(actor, tenant, Needs::Administer)?;
-        let find = |doc: &TokensDoc| -> Result<TokenRecord, AdminError> {
-            let token = doc
-                .tokens
-                .iter()
-                .find(|t| t.id == token_id)
-                .ok_or_else(|| AdminError::NotFound(format!("no token {token_id}")))?;
+        self.revoke(actor, tenant, token_id, "token.revoke", |token| {
             if token.role == Role::Owner && actor.role.is_some_and(|r| r != Role::Owner) {
                 return Err(AdminError::Forbidden(
                     "only an owner revokes owner tokens".into(),
                 ));
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Opens a portal session for `principal`, the caller of `actor`, with
+    /// the token it presented (an API token or an unused sign-in link): a
+    /// new token of the same role and employee that lasts at most
+    /// [`SESSION_TTL_MS`], and no longer than the token it was opened with.
+    /// A sign-in link is marked used in the same write, so it opens one
+    /// session even when two requests race.
+    pub async fn open_session(
+        &self,
+        actor: &Actor,
+        principal: &Principal,
+    ) -> Result<CreatedToken, AdminError> {
+        let tenant = &principal.tenant;
+        self.active_tenant(tenant).await?;
+        let now = now_ms();
+        let (token, sha256) = tokens::mint(tenant);
+        let mut record = TokenRecord {
+            id: sha256[..16].to_string(),
+            name: "portal session".into(),
+            role: principal.role,
+            employee: principal.employee.clone(),
+            sha256,
+            created_at_ms: now,
+            created_by: actor.id.clone(),
+            expires_at_ms: Some(now + SESSION_TTL_MS),
+            revoked_at_ms: None,
+            kind: TokenKind::Session,
+            parent: Some(principal.token_id.clone()),
+            used_at_ms: None,
+        };
+        let intent = self
+            .intend(
+                actor,
+                tenant,
+                "session.open",
+                &record.id,
+                serde_json::json!({"role": record.role, "employee": record.employee, "opened_with": principal.token_id}),
+            )
+            .await?;
+        let outcome = self
+            .docs
+            .modify::<TokensDoc, AdminError, _>(Kind::Tokens, tenant.as_str(), |current| {
+                let mut doc = with_room(current.map(|c| c.doc), tenant, now)?;
+                let parent = doc
+                    .tokens
+                    .iter_mut()
+                    .find(|t| t.id == principal.token_id && t.ended_at_ms(now).is_none())
+                    .ok_or_else(|| AdminError::Forbidden("the token has ended".into()))?;
+                match parent.kind {
+                    TokenKind::Session => {
+                        return Err(AdminError::Forbidden(
+                            "a session does not open another".into(),
+                        ));
+                    }
+                    TokenKind::SignInLink if parent.used_at_ms.is_some() => {
+                        return Err(AdminError::Forbidden(
+                            "this sign-in link was used already".into(),
+                        ));
+                    }
+                    TokenKind::SignInLink => parent.used_at_ms = Some(now),
+                    TokenKind::Api => {}
+                }
+                if let Some(end) = parent.expires_at_ms {
+                    record.expires_at_ms = record.expires_at_ms.map(|e| e.min(end));
+                }
+                doc.tokens.push(record.clone());
+                Ok(doc)
+            })
+            .await;
+        self.settle(actor, tenant, intent, outcome).await?;
+        Ok(CreatedToken { token, record })
+    }
+
+    /// Ends a portal session: its own (signing out), or any, for an owner
+    /// or admin.
+    pub async fn end_session(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        session_id: &str,
+    ) -> Result<TokenRecord, AdminError> {
+        if actor.id != session_id {
+            self.authorize(actor, tenant, Needs::Administer)?;
+        }
+        self.revoke(actor, tenant, session_id, "session.end", |token| {
+            if token.kind != TokenKind::Session {
+                return Err(AdminError::NotFound(format!("no session {session_id}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Revokes token `token_id` of `tenant` if `check` lets it, audited as
+    /// `action`.
+    async fn revoke(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        token_id: &str,
+        action: &'static str,
+        check: impl Fn(&TokenRecord) -> Result<(), AdminError>,
+    ) -> Result<TokenRecord, AdminError> {
+        let find = |doc: &TokensDoc| -> Result<TokenRecord, AdminError> {
+            let token = doc
+                .find_by_id(token_id)
+                .ok_or_else(|| AdminError::NotFound(format!("no token {token_id}")))?;
+            check(token)?;
             Ok(token.clone())
         };
         let base = self
@@ -877,7 +1020,7 @@ impl Admin {
             .intend(
                 actor,
                 tenant,
-                "token.revoke",
+                action,
                 token_id,
                 serde_json::json!({"role": role}),
             )

@@ -530,6 +530,24 @@ impl AuditLog {
         Ok(out)
     }
 
+    /// The newest `at_most` entries of a tenant, newest first, skipping any
+    /// that cannot be read: a bounded look back, for views of recent
+    /// activity that must not read a whole long chain.
+    pub async fn latest(
+        &self,
+        tenant: &TenantId,
+        at_most: usize,
+    ) -> Result<Vec<AuditEntry>, AuditError> {
+        let seqs = self.seqs_after(tenant, 0).await?;
+        let mut out = Vec::new();
+        for seq in seqs.into_iter().rev().take(at_most) {
+            if let Ok(entry) = self.read(tenant, seq).await {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
     /// Walks the chain and reports the first entry that does not verify,
     /// or a head that shows the end was cut (see the module's notes).
     pub async fn verify(&self, tenant: &TenantId) -> Result<Verification, AuditError> {

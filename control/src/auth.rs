@@ -6,7 +6,7 @@
 use candor_schemas::{EmployeeId, TenantId};
 
 use crate::cache::{CacheError, ControlCache};
-use crate::tokens::{self, Role};
+use crate::tokens::{self, Role, TokenKind};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,9 @@ pub struct Principal {
     pub token_id: String,
     /// For manager and employee tokens.
     pub employee: Option<EmployeeId>,
+    /// An API token or a portal session (never a sign-in link: those only
+    /// open sessions, through [`authenticate_sign_in`]).
+    pub kind: TokenKind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,12 @@ pub enum AuthError {
     Expired,
     #[error("tenant is cancelled")]
     TenantInactive,
+    #[error("a sign-in link only opens a session")]
+    SignInLinkOnly,
+    #[error("this sign-in link was used already")]
+    LinkUsed,
+    #[error("this session has ended (signed out, or its token was revoked)")]
+    SessionEnded,
     #[error(transparent)]
     Unavailable(#[from] CacheError),
 }
@@ -43,6 +52,9 @@ impl AuthError {
             AuthError::Revoked => "revoked_token",
             AuthError::Expired => "expired_token",
             AuthError::TenantInactive => "tenant_cancelled",
+            AuthError::SignInLinkOnly => "sign_in_link_only",
+            AuthError::LinkUsed => "sign_in_link_used",
+            AuthError::SessionEnded => "session_ended",
             AuthError::Unavailable(_) => "control_plane_unavailable",
         }
     }
@@ -55,7 +67,29 @@ pub async fn authenticate(
     token: &str,
     now_ms: i64,
 ) -> Result<Principal, AuthError> {
-    authenticate_with(cache, token, now_ms, false).await
+    no_sign_in_link(authenticate_with(cache, token, now_ms, false).await?)
+}
+
+fn no_sign_in_link(principal: Principal) -> Result<Principal, AuthError> {
+    if principal.kind == TokenKind::SignInLink {
+        return Err(AuthError::SignInLinkOnly);
+    }
+    Ok(principal)
+}
+
+/// The caller a token that opens a portal session stands for: an API
+/// token, or a sign-in link not used yet (its single use is recorded when
+/// the session is written). A session cannot open another.
+pub async fn authenticate_sign_in(
+    cache: &ControlCache,
+    token: &str,
+    now_ms: i64,
+) -> Result<Principal, AuthError> {
+    let principal = authenticate_with(cache, token, now_ms, false).await?;
+    if principal.kind == TokenKind::Session {
+        return Err(AuthError::SessionEnded);
+    }
+    Ok(principal)
 }
 
 /// Like [`authenticate`], except that an owner token of a cancelled tenant
@@ -67,7 +101,7 @@ pub async fn authenticate_owner_of_cancelled(
     token: &str,
     now_ms: i64,
 ) -> Result<Principal, AuthError> {
-    authenticate_with(cache, token, now_ms, true).await
+    no_sign_in_link(authenticate_with(cache, token, now_ms, true).await?)
 }
 
 async fn authenticate_with(
@@ -99,6 +133,19 @@ async fn authenticate_with(
     if record.expires_at_ms.is_some_and(|e| e <= now_ms) {
         return Err(AuthError::Expired);
     }
+    if record.kind == TokenKind::SignInLink && record.used_at_ms.is_some() {
+        return Err(AuthError::LinkUsed);
+    }
+    // A session lives as long as the token it was opened with.
+    if record.kind == TokenKind::Session {
+        let parent = record
+            .parent
+            .as_deref()
+            .and_then(|p| view.tokens.find_by_id(p));
+        if parent.is_none_or(|p| p.ended_at_ms(now_ms).is_some()) {
+            return Err(AuthError::SessionEnded);
+        }
+    }
     let let_through = cancelled_owner && record.role == Role::Owner;
     if !(view.tenant.doc.is_active() || let_through) {
         return Err(AuthError::TenantInactive);
@@ -108,5 +155,6 @@ async fn authenticate_with(
         role: record.role,
         token_id: record.id.clone(),
         employee: record.employee.clone(),
+        kind: record.kind,
     })
 }

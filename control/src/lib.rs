@@ -28,12 +28,14 @@ pub mod tokens;
 
 pub use admin::{Actor, Admin, AdminError, CreatedToken, Enrollment, TokenRequest};
 pub use audit::{AuditEntry, AuditError, AuditEvent, AuditLog, Checkpoint, Finding, Verification};
-pub use auth::{AuthError, Principal, authenticate, authenticate_owner_of_cancelled};
+pub use auth::{
+    AuthError, Principal, authenticate, authenticate_owner_of_cancelled, authenticate_sign_in,
+};
 pub use cache::{CacheConfig, CacheError, ControlCache, Readiness, TenantView};
 pub use devices::{DeviceDoc, Revocations};
 pub use directory::{Directory, Member};
 pub use documents::{DocumentError, DocumentStore, Kind, Versioned};
 pub use keyring::{KeyringError, TenantKeys};
 pub use store::{StoreError, open_store};
-pub use tenant::{Plan, Site, Tenant, TenantError, WorkHours};
-pub use tokens::{Role, TokenRecord};
+pub use tenant::{Plan, PrivacyMode, Site, Tenant, TenantError, WorkHours};
+pub use tokens::{Role, TokenKind, TokenRecord};

@@ -249,6 +249,34 @@ fn default_extract_k() -> u32 {
     5
 }
 
+/// How much managers and HR may see about one person, chosen by the tenant
+/// (a works council's question, not an accident of the API). Owners and
+/// admins are not limited by it, analysts see pseudonyms in either mode,
+/// and employees always see their own figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivacyMode {
+    /// Managers and HR see figures per employee of their scope.
+    #[default]
+    PerPerson,
+    /// Managers and HR see group figures only: groups of at least
+    /// `extract_k` people, by the extracts' suppression rules, and no SQL.
+    TeamOnly,
+}
+
+impl PrivacyMode {
+    pub fn is_per_person(&self) -> bool {
+        *self == PrivacyMode::PerPerson
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PrivacyMode::PerPerson => "per_person",
+            PrivacyMode::TeamOnly => "team_only",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
@@ -272,9 +300,13 @@ pub struct Tenant {
     /// position lies in, from precise positions, before coarsening them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sites: Vec<Site>,
-    /// Smallest group an AI extract may show.
+    /// Smallest group an AI extract may show, and managers and HR in
+    /// [`PrivacyMode::TeamOnly`].
     #[serde(default = "default_extract_k")]
     pub extract_k: u32,
+    /// What managers and HR may see per person.
+    #[serde(default, skip_serializing_if = "PrivacyMode::is_per_person")]
+    pub privacy_mode: PrivacyMode,
     /// Laplace noise on AI extracts: the privacy parameter ε spent on each
     /// published value (smaller is noisier). No noise when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,6 +359,7 @@ impl Tenant {
             app_categories: AppCategories::default(),
             sites: Vec::new(),
             extract_k: default_extract_k(),
+            privacy_mode: PrivacyMode::default(),
             extract_epsilon: None,
             ai_delivery_url: None,
             lake_url: None,

@@ -93,6 +93,32 @@ impl FromStr for Role {
     }
 }
 
+/// How a token may be used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// A bearer token for the API.
+    #[default]
+    Api,
+    /// A one-time sign-in link: it only opens one portal session, within
+    /// minutes of being created.
+    SignInLink,
+    /// A portal session, held in an HttpOnly cookie; opened with another
+    /// token, and ended with it.
+    Session,
+}
+
+impl TokenKind {
+    pub fn is_api(&self) -> bool {
+        *self == TokenKind::Api
+    }
+}
+
+/// How long a portal session lasts at most.
+pub const SESSION_TTL_MS: i64 = 8 * 3600 * 1000;
+/// How long a sign-in link may wait to be used.
+pub const SIGN_IN_LINK_TTL_MS: i64 = 15 * 60 * 1000;
+
 /// What the control plane keeps about one token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +140,14 @@ pub struct TokenRecord {
     pub expires_at_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "TokenKind::is_api")]
+    pub kind: TokenKind,
+    /// A session's token it was opened with: revoking that one ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// When a sign-in link opened its session (it opens one only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_at_ms: Option<i64>,
 }
 
 impl TokenRecord {
@@ -140,11 +174,18 @@ impl TokensDoc {
     }
 
     /// Forgets tokens that ended more than `ENDED_TOKEN_KEEP_MS` ago.
+    /// Forgets tokens that ended long enough ago, and sessions as soon as
+    /// they end (they are many, and each is in the audit trail).
     pub fn prune(&mut self, now_ms: i64) {
-        self.tokens.retain(|t| {
-            t.ended_at_ms(now_ms)
-                .is_none_or(|ended| now_ms - ended < ENDED_TOKEN_KEEP_MS)
+        self.tokens.retain(|t| match t.ended_at_ms(now_ms) {
+            None => true,
+            Some(_) if t.kind == TokenKind::Session => false,
+            Some(ended) => now_ms - ended < ENDED_TOKEN_KEEP_MS,
         });
+    }
+
+    pub fn find_by_id(&self, id: &str) -> Option<&TokenRecord> {
+        self.tokens.iter().find(|t| t.id == id)
     }
 }
 
@@ -221,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn roles_parse_and_ended_tokens_are_pruned_after_a_while() {
+    fn roles_parse_and_ended_tokens_are_pruned_after_a_while_and_sessions_at_once() {
         assert_eq!("manager".parse::<Role>().unwrap(), Role::Manager);
         assert!("root".parse::<Role>().is_err());
         let record = |id: &str, revoked: Option<i64>, expires: Option<i64>| TokenRecord {
@@ -234,10 +275,20 @@ mod tests {
             created_by: "test".into(),
             expires_at_ms: expires,
             revoked_at_ms: revoked,
+            kind: TokenKind::Api,
+            parent: None,
+            used_at_ms: None,
         };
         let now = ENDED_TOKEN_KEEP_MS * 2;
+        let session = |id: &str, expires: i64| TokenRecord {
+            kind: TokenKind::Session,
+            parent: Some("live".into()),
+            ..record(id, None, Some(expires))
+        };
         let mut doc = TokensDoc {
             tokens: vec![
+                session("ended-session", now - 1),
+                session("live-session", now + 1),
                 record("live", None, None),
                 record("old-revoked", Some(1), None),
                 record("new-revoked", Some(now - 1), None),
@@ -247,6 +298,6 @@ mod tests {
         };
         doc.prune(now);
         let ids: Vec<_> = doc.tokens.iter().map(|t| t.id.as_str()).collect();
-        assert_eq!(ids, ["live", "new-revoked", "future"]);
+        assert_eq!(ids, ["live-session", "live", "new-revoked", "future"]);
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use candor_control::testkit::TestStore;
 use candor_control::{
     Actor, Admin, AdminError, AuditLog, AuthError, CacheConfig, ControlCache, Directory,
-    DocumentError, Finding, Kind, Member, Plan, Role, Tenant, TokenRequest, authenticate,
+    DocumentError, Finding, Kind, Member, Plan, Role, Tenant, TokenKind, TokenRequest,
+    authenticate, authenticate_sign_in,
 };
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::record::{self, RecordMeta};
@@ -1093,11 +1094,147 @@ async fn cancellation_is_the_owners_stamped_now_and_reversible(store: TestStore)
     assert!(!entries.iter().any(|e| e.event.action.ends_with(".failed")));
 }
 
+/// Portal sessions: opened with a token, of its role and employee, ended by
+/// signing out or with the token they were opened with; sign-in links open
+/// one session only and are good for nothing else.
+async fn sessions_and_sign_in_links(store: TestStore) {
+    let admin = admin_on(&store);
+    let acme = new_tenant(&admin, "acme").await;
+    let cache = cache_on(&store);
+    let owner_actor = token_actor(&acme, Role::Owner);
+    let employee = admin
+        .create_token(
+            &owner_actor,
+            &acme,
+            &request("e1", Role::Employee, Some("e1")),
+        )
+        .await
+        .unwrap();
+    let p = authenticate_sign_in(&cache, &employee.token, now_ms())
+        .await
+        .unwrap();
+    let actor = Actor {
+        id: p.token_id.clone(),
+        role: Some(p.role),
+        tenant: Some(acme.clone()),
+        source: "127.0.0.1".into(),
+    };
+    let session = admin.open_session(&actor, &p).await.unwrap();
+    let s = authenticate(&cache, &session.token, now_ms() + 2000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.role, s.employee.clone(), s.kind),
+        (Role::Employee, p.employee.clone(), TokenKind::Session)
+    );
+    let expires = session.record.expires_at_ms.unwrap();
+    assert!(expires <= now_ms() + 8 * 3600 * 1000);
+    assert!(matches!(
+        authenticate(&cache, &session.token, expires).await,
+        Err(AuthError::Expired)
+    ));
+    // A session opens no other.
+    assert!(matches!(
+        authenticate_sign_in(&cache, &session.token, now_ms()).await,
+        Err(AuthError::SessionEnded)
+    ));
+    // Another caller of the tenant cannot end it; the session itself can.
+    let other = token_actor(&acme, Role::Employee);
+    assert!(matches!(
+        admin.end_session(&other, &acme, &session.record.id).await,
+        Err(AdminError::Forbidden(_))
+    ));
+    let session_actor = Actor {
+        id: session.record.id.clone(),
+        ..actor.clone()
+    };
+    // end_session ends sessions only.
+    assert!(matches!(
+        admin
+            .end_session(&owner_actor, &acme, &employee.record.id)
+            .await,
+        Err(AdminError::NotFound(_))
+    ));
+    admin
+        .end_session(&session_actor, &acme, &session.record.id)
+        .await
+        .unwrap();
+    cache.refresh_all().await.unwrap();
+    assert!(matches!(
+        authenticate(&cache, &session.token, now_ms()).await,
+        Err(AuthError::Revoked)
+    ));
+    // Revoking the token a session was opened with ends the session.
+    let second = admin.open_session(&actor, &p).await.unwrap();
+    admin
+        .revoke_token(&owner_actor, &acme, &employee.record.id)
+        .await
+        .unwrap();
+    cache.refresh_all().await.unwrap();
+    assert!(matches!(
+        authenticate(&cache, &second.token, now_ms()).await,
+        Err(AuthError::SessionEnded)
+    ));
+
+    // A sign-in link: refused as a bearer token, opens one session.
+    let link = admin
+        .create_sign_in_link(
+            &Actor::operator(),
+            &acme,
+            &request("link", Role::Owner, None),
+        )
+        .await
+        .unwrap();
+    assert!(link.record.expires_at_ms.unwrap() <= now_ms() + 15 * 60 * 1000);
+    assert!(matches!(
+        authenticate(&cache, &link.token, now_ms() + 2000).await,
+        Err(AuthError::SignInLinkOnly)
+    ));
+    let l = authenticate_sign_in(&cache, &link.token, now_ms())
+        .await
+        .unwrap();
+    let link_actor = Actor {
+        id: l.token_id.clone(),
+        ..owner_actor.clone()
+    };
+    let from_link = admin.open_session(&link_actor, &l).await.unwrap();
+    assert!(matches!(
+        admin.open_session(&link_actor, &l).await,
+        Err(AdminError::Forbidden(_))
+    ));
+    cache.refresh_all().await.unwrap();
+    assert!(matches!(
+        authenticate_sign_in(&cache, &link.token, now_ms()).await,
+        Err(AuthError::LinkUsed)
+    ));
+    let s = authenticate(&cache, &from_link.token, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(s.role, Role::Owner);
+    // Sessions are in the audit trail (the second use of the link as an
+    // intent and its failure), and listed with the tokens.
+    let entries = admin.audit_log().entries(&acme).await.unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e.event.action.as_str()).collect();
+    let count = |action: &str| actions.iter().filter(|a| **a == action).count();
+    assert_eq!(
+        (count("session.open"), count("session.open.failed")),
+        (4, 1)
+    );
+    assert_eq!(count("session.end"), 1);
+    let listed = admin.list_tokens(&owner_actor, &acme).await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|t| t.id == from_link.record.id && t.kind == TokenKind::Session)
+    );
+}
+
 candor_control::on_both_stores!(
     changes_that_cannot_be_audited_are_not_made,
     cancellation_is_the_owners_stamped_now_and_reversible,
     enrollment_and_revocation,
     token_lifecycle,
+    sessions_and_sign_in_links,
     rotation_keeps_old_data_readable,
     crypto_shredding_makes_data_unreadable,
     concurrent_admins_lose_nothing,

@@ -24,8 +24,8 @@ use axum::{Json, Router};
 use candor_control::documents::MAX_DIRECTORY_BYTES;
 use candor_control::{
     Actor, Admin, AdminError, AuditError, AuditEvent, AuthError, ControlCache, Directory,
-    DocumentError, Principal, Role, Tenant, TenantView, TokenRequest, authenticate,
-    authenticate_owner_of_cancelled,
+    DocumentError, Principal, PrivacyMode, Role, Tenant, TenantView, TokenKind, TokenRequest,
+    authenticate, authenticate_owner_of_cancelled,
 };
 use candor_http::ServeConfig;
 use candor_schemas::{DeviceId, EmployeeId, TenantId};
@@ -34,10 +34,12 @@ use serde::Deserialize;
 use crate::QueryError;
 use crate::delivery::{self, Delivered, RetryPolicy};
 use crate::extract::{self, ExtractRequest, Period};
-use crate::kpi::{self, GroupBy, KpiRequest};
+use crate::kpi::{self, GroupBy, KpiRequest, KpiRow};
 use crate::lake::QueryLake;
+use crate::portal;
 use crate::scope::{IdentityCache, Rows, Scope, ScopeError};
 use crate::session::{Answer, Limits, ScopedSession};
+use crate::team_only::{self, Published};
 use candor_schemas::keys::MasterSecret;
 
 /// What the query service needs to run.
@@ -167,6 +169,13 @@ pub fn routes() -> Vec<Route> {
         Route::new(M::GET, "/v1/admin/tokens", list_tokens),
         Route::new(M::POST, "/v1/admin/tokens", create_token),
         Route::new(M::DELETE, "/v1/admin/tokens/{id}", revoke_token),
+        Route::new(M::POST, "/v1/session", portal::session::sign_in),
+        Route::new(M::GET, "/v1/session", portal::session::current),
+        Route::new(M::DELETE, "/v1/session", portal::session::sign_out),
+        Route::new(M::GET, "/v1/me/recorded", portal::me::recorded),
+        Route::new(M::GET, "/v1/me/access", portal::me::access),
+        Route::new(M::GET, "/", portal::index),
+        Route::new(M::GET, "/portal/{file}", portal::asset),
         Route::new(M::GET, "/healthz", || async { "ok" }),
         Route::new(M::GET, "/readyz", readyz),
         Route::new(M::GET, "/metrics", metrics_text),
@@ -190,7 +199,11 @@ pub async fn serve(
     serve: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    candor_http::serve(listener, router(state), &serve, shutdown).await
+    let tls = serve.tls.is_some();
+    let app = router(state).layer(axum::middleware::from_fn(move |request, next| {
+        portal::secure(tls, request, next)
+    }));
+    candor_http::serve(listener, app, &serve, shutdown).await
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +228,8 @@ pub enum ApiError {
     Encode(String),
     #[error("no KPI named {0:?}: activity, attendance, apps or gps")]
     NoSuchKpi(String),
+    #[error("refused: {0}")]
+    CrossOrigin(String),
 }
 
 impl ApiError {
@@ -254,6 +269,7 @@ impl ApiError {
             ApiError::Scope(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Query(e) => match e {
                 QueryError::Refused(_) => (StatusCode::FORBIDDEN, "statement_refused"),
+                QueryError::TeamOnly(_) => (StatusCode::FORBIDDEN, "privacy_mode"),
                 QueryError::BadSql(_) => (StatusCode::BAD_REQUEST, "bad_sql"),
                 QueryError::TooLong { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "statement_too_long"),
                 QueryError::TooComplex(_) => (StatusCode::BAD_REQUEST, "statement_too_complex"),
@@ -275,6 +291,7 @@ impl ApiError {
             ApiError::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ApiError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::NoSuchKpi(_) => (StatusCode::NOT_FOUND, "no_such_kpi"),
+            ApiError::CrossOrigin(_) => (StatusCode::FORBIDDEN, "cross_origin"),
         }
     }
 }
@@ -357,14 +374,51 @@ impl FromRequestParts<Arc<QueryState>> for Caller {
         state: &Arc<QueryState>,
     ) -> Result<Self, ApiError> {
         let now = chrono::Utc::now().timestamp_millis();
-        let principal = authenticate(&state.control, bearer(parts)?, now).await?;
+        let principal = match credential(parts)? {
+            Credential::Bearer(token) => authenticate(&state.control, &token, now).await?,
+            Credential::Session(token) => {
+                session_only(authenticate(&state.control, &token, now).await?)?
+            }
+        };
         Ok(Caller::of(principal, parts))
+    }
+}
+
+/// How a request authenticates.
+enum Credential {
+    /// `Authorization: Bearer`, as API clients do.
+    Bearer(String),
+    /// The portal's session cookie, from a page of this node only.
+    Session(String),
+}
+
+/// The request's credential: its bearer token, else its session cookie
+/// (which must meet [`portal::session::same_origin`]).
+fn credential(parts: &Parts) -> Result<Credential, ApiError> {
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        return Ok(Credential::Bearer(bearer(parts)?.to_string()));
+    }
+    match portal::session::cookie_token(parts) {
+        Some(token) => {
+            portal::session::same_origin(parts, portal::session::changes(&parts.method))?;
+            Ok(Credential::Session(token))
+        }
+        None => Err(AuthError::Malformed.into()),
+    }
+}
+
+/// A cookie holds sessions only, never an API token.
+fn session_only(principal: Principal) -> Result<Principal, ApiError> {
+    if principal.kind == TokenKind::Session {
+        Ok(principal)
+    } else {
+        Err(AuthError::Unknown.into())
     }
 }
 
 impl Caller {
     /// The caller as `principal`, from the request's peer address.
-    fn of(principal: Principal, parts: &Parts) -> Self {
+    pub(crate) fn of(principal: Principal, parts: &Parts) -> Self {
         let source = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -433,8 +487,14 @@ impl FromRequestParts<Arc<QueryState>> for OwnerOfCancelledCaller {
         state: &Arc<QueryState>,
     ) -> Result<Self, ApiError> {
         let now = chrono::Utc::now().timestamp_millis();
-        let principal =
-            authenticate_owner_of_cancelled(&state.control, bearer(parts)?, now).await?;
+        let principal = match credential(parts)? {
+            Credential::Bearer(token) => {
+                authenticate_owner_of_cancelled(&state.control, &token, now).await?
+            }
+            Credential::Session(token) => {
+                session_only(authenticate_owner_of_cancelled(&state.control, &token, now).await?)?
+            }
+        };
         Ok(Self(Caller::of(principal, parts)))
     }
 }
@@ -620,7 +680,10 @@ async fn metrics_text(State(state): State<Arc<QueryState>>) -> Response {
 const MAX_SQL_BODY_BYTES: usize = 64 * 1024;
 
 /// The caller's tenant as the control plane has it now.
-async fn caller_tenant(state: &QueryState, caller: &Caller) -> Result<Arc<TenantView>, ApiError> {
+pub(crate) async fn caller_tenant(
+    state: &QueryState,
+    caller: &Caller,
+) -> Result<Arc<TenantView>, ApiError> {
     let tenant = &caller.principal.tenant;
     state
         .control
@@ -644,13 +707,17 @@ async fn open_scope(
 }
 
 /// Audits a request's outcome, answered or refused, then answers it. An
-/// answer whose audit entry cannot be written is not sent.
+/// answer whose audit entry cannot be written is not sent. `answered_in`
+/// is the scope a question's session had, if it got that far: the entry
+/// records it, for "who looked at my data".
+#[allow(clippy::too_many_arguments)]
 async fn audited(
     state: &QueryState,
     caller: &Caller,
     action: &'static str,
     target: String,
     request: serde_json::Value,
+    answered_in: Option<&Scope>,
     outcome: Result<(Response, serde_json::Value), ApiError>,
     started: std::time::Instant,
 ) -> Result<Response, ApiError> {
@@ -661,13 +728,17 @@ async fn audited(
             serde_json::json!({"refused": e.status_and_reason().1, "message": e.to_string()}),
         ),
     };
+    let mut detail = serde_json::json!({"request": request, "result": result});
+    if let Some(scope) = answered_in {
+        detail["scope"] = portal::me::scope_detail(scope);
+    }
     let event = AuditEvent {
         actor: caller.actor.id.clone(),
         role: caller.principal.role.name().to_string(),
         action: action.to_string(),
         target,
         source: caller.actor.source.clone(),
-        detail: serde_json::json!({"request": request, "result": result}),
+        detail,
     };
     let now = chrono::Utc::now().timestamp_millis();
     let audit = state
@@ -767,6 +838,15 @@ impl Kpi {
         }
     }
 
+    /// The table whose people make up the KPI's groups.
+    fn table(self) -> &'static str {
+        match self {
+            Kpi::Activity | Kpi::Attendance => "activity",
+            Kpi::Apps => "app_usage",
+            Kpi::Gps => "gps",
+        }
+    }
+
     /// The action in the audit trail and the metrics.
     fn action(self) -> &'static str {
         match self {
@@ -790,6 +870,7 @@ async fn kpi_page(
         return Err(ApiError::NoSuchKpi(name));
     };
     let started = std::time::Instant::now();
+    let mut answered_in = None;
     let outcome = async {
         let axum::extract::Query(params) =
             params.map_err(|e| QueryError::BadRequest(e.body_text()))?;
@@ -797,6 +878,7 @@ async fn kpi_page(
             return Err(QueryError::BadRequest("grace_minutes is for attendance".into()).into());
         }
         let (view, session) = open_scope(&state, &caller).await?;
+        answered_in = Some(session.scope().clone());
         let request = params.request(&view)?;
         if request.group_by.contains(&GroupBy::Site) && !matches!(kpi, Kpi::Gps) {
             return Err(QueryError::BadRequest("group_by site is for gps".into()).into());
@@ -807,29 +889,56 @@ async fn kpi_page(
             None
         };
         let identities = identities.as_deref();
-        let page = match kpi {
-            Kpi::Activity => page_json(kpi::activity(&session, &request, identities).await?),
-            Kpi::Apps => page_json(kpi::apps(&session, &request, identities).await?),
-            Kpi::Gps => page_json(kpi::gps(&session, &request, identities).await?),
+        // A group-only caller's answer leaves out the groups suppression hides.
+        let groups_only = session.scope().groups_only;
+        let published = match groups_only {
+            Some(k) => {
+                team_only::check(&request)?;
+                Some(Published::of(&session, kpi.table(), &request, k).await?)
+            }
+            None => None,
+        };
+        let (published, s) = (published.as_ref(), &session);
+        let (page, suppressed) = match kpi {
+            Kpi::Activity => {
+                let fetch =
+                    move |r: KpiRequest| async move { kpi::activity(s, &r, identities).await };
+                kpi_answer(&request, published, fetch).await
+            }
+            Kpi::Apps => {
+                let fetch = move |r: KpiRequest| async move {
+                    kpi::apps(s, &r, identities, groups_only).await
+                };
+                kpi_answer(&request, published, fetch).await
+            }
+            Kpi::Gps => {
+                let fetch = move |r: KpiRequest| async move { kpi::gps(s, &r, identities).await };
+                kpi_answer(&request, published, fetch).await
+            }
             Kpi::Attendance => {
                 let (policy, in_scope) = attendance_inputs(&state, &view, &session, &params)?;
-                let page =
-                    kpi::attendance(&session, &request, &policy, &in_scope, identities).await?;
-                page_json(page)
+                let (policy, in_scope) = (&policy, &in_scope);
+                let fetch = move |r: KpiRequest| async move {
+                    kpi::attendance(s, &r, policy, in_scope, identities).await
+                };
+                kpi_answer(&request, published, fetch).await
             }
         }?;
         let rows = page.rows.len();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "time_zone": request.time_zone,
             "from": request.from,
             "to": request.to,
             "rows": page.rows,
             "next_offset": page.next_offset,
         });
-        Ok((
-            Json(body).into_response(),
-            serde_json::json!({"rows": rows}),
-        ))
+        let mut result = serde_json::json!({"rows": rows});
+        if let Some(suppressed) = suppressed {
+            body["privacy_mode"] = PrivacyMode::TeamOnly.name().into();
+            body["suppressed_rows"] = suppressed.into();
+            result["suppressed_rows"] = suppressed.into();
+        }
+        Ok((Json(body).into_response(), result))
     }
     .await;
     let query: String = uri.query().unwrap_or("").chars().take(1024).collect();
@@ -839,10 +948,33 @@ async fn kpi_page(
         kpi.action(),
         name,
         serde_json::json!({"query": query}),
+        answered_in.as_ref(),
         outcome,
         started,
     )
     .await
+}
+
+/// One page of a KPI, `fetch`ed for the request, as JSON rows; for a
+/// group-only caller (`published` given), the page of the rows it may see
+/// and how many it may not.
+async fn kpi_answer<T, F, Fut>(
+    request: &KpiRequest,
+    published: Option<&Published>,
+    mut fetch: F,
+) -> Result<(kpi::Page<serde_json::Value>, Option<usize>), ApiError>
+where
+    T: KpiRow + serde::Serialize,
+    F: FnMut(KpiRequest) -> Fut,
+    Fut: Future<Output = Result<kpi::Page<T>, QueryError>>,
+{
+    match published {
+        None => Ok((page_json(fetch(request.clone()).await?)?, None)),
+        Some(published) => {
+            let (page, suppressed) = team_only::answer(request, published, fetch).await?;
+            Ok((page_json(page)?, Some(suppressed)))
+        }
+    }
 }
 
 fn page_json<T: serde::Serialize>(
@@ -949,9 +1081,19 @@ async fn run_sql(
             .inc();
         return Err(ApiError::AuditUnavailable(e));
     }
+    let mut answered_in = None;
     let outcome = async {
         let Json(request) = body?;
         let (_, session) = open_scope(&state, &caller).await?;
+        answered_in = Some(session.scope().clone());
+        if session.scope().groups_only.is_some() {
+            return Err(QueryError::TeamOnly(
+                "SQL reads rows about people, and this tenant shows managers and HR group \
+                 figures only: use the KPI routes"
+                    .into(),
+            )
+            .into());
+        }
         let answer: Answer = session.query(&request.sql).await?;
         let bytes = request
             .format
@@ -977,6 +1119,7 @@ async fn run_sql(
         "query.sql",
         format!("sql:{digest}"),
         request,
+        answered_in.as_ref(),
         outcome,
         started,
     )
@@ -1066,7 +1209,7 @@ pub async fn produce_extract(
         &tenant.id,
         audit(
             "extract.produce",
-            serde_json::json!({"location": location, "from": request.from, "to": request.to,
+            serde_json::json!({"location": location, "sha256": sha256, "from": request.from, "to": request.to,
                 "period": request.period, "groups": extract.groups.len(),
                 "suppressed_groups": extract.suppressed_groups}),
         ),
@@ -1143,6 +1286,7 @@ async fn request_extract(
         "query.extract",
         "extract".into(),
         serde_json::Value::Null,
+        None,
         outcome,
         started,
     )
@@ -1310,6 +1454,7 @@ async fn export_audit(
         "audit.export",
         "audit".into(),
         serde_json::Value::Null,
+        None,
         outcome,
         started,
     )

@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use crate::kpi::local_days_sql;
 use crate::lake::QueryLake;
 use crate::session::ScopedSession;
+use crate::suppression::suppress;
 use crate::{QueryError, utf8};
 
 /// A subject's tracked time counted per day, at most (16 hours).
@@ -348,7 +349,7 @@ async fn compute_days(
 
     let k = i64::from(tenant.extract_k);
     let days: std::collections::BTreeSet<String> = cells.keys().map(|(p, _)| p.clone()).collect();
-    let suppressed = suppress(&mut cells, k);
+    let suppressed = suppress(&mut cells, k, |c| c.subjects);
     let noise = Noise::new(noise_key, tenant.extract_epsilon);
     let time_sensitivity = clip as f64 / 3600.0;
     let mut out: BTreeMap<String, ReleasedDay> = BTreeMap::new();
@@ -543,56 +544,6 @@ fn keyed_rows(batch: &RecordBatch, skip: usize, n: usize) -> Vec<(CellKey, Vec<i
         .collect()
 }
 
-/// Removes the cells that may not be published; returns how many per period.
-fn suppress(cells: &mut BTreeMap<CellKey, Cell>, k: i64) -> BTreeMap<String, usize> {
-    let periods: std::collections::BTreeSet<String> =
-        cells.keys().map(|(p, _)| p.clone()).collect();
-    let mut removed = BTreeMap::new();
-    for p in periods {
-        let total = cells.get(&(p.clone(), None)).map_or(0, |c| c.subjects);
-        let mut departments: Vec<(i64, CellKey)> = cells
-            .iter()
-            .filter(|((q, d), _)| *q == p && d.is_some())
-            .map(|(key, c)| (c.subjects, key.clone()))
-            .collect();
-        departments.sort();
-        let mut hidden: Vec<CellKey> = Vec::new();
-        let mut hidden_subjects = 0;
-        let mut published: Vec<(i64, CellKey)> = Vec::new();
-        for (subjects, key) in departments {
-            if subjects < k {
-                hidden_subjects += subjects;
-                hidden.push(key);
-            } else {
-                published.push((subjects, key));
-            }
-        }
-        // Complementary: what the total minus the published rows reveals
-        // must itself be a group of at least k.
-        let mut whole_period = total < k;
-        published.reverse(); // largest first; pop takes the smallest
-        while !hidden.is_empty() && hidden_subjects < k && !whole_period {
-            match published.pop() {
-                Some((subjects, key)) => {
-                    hidden_subjects += subjects;
-                    hidden.push(key);
-                }
-                None => whole_period = true,
-            }
-        }
-        if whole_period {
-            hidden.extend(published.into_iter().map(|(_, key)| key));
-            hidden.push((p.clone(), None));
-        }
-        let count = hidden
-            .into_iter()
-            .filter(|key| cells.remove(key).is_some())
-            .count();
-        removed.insert(p, count);
-    }
-    removed
-}
-
 /// Laplace noise from a generator seeded per value, or none.
 struct Noise<'a> {
     key: &'a [u8; 32],
@@ -652,7 +603,10 @@ mod tests {
             ("d", Some("Ops"), 6),
             ("d", Some("Field"), 2),
         ]);
-        assert_eq!(suppress(&mut c, 5).values().sum::<usize>(), 2);
+        assert_eq!(
+            suppress(&mut c, 5, |c| c.subjects).values().sum::<usize>(),
+            2
+        );
         assert_eq!(
             kept(&c),
             [("d".into(), None), ("d".into(), Some("Sales".into()))]
@@ -667,7 +621,10 @@ mod tests {
             ("d", Some("Ops"), 3),
             ("d", Some("Field"), 3),
         ]);
-        assert_eq!(suppress(&mut c, 5).values().sum::<usize>(), 2);
+        assert_eq!(
+            suppress(&mut c, 5, |c| c.subjects).values().sum::<usize>(),
+            2
+        );
         assert_eq!(kept(&c).len(), 2);
     }
 
@@ -680,9 +637,9 @@ mod tests {
             ("d", Some("Sales"), 7),
             ("d", Some("Field"), 2),
         ]);
-        suppress(&mut c, 5);
+        suppress(&mut c, 5, |c| c.subjects);
         let mut small = cells(&[("e", None, 4), ("e", Some("Sales"), 4)]);
-        suppress(&mut small, 5);
+        suppress(&mut small, 5, |c| c.subjects);
         assert!(small.is_empty());
         assert_eq!(
             kept(&c),

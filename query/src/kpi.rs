@@ -188,6 +188,23 @@ impl GroupKey {
     }
 }
 
+/// A row of a KPI answer: its grouping keys and its figures.
+pub trait KpiRow {
+    fn key(&self) -> &GroupKey;
+}
+
+macro_rules! kpi_rows {
+    ($($row:ty),*) => {
+        $(impl KpiRow for $row {
+            fn key(&self) -> &GroupKey {
+                &self.key
+            }
+        })*
+    };
+}
+
+kpi_rows!(ActivityRow, GpsRow, AttendanceRow, AppsRow);
+
 /// How rows are ordered: by their grouping keys in `group_by` order, as the
 /// caller sees them (the employee id where the row was re-identified, else
 /// the pseudonym), a missing key after every present one (as SQL's `ASC`).
@@ -219,7 +236,7 @@ fn reordered_by_identities(group_by: &[GroupBy], identities: Option<&Identities>
 
 /// The rows of `answer`, all of them: a KPI over more than the answer may
 /// hold is refused rather than summed over a part.
-fn complete(answer: Answer) -> Result<Vec<RecordBatch>, QueryError> {
+pub(crate) fn complete(answer: Answer) -> Result<Vec<RecordBatch>, QueryError> {
     if answer.truncated {
         return Err(QueryError::TooLarge(
             "the KPI has more groups than one answer may hold; narrow the days or the grouping"
@@ -239,7 +256,7 @@ impl<T> Page<T> {
 }
 
 /// Cuts `rows` (fetched with one row more than the page) to the page.
-fn page<T>(mut rows: Vec<T>, request: &KpiRequest) -> Page<T> {
+pub(crate) fn page<T>(mut rows: Vec<T>, request: &KpiRequest) -> Page<T> {
     let next_offset = (rows.len() > request.limit).then(|| {
         rows.truncate(request.limit);
         request.offset + request.limit
@@ -660,10 +677,16 @@ pub struct TopApp {
 
 /// App time per group: the productive share by the tenant's categories (as
 /// rated when the processor wrote the rows) and the top apps.
+///
+/// With `min_app_users` (k, for group-only scopes) the top apps are listed
+/// on rows grouped by department and day only, and only apps at least k
+/// people of the row's group used: a total or a week minus its parts would
+/// otherwise give one person's app time.
 pub async fn apps(
     session: &ScopedSession,
     request: &KpiRequest,
     identities: Option<&Identities>,
+    min_app_users: Option<u32>,
 ) -> Result<Page<AppsRow>, QueryError> {
     request.validate()?;
     let keys: Vec<&str> = request.group_by.iter().map(|g| g.column()).collect();
@@ -676,12 +699,26 @@ pub async fn apps(
         request.from,
         request.to,
     )?;
+    let users = if min_app_users.is_some() {
+        "count(DISTINCT subject)"
+    } else {
+        "CAST(0 AS BIGINT)"
+    };
     let sql = format!(
-        r#"SELECT {keys}, app, host, category, sum(seconds) AS seconds
+        r#"SELECT {keys}, app, host, category, sum(seconds) AS seconds, {users} AS users
            FROM ({rows})
            GROUP BY {keys}, app, host, category"#
     );
-    let mut groups: BTreeMap<Vec<Option<String>>, Vec<TopApp>> = BTreeMap::new();
+    let by = &request.group_by;
+    let listed_apps = match min_app_users {
+        None => Some(0),
+        Some(k) if by.contains(&GroupBy::Department) && by.contains(&GroupBy::Day) => {
+            Some(i64::from(k))
+        }
+        Some(_) => None,
+    };
+    // Per group: every (app, users) for the categories' sums.
+    let mut groups: BTreeMap<Vec<Option<String>>, Vec<(TopApp, i64)>> = BTreeMap::new();
     for batch in &complete(session.query(&sql).await?)? {
         let keys: Vec<_> = (0..n).map(|i| utf8(batch.column(i))).collect();
         let (app, host, category) = (
@@ -690,17 +727,19 @@ pub async fn apps(
             utf8(batch.column(n + 2)),
         );
         let seconds = batch.column(n + 3).as_primitive::<Int64Type>();
+        let users = batch.column(n + 4).as_primitive::<Int64Type>();
         for i in 0..batch.num_rows() {
             let key = keys
                 .iter()
                 .map(|k| k.is_valid(i).then(|| k.value(i).to_string()))
                 .collect();
-            groups.entry(key).or_default().push(TopApp {
+            let app = TopApp {
                 app: app.value(i).to_string(),
                 host: host.is_valid(i).then(|| host.value(i).to_string()),
                 category: category.value(i).to_string(),
                 seconds: seconds.value(i),
-            });
+            };
+            groups.entry(key).or_default().push((app, users.value(i)));
         }
     }
     let mut groups: Vec<_> = groups.into_iter().collect();
@@ -709,13 +748,21 @@ pub async fn apps(
         .into_iter()
         .skip(request.offset)
         .take(request.limit + 1)
-        .map(|(key, mut apps)| {
+        .map(|(key, apps)| {
             let mut seconds_by_category = BTreeMap::new();
-            for a in &apps {
+            for (a, _) in &apps {
                 *seconds_by_category.entry(a.category.clone()).or_insert(0) += a.seconds;
             }
             let total: i64 = seconds_by_category.values().sum();
             let productive = seconds_by_category.get("productive").copied().unwrap_or(0);
+            let mut apps: Vec<TopApp> = match listed_apps {
+                Some(min) => apps
+                    .into_iter()
+                    .filter(|(_, users)| *users >= min)
+                    .map(|(a, _)| a)
+                    .collect(),
+                None => Vec::new(),
+            };
             apps.sort_by(|a, b| b.seconds.cmp(&a.seconds).then(a.app.cmp(&b.app)));
             apps.truncate(TOP_APPS);
             AppsRow {

@@ -7,7 +7,10 @@
 //! - [`session`]: a per-request session whose only tables are views already
 //!   filtered to the tenant and scope; one `SELECT` at a time, bounded.
 //! - [`kpi`]: the KPI queries, run through such a session.
+//! - [`team_only`]: the group figures managers and HR see instead, in a
+//!   tenant whose privacy mode is `team_only`.
 //! - [`api`]: the HTTP API.
+//! - [`portal`]: the web portal served at `/`, and its sign-in sessions.
 //!
 //! The lake holds pseudonymous subjects only; the service re-identifies them
 //! from the directory for roles allowed to see identities.
@@ -23,8 +26,11 @@ pub mod guard;
 pub mod kpi;
 pub mod lake;
 pub mod merged;
+pub mod portal;
 pub mod scope;
 pub mod session;
+pub(crate) mod suppression;
+pub mod team_only;
 
 use std::path::Path;
 use std::time::Duration;
@@ -48,6 +54,9 @@ pub enum QueryError {
     Refused(String),
     #[error("SQL: {0}")]
     BadSql(String),
+    /// The tenant's privacy mode shows this caller group figures only.
+    #[error("privacy mode team_only: {0}")]
+    TeamOnly(String),
     #[error("the statement is {bytes} bytes; at most {max} are accepted")]
     TooLong { bytes: usize, max: usize },
     #[error("{0}")]

@@ -8,11 +8,15 @@
 //! | employee | their own subject | yes (their own) |
 //! | analyst | the whole tenant | no: pseudonyms only |
 //! | ai | nothing: extracts only | no |
+//!
+//! In a tenant whose privacy mode is `team_only`, managers and HR keep
+//! their rows but see them as group figures only ([`Scope::groups_only`],
+//! enforced by [`crate::team_only`]): no figure per employee, no SQL.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use candor_control::{Directory, Principal, Role, TenantView};
+use candor_control::{Directory, Principal, PrivacyMode, Role, TenantView};
 use candor_schemas::{EmployeeId, TenantId};
 
 /// The rows of the tenant a caller may see.
@@ -30,6 +34,9 @@ pub struct Scope {
     pub rows: Rows,
     /// Whether answers may name employees instead of pseudonyms.
     pub identities: bool,
+    /// `Some(k)`: the caller sees group figures of at least k people only
+    /// (privacy mode `team_only`, for managers and HR).
+    pub groups_only: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,10 +72,15 @@ impl Scope {
             }
             Role::Ai => return Err(ScopeError::RoleNotAllowed(role)),
         };
+        let doc = &view.tenant.doc;
+        let groups_only = (doc.privacy_mode == PrivacyMode::TeamOnly
+            && matches!(role, Role::Manager | Role::Hr))
+        .then_some(doc.extract_k);
         Ok(Scope {
             role,
             rows,
             identities,
+            groups_only,
         })
     }
 
@@ -78,6 +90,7 @@ impl Scope {
             role: Role::Analyst,
             rows: Rows::Tenant,
             identities: false,
+            groups_only: None,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod intake;
 pub mod keys;
 pub mod reason;
 pub mod record;
+pub mod transparency;
 
 pub use batch::{Batch, Limits};
 pub use columns::{DecodedBatch, decode_json};

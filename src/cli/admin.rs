@@ -152,6 +152,23 @@ pub enum TokenCommand {
         #[arg(long)]
         id: String,
     },
+    /// Print a one-time sign-in link to the portal: it opens one session
+    /// of this role within 15 minutes and is good for nothing else.
+    SignInLink {
+        #[command(flatten)]
+        control: ControlFlag,
+        #[arg(long)]
+        tenant: TenantId,
+        /// owner, admin, hr, manager, employee or analyst.
+        #[arg(long)]
+        role: TokenRole,
+        /// For manager and employee links: the employee it acts for.
+        #[arg(long)]
+        employee: Option<EmployeeId>,
+        /// The portal's address: the query node's (or standalone's query) URL.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -357,6 +374,28 @@ pub async fn token(s: &SettingsArgs, cmd: TokenCommand) -> Result<()> {
             let created = admin.create_token(&op, &tenant, &request).await?;
             eprintln!("token {} ({role}; shown once):", created.record.id);
             println!("{}", created.token);
+        }
+        TokenCommand::SignInLink {
+            control,
+            tenant,
+            role,
+            employee,
+            url,
+        } => {
+            let admin = operator(s, control)?;
+            let request = TokenRequest {
+                name: format!("sign-in link ({role})"),
+                role,
+                employee,
+                expires_at_ms: None,
+                tenant: None,
+            };
+            let created = admin.create_sign_in_link(&op, &tenant, &request).await?;
+            eprintln!(
+                "sign-in link {} ({role}; once, within 15 minutes):",
+                created.record.id
+            );
+            println!("{}/#sign-in={}", url.trim_end_matches('/'), created.token);
         }
         TokenCommand::List { control, tenant } => {
             let admin = operator(s, control)?;

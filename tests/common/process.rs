@@ -41,6 +41,55 @@ pub fn candor(data: &Path, secret_file: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `candor simulate` with `staff` as a process of its own, posting to
+/// `ingest` for `days` days ending on `last_day`, within the guard; returns
+/// its summary.
+pub async fn simulate(
+    data: &Path,
+    secret_file: &Path,
+    ingest: &str,
+    days: u32,
+    last_day: &str,
+    staff: &[&str],
+) -> String {
+    let (data, secret_file) = (data.to_path_buf(), secret_file.to_path_buf());
+    let (days, last_day) = (days.to_string(), last_day.to_string());
+    let mut args: Vec<String> = [
+        "simulate",
+        "--ingest",
+        ingest,
+        "--days",
+        &days,
+        "--last-day",
+        &last_day,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(staff.iter().map(|a| a.to_string()));
+    tokio::time::timeout(
+        GUARD,
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            candor(&data, &secret_file, &args)
+        }),
+    )
+    .await
+    .expect("candor simulate finished in time")
+    .unwrap()
+}
+
+/// The number before `word` in a line of `candor simulate`'s summary.
+pub fn count_before(summary: &str, word: &str) -> u64 {
+    summary
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[1].trim_start_matches('(') == word)
+        .and_then(|w| w[0].trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no count before {word:?} in {summary}"))
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 pub fn metric(text: &str, name: &str) -> Option<u64> {
     text.lines()

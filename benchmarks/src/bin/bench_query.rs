@@ -596,6 +596,7 @@ async fn pieces(
         role: Role::Owner,
         rows: Rows::Tenant,
         identities: true,
+        groups_only: None,
     };
     let (open, _) = timed(warmup, n, || async {
         let tables = lake.tables(&view.tenant.doc)?;
