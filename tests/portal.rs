@@ -177,7 +177,7 @@ async fn the_portal_shows_each_role_its_scope_in_a_real_browser() {
         .env("PORTAL_CONFIG", config.to_string())
         .env("CHROMIUM", &chromium);
     let out = tokio::time::timeout(
-        Duration::from_secs(300),
+        Duration::from_secs(900),
         tokio::task::spawn_blocking(move || test.output()),
     )
     .await

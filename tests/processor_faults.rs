@@ -16,7 +16,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::{Float64Type, Int64Type};
 use async_trait::async_trait;
 use candor_control::testkit::TestStore;
-use candor_control::testkit::{TcpProxy, s3_client};
+use candor_control::testkit::{TcpProxy, named_s3_client};
 use candor_log::Record;
 use candor_log::spool::{Spool, SpoolConfig};
 use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Resume};
@@ -266,9 +266,10 @@ async fn a_replay_with_other_chunks_rewrites_instead_of_doubling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_on_an_s3_lake_rewrites_instead_of_doubling() {
     // A real S3-compatible server (moto, started by scripts/test or here).
-    let bucket = candor_control::testkit::fresh_bucket("lake");
+    let (name, bucket) = candor_control::testkit::fresh_named_bucket("lake");
+    let location = format!("s3://{name}/lake/eu");
     replay_with_other_chunks(
-        || Lake::on_store(bucket.clone(), ObjectPath::from("lake/eu")).into(),
+        || Lake::on_store(bucket.clone(), &location).unwrap().into(),
         None,
     )
     .await;
@@ -285,7 +286,7 @@ async fn a_replay_into_a_tenants_own_s3_lake_rewrites_it_there() {
         Lakes::from(Lake::local(dir.path()).unwrap())
             .with_lake(
                 &location,
-                Lake::on_store(bucket.clone(), ObjectPath::from("eu")),
+                Lake::on_store(bucket.clone(), &location).unwrap(),
             )
             .unwrap()
     };
@@ -597,7 +598,8 @@ async fn an_s3_outage_stops_commits_and_the_processor_catches_up_when_it_returns
         } = OneMachine::start().await;
         // The lake's S3 server behind a proxy the test can cut.
         let proxy = TcpProxy::start(&candor_control::testkit::s3_endpoint()).await;
-        let lake = Lake::on_store(s3_client(&proxy.endpoint(), "lake-outage"), "lake".into());
+        let (bucket, store) = named_s3_client(&proxy.endpoint(), "lake-outage");
+        let lake = Lake::on_store(store, &format!("s3://{bucket}/lake")).unwrap();
         proxy.cut();
         let expected = post_batches(&url, &master, &control, 6).await;
 

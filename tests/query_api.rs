@@ -174,7 +174,7 @@ impl Service {
             let location = format!("s3://{bucket}/lake");
             control.set_lake_url("acme", &location).await;
             lakes = lakes
-                .with_lake(&location, Lake::on_store(store.clone(), "lake".into()))
+                .with_lake(&location, Lake::on_store(store.clone(), &location).unwrap())
                 .unwrap();
         }
         let mut processor = Processor::new(

@@ -85,7 +85,7 @@ async fn expired_partitions_and_cancelled_tenants_go_and_each_deletion_is_audite
     .await;
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::local(dir.path()).unwrap();
-    let initech_lake = Lake::on_store(store, ObjectPath::from("lake"));
+    let initech_lake = Lake::on_store(store, &initech_location).unwrap();
     let lakes = Lakes::from(lake.clone())
         .with_lake(&initech_location, initech_lake.clone())
         .unwrap();

@@ -22,33 +22,13 @@ use arrow::array::{
 };
 use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
 use candor_control::tenant::{AppCategories, Category, Site, Tenant, WorkWindow};
+use candor_lake::PartitionKey;
 use candor_schemas::batch::haversine_m;
 use candor_schemas::datasets::{Dataset, slot_start};
 use candor_schemas::ids::TenantId;
 use candor_schemas::record::LogRecord;
-use object_store::path::Path as ObjectPath;
 
 use crate::routes::{RoutePoint, Routes};
-
-/// One hive partition of the lake: `<dataset>/tenant=<id>/date=<YYYY-MM-DD>`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PartitionKey {
-    pub dataset: Dataset,
-    pub tenant: TenantId,
-    /// UTC date of the rows' slots.
-    pub date: String,
-}
-
-impl PartitionKey {
-    pub fn object_path(&self, file_name: &str) -> ObjectPath {
-        ObjectPath::from(format!(
-            "{}/tenant={}/date={}/{file_name}",
-            self.dataset.name(),
-            self.tenant,
-            self.date
-        ))
-    }
-}
 
 const MS_PER_DAY: i64 = 86_400_000;
 

@@ -17,12 +17,12 @@ use candor_control::TenantView;
 use candor_log::{Delivered, Record};
 use candor_schemas::{EmployeeId, TenantId};
 
-use crate::aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
+use crate::aggregate::{Aggregator, Subject, TenantPolicy};
 use crate::dedup::{ChunkIds, SeenBatches};
-use crate::lake::{LakeError, encode_parquet};
 use crate::metrics::ProcessorMetrics;
 use crate::routes::Routes;
 use crate::{DeadLetter, open};
+use candor_lake::{LakeError, PartitionKey, encode_parquet};
 
 /// Each tenant of a chunk with its view and policy; `None`: unknown tenant.
 pub(crate) type ChunkTenants = HashMap<TenantId, Option<(Arc<TenantView>, TenantPolicy)>>;
@@ -240,7 +240,7 @@ mod tests {
     use candor_schemas::{DeviceId, Limits, MasterSecret, decode_json};
 
     use super::*;
-    use crate::lake::Lake;
+    use candor_lake::Lake;
 
     /// Chunks of several partitions, worked on by whichever thread is free,
     /// come back in the order given and exactly as each would alone: same

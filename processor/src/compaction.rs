@@ -47,7 +47,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
 use crate::intent::pending_objects;
-use crate::lake::{Lake, LakeError, Lakes};
+use candor_lake::{Lake, LakeError, Lakes};
 
 #[derive(Debug, Clone)]
 pub struct CompactionConfig {
@@ -115,7 +115,7 @@ pub async fn compact_all(
     now_ms: i64,
 ) -> Result<Compacted, LakeError> {
     let mut done = Compacted::default();
-    let tenants = crate::lake::tenants(docs).await?;
+    let tenants = crate::tenants::all(docs).await?;
     for (key, _) in lakes.in_use(&tenants)? {
         match compact(lakes, key.as_deref(), config, holder, now_ms).await {
             Ok(one) => done.add(&one),

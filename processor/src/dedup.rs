@@ -20,7 +20,7 @@ use std::time::Duration;
 use object_store::path::Path as ObjectPath;
 
 use crate::flush_state::{FlushFiles, MAX_FILES};
-use crate::lake::{Lake, LakeError};
+use candor_lake::{Lake, LakeError};
 
 /// A batch's records, one per dataset: the batch id and the dataset tag.
 pub type BatchKey = ([u8; 16], u8);

@@ -25,8 +25,9 @@ use candor_schemas::{Dataset, TenantId};
 use object_store::path::Path as ObjectPath;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::lake::{Lake, LakeError, Lakes, tenants};
-use crate::retention::{RetentionError, tenant_prefix};
+use crate::retention::RetentionError;
+use candor_lake::layout::tenant_folder;
+use candor_lake::{Lake, LakeError, Lakes};
 
 /// What an erasure removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -59,7 +60,7 @@ pub async fn erase_subject(
 ) -> Result<Erased, RetentionError> {
     let mut held = Vec::new();
     let mut busy = false;
-    for (_, lake) in lakes.in_use(&tenants(docs).await?)? {
+    for (_, lake) in lakes.in_use(&crate::tenants::all(docs).await?)? {
         match lake.lease("erasure", now_ms).await? {
             Some(lease) => held.push((lake, lease)),
             None => {
@@ -104,7 +105,7 @@ async fn erase_held(
     let mut erased = Erased::default();
     for lake in lakes {
         for dataset in Dataset::ALL {
-            let prefix = tenant_prefix(dataset, &request.tenant);
+            let prefix = tenant_folder(dataset, &request.tenant);
             for object in lake.list(&prefix).await? {
                 if object.location.extension() != Some("parquet") {
                     continue;

@@ -19,7 +19,7 @@
 
 use object_store::path::Path as ObjectPath;
 
-use crate::lake::{Lake, LakeError};
+use candor_lake::{Lake, LakeError};
 
 /// Files per partition before they are merged into one.
 pub const MAX_FILES: usize = 256;

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashSet};
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
-use crate::lake::{Lake, LakeError, Lakes};
+use candor_lake::{Lake, LakeError, Lakes};
 
 /// Where the processors' own state lives in the lake, apart from datasets.
 const INTENTS_ROOT: &str = "_processor";

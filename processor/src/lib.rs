@@ -10,12 +10,12 @@ mod dedup;
 pub mod erasure;
 mod flush_state;
 mod intent;
-mod lake;
 mod metrics;
 mod open;
 pub mod retention;
 mod routes;
 mod stall;
+mod tenants;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,11 +27,12 @@ use candor_schemas::TenantId;
 use candor_schemas::record::read_header;
 use object_store::path::Path as ObjectPath;
 
-pub use aggregate::{Aggregator, PartitionKey, Subject, TenantPolicy};
+pub use aggregate::{Aggregator, Subject, TenantPolicy};
+pub use candor_lake::PartitionKey;
+pub use candor_lake::{LEASE_MS, Lake, LakeError, Lakes, Lease};
 use chunk::{AggregatedChunk, ChunkInput, ChunkTenants};
 pub use dedup::{ChunkIds, SeenBatches};
 pub use intent::{FlushIntent, Intents};
-pub use lake::{LEASE_MS, Lake, LakeError, Lakes, Lease};
 pub use metrics::{MaintenanceMetrics, ProcessorMetrics};
 pub use routes::{RouteMemory, Routes};
 use stall::{PartitionProgress, StallWatch};

@@ -20,9 +20,9 @@ use std::time::Duration;
 use candor_control::{AuditEvent, AuditLog, DocumentStore, Tenant};
 use candor_schemas::{Dataset, TenantId};
 use chrono::NaiveDate;
-use object_store::path::Path as ObjectPath;
 
-use crate::lake::{Lake, LakeError, Lakes, tenants};
+use candor_lake::layout::{date_folder, parse_date_folder, tenant_folder};
+use candor_lake::{Lake, LakeError, Lakes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -84,7 +84,7 @@ pub async fn run(
     config: &RetentionConfig,
     now_ms: i64,
 ) -> Result<RetentionRun, RetentionError> {
-    let all = tenants(docs).await?;
+    let all = crate::tenants::all(docs).await?;
     let mut done = RetentionRun::default();
     for (key, lake) in lakes.in_use(&all)? {
         let name = key.as_deref().unwrap_or("deployment");
@@ -146,11 +146,6 @@ pub async fn expire_tenant(
     Ok(deleted)
 }
 
-/// `<dataset>/tenant=<id>`: where one tenant's objects of a dataset live.
-pub(crate) fn tenant_prefix(dataset: Dataset, tenant: &TenantId) -> ObjectPath {
-    ObjectPath::from(format!("{}/tenant={tenant}", dataset.name()))
-}
-
 /// The dates of a tenant's partitions of one dataset.
 async fn partition_dates(
     lake: &Lake,
@@ -159,12 +154,12 @@ async fn partition_dates(
 ) -> Result<Vec<NaiveDate>, LakeError> {
     let listing = lake
         .store()
-        .list_with_delimiter(Some(&tenant_prefix(dataset, tenant)))
+        .list_with_delimiter(Some(&tenant_folder(dataset, tenant)))
         .await?;
     Ok(listing
         .common_prefixes
         .iter()
-        .filter_map(|p| p.filename()?.strip_prefix("date=")?.parse().ok())
+        .filter_map(|p| parse_date_folder(p.filename()?))
         .collect())
 }
 
@@ -177,7 +172,7 @@ async fn delete_partition(
     purge: bool,
     now_ms: i64,
 ) -> Result<Option<Deleted>, RetentionError> {
-    let prefix = tenant_prefix(dataset, &tenant.id).join(format!("date={date}"));
+    let prefix = tenant_folder(dataset, &tenant.id).join(date_folder(&date.to_string()));
     let objects = lake.list(&prefix).await?;
     if objects.is_empty() {
         lake.remove_empty_folder(&prefix)?;

@@ -53,7 +53,7 @@ use candor_schemas::ids::{DeviceId, TenantId};
 use object_store::path::Path as ObjectPath;
 
 use crate::flush_state::{FlushFiles, MAX_FILES};
-use crate::lake::{Lake, LakeError};
+use candor_lake::{Lake, LakeError};
 
 /// How long after a device's last record its next one may still continue
 /// its route (by receive time). Its next upload continues the route only if

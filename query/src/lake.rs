@@ -268,7 +268,7 @@ impl QueryLake {
         let tables = Dataset::ALL
             .into_iter()
             .map(|dataset| {
-                let dir = format!("{root}/{}/tenant={}/", dataset.name(), tenant);
+                let dir = candor_lake::layout::tenant_table_url(&root, dataset, tenant);
                 let url = ListingTableUrl::parse(&dir)?;
                 let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                     .with_file_extension(".parquet")

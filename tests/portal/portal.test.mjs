@@ -88,7 +88,9 @@ async function signedIn(token, role) {
 async function show(page, hash, testid) {
   await page.goto(url + '/' + hash);
   try {
-    await page.waitForSelector(testid ? `[data-testid="${testid}"]` : 'main h1', { timeout: 20000 });
+    // A guard, not a timing: a debug build answering on a loaded 2-core
+    // machine (a build beside it) has taken over 20 s for one page.
+    await page.waitForSelector(testid ? `[data-testid="${testid}"]` : 'main h1', { timeout: 90000 });
   } catch (e) {
     throw new Error(`${hash}: no ${testid} on the page, which says: ${(await page.textContent('main')).slice(0, 500)}`);
   }

@@ -1,5 +1,7 @@
-//! The lake: Parquet objects on an object store: a local directory on one
-//! machine, S3 (or any S3-compatible server) across machines.
+//! A lake's objects: a local directory on one machine (every write
+//! fsynced before it is called durable), S3 or any S3-compatible server
+//! across machines; and the set of lakes one deployment writes (its own
+//! and tenants' own, for data residency).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,13 +15,22 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use url::Url;
+
+use crate::durable::DurableLocalStore;
 
 impl LakeError {
     /// Whether the same write may succeed later: the store or the disk was
     /// unavailable (a network error, a full or read-only disk, a missing
     /// folder). Encoding errors and unreadable objects are not.
     pub fn is_transient(&self) -> bool {
-        matches!(self, LakeError::Store(_) | LakeError::Io { .. })
+        match self {
+            LakeError::Store(_) | LakeError::Io { .. } => true,
+            LakeError::Table { source, .. } => {
+                matches!(**source, deltalake::DeltaTableError::ObjectStore { .. })
+            }
+            _ => false,
+        }
     }
 }
 
@@ -35,6 +46,21 @@ pub enum LakeError {
     Location(#[from] candor_control::StoreError),
     #[error("control plane: {0}")]
     Control(String),
+    #[error("the {table} table: {source}")]
+    Table {
+        table: &'static str,
+        source: Box<deltalake::DeltaTableError>,
+    },
+    /// A commit found that someone else had committed progress for the
+    /// same source since this writer began: it lost that source.
+    #[error(
+        "{app_id} moved on while this writer worked (expected its last commit at {expected:?}, found {found:?})"
+    )]
+    Superseded {
+        app_id: String,
+        expected: Option<i64>,
+        found: Option<i64>,
+    },
     #[error("lake directory {path}: {source}")]
     Io {
         path: PathBuf,
@@ -44,10 +70,17 @@ pub enum LakeError {
 
 #[derive(Clone)]
 pub struct Lake {
+    /// The lake's objects, by their path within the lake.
     store: Arc<dyn ObjectStore>,
     /// Set for a local-directory lake, whose writes must be fsynced by us:
     /// the object store API has no durability flag.
     local_root: Option<PathBuf>,
+    /// Where the lake is (`file:///…/` or `s3://bucket/prefix/`), with a
+    /// trailing slash: tables are named relative to it.
+    url: Url,
+    /// The store `url`'s path is a path in (the file system, or the
+    /// bucket), as delta-rs takes it: it roots each table's log there.
+    root_store: Arc<dyn ObjectStore>,
 }
 
 impl Lake {
@@ -60,9 +93,15 @@ impl Lake {
         };
         std::fs::create_dir_all(root).map_err(io)?;
         let root = root.canonicalize().map_err(io)?;
+        let url = Url::from_directory_path(&root).map_err(|()| LakeError::Io {
+            path: root.clone(),
+            source: std::io::Error::other("not an absolute path"),
+        })?;
         Ok(Self {
             store: Arc::new(LocalFileSystem::new_with_prefix(&root)?),
+            root_store: Arc::new(DurableLocalStore::new(root.clone())),
             local_root: Some(root),
+            url,
         })
     }
 
@@ -76,23 +115,50 @@ impl Lake {
         if !location.contains("://") {
             return Self::local(location);
         }
-        let (store, prefix) = candor_control::open_store(location)?;
-        Ok(Self::on_store(store, prefix))
+        let (store, _prefix) = candor_control::open_store(location)?;
+        Self::on_store(store, location)
     }
 
-    /// A lake under `prefix` of an object store whose writes are durable
-    /// once they return (S3 and its kin; not a local directory, which needs
-    /// [`Lake::local`] for its fsyncs).
-    pub fn on_store(store: Arc<dyn ObjectStore>, prefix: ObjectPath) -> Self {
-        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
-            store
-        } else {
-            Arc::new(PrefixStore::new(store, prefix))
+    /// The lake at `location` (`s3://bucket/prefix`), read and written
+    /// through `bucket`, a store of that location's bucket whose writes
+    /// are durable once they return (S3 and its kin; not a local
+    /// directory, which needs [`Lake::local`] for its fsyncs).
+    pub fn on_store(bucket: Arc<dyn ObjectStore>, location: &str) -> Result<Self, LakeError> {
+        let bad = |reason: String| {
+            LakeError::Location(candor_control::StoreError::BadUrl {
+                url: location.to_string(),
+                reason,
+            })
         };
-        Self {
+        let mut url = Url::parse(location).map_err(|e| bad(e.to_string()))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("names no bucket".into()));
+        }
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        let prefix = ObjectPath::from(url.path());
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            bucket.clone()
+        } else {
+            Arc::new(PrefixStore::new(bucket.clone(), prefix))
+        };
+        Ok(Self {
             store,
             local_root: None,
-        }
+            url,
+            root_store: bucket,
+        })
+    }
+
+    /// Where the lake is, with a trailing slash.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The store [`Lake::url`]'s path lies in (see the field).
+    pub(crate) fn root_store(&self) -> Arc<dyn ObjectStore> {
+        self.root_store.clone()
     }
 
     pub fn store(&self) -> Arc<dyn ObjectStore> {
@@ -177,6 +243,24 @@ impl Lake {
 }
 
 impl Lake {
+    /// Creates a local lake's folder for `prefix` (and durably names it in
+    /// its parent) if missing. Object stores have no folders; there this
+    /// does nothing.
+    pub fn ensure_folder(&self, prefix: &ObjectPath) -> Result<(), LakeError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let dir = root.join(prefix.as_ref());
+        if dir.is_dir() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| LakeError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        fsync_files_and_folders(root, &[dir])
+    }
+
     /// Removes a local lake's folder for `prefix` once it is empty, so an
     /// emptied partition does not linger as a folder. Object stores have no
     /// folders; there this does nothing.
@@ -204,7 +288,7 @@ fn fsync_path(path: &Path) -> Result<(), LakeError> {
 
 /// A batch as one Parquet object: zstd, page statistics (so readers can
 /// prune pages), one row group.
-pub(crate) fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, LakeError> {
+pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, LakeError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_statistics_enabled(EnabledStatistics::Page)
@@ -222,26 +306,30 @@ pub(crate) fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, LakeError> 
 async fn sync_local_all(root: &Path, paths: &[ObjectPath]) -> Result<(), LakeError> {
     let files: Vec<PathBuf> = paths.iter().map(|p| root.join(p.as_ref())).collect();
     let root = root.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut dirs = std::collections::BTreeSet::new();
-        for file in &files {
-            fsync_path(file)?;
-            let mut dir = file.parent();
-            while let Some(d) = dir {
-                dirs.insert(d.to_path_buf());
-                if d == root {
-                    break;
-                }
-                dir = d.parent();
+    tokio::task::spawn_blocking(move || fsync_files_and_folders(&root, &files))
+        .await
+        .expect("fsync task does not panic")
+}
+
+/// fsyncs `files`, then each folder from them up to `root` once, a folder
+/// before the folder that names it.
+pub(crate) fn fsync_files_and_folders(root: &Path, files: &[PathBuf]) -> Result<(), LakeError> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for file in files {
+        fsync_path(file)?;
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            dirs.insert(d.to_path_buf());
+            if d == root || !d.starts_with(root) {
+                break;
             }
+            dir = d.parent();
         }
-        // Longer paths first: a folder before the folder that names it.
-        let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        dirs.iter().try_for_each(|d| fsync_path(d))
-    })
-    .await
-    .expect("fsync task does not panic")
+    }
+    // Longer paths first: a folder before the folder that names it.
+    let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    dirs.iter().try_for_each(|d| fsync_path(d))
 }
 
 /// fsyncs a file written under `root` and every directory from it up to
@@ -422,29 +510,6 @@ impl Lakes {
         }
         Ok(lakes)
     }
-}
-
-/// Every tenant document of the control plane. One that cannot be read is
-/// logged and left out, so it does not stop maintenance of the others.
-pub(crate) async fn tenants(
-    docs: &candor_control::DocumentStore,
-) -> Result<Vec<candor_control::Tenant>, LakeError> {
-    use candor_control::documents::Kind;
-    let ids = docs
-        .ids(Kind::Tenant)
-        .await
-        .map_err(|e| LakeError::Control(e.to_string()))?;
-    let mut all = Vec::new();
-    for id in ids {
-        match docs.get::<candor_control::Tenant>(Kind::Tenant, &id).await {
-            Ok(Some(tenant)) => all.push(tenant.doc),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(tenant = %id, error = %e, "unreadable tenant document left out")
-            }
-        }
-    }
-    Ok(all)
 }
 
 /// One spelling per place: a local path made absolute without a trailing

@@ -1,0 +1,13 @@
+//! Candor's lake, as the processor writes it and the query node reads it:
+//! the layout of each dataset's partitions ([`layout`]), the stores they
+//! live in ([`store`]: one deployment's lake and each residency tenant's
+//! own) and each dataset's Delta table in a lake ([`table`]).
+
+mod durable;
+pub mod layout;
+pub mod store;
+pub mod table;
+
+pub use layout::PartitionKey;
+pub use store::{LEASE_MS, Lake, LakeError, Lakes, Lease, encode_parquet};
+pub use table::{DatasetTable, NewObject, Progress, TableObject};
