@@ -1,7 +1,8 @@
 //! Candor's lake, as the processor writes it and the query node reads it:
 //! the layout of each dataset's partitions ([`layout`]), the stores they
 //! live in ([`store`]: one deployment's lake and each residency tenant's
-//! own) and each dataset's Delta table in a lake ([`table`]).
+//! own) and the Delta tables of a lake ([`table`]): each dataset's, and the
+//! processors' own state.
 
 mod durable;
 pub mod layout;
@@ -10,4 +11,6 @@ pub mod table;
 
 pub use layout::PartitionKey;
 pub use store::{LEASE_MS, Lake, LakeError, Lakes, Lease, encode_parquet};
-pub use table::{DatasetTable, NewObject, Progress, TableObject};
+pub use table::Progress;
+pub use table::dataset::{DatasetTable, NewObject, TableObject};
+pub use table::state::{StateEntry, StateTable};

@@ -353,7 +353,7 @@ async fn a_column_added_to_a_dataset_is_an_ordinary_delta_schema_change() {
             .fields()
             .cloned()
             .collect();
-    for name in candor_lake::table::PARTITION_COLUMNS {
+    for name in candor_lake::table::dataset::PARTITION_COLUMNS {
         fields.push(deltalake::kernel::StructField::new(
             name,
             deltalake::kernel::DataType::STRING,
@@ -365,7 +365,7 @@ async fn a_column_added_to_a_dataset_is_an_ordinary_delta_schema_change() {
     deltalake::operations::create::CreateBuilder::new()
         .with_location(url.as_str())
         .with_columns(fields)
-        .with_partition_columns(candor_lake::table::PARTITION_COLUMNS)
+        .with_partition_columns(candor_lake::table::dataset::PARTITION_COLUMNS)
         .await
         .unwrap();
     let key = PartitionKey {
@@ -518,7 +518,7 @@ async fn a_column_of_another_type_is_refused_not_rewritten() {
                 _ => f.clone(),
             })
             .collect();
-    for name in candor_lake::table::PARTITION_COLUMNS {
+    for name in candor_lake::table::dataset::PARTITION_COLUMNS {
         fields.push(StructField::new(name, DataType::STRING, false));
     }
     std::fs::create_dir_all(dir.path().join("activity")).unwrap();
@@ -526,7 +526,7 @@ async fn a_column_of_another_type_is_refused_not_rewritten() {
     deltalake::operations::create::CreateBuilder::new()
         .with_location(url.as_str())
         .with_columns(fields)
-        .with_partition_columns(candor_lake::table::PARTITION_COLUMNS)
+        .with_partition_columns(candor_lake::table::dataset::PARTITION_COLUMNS)
         .await
         .unwrap();
     let refused = DatasetTable::open(&lake, Dataset::Activity).await;

@@ -1,0 +1,312 @@
+//! Delta tables in a lake: each dataset's ([`dataset`]) and the
+//! processors' own state ([`state`]), opened, created and evolved alike,
+//! and committed to with the log progress that makes a writer exactly-once.
+//!
+//! A writer first makes its Parquet objects durable and then commits them
+//! in one Delta transaction that also records how far into its source it
+//! got: an application transaction (`txn`) whose app id names the consumer
+//! group and log partition and whose version is the last offset committed.
+//! Objects written by a try that never committed are in no table version,
+//! so no reader sees them. The commit is refused if the table moved on for
+//! the same app id since the writer looked (a successor took the partition
+//! over): Delta's own check for concurrent transactions of one app id, so a
+//! stalled processor cannot add its rows after its successor's.
+
+pub mod dataset;
+pub mod state;
+
+pub use dataset::PARTITION_COLUMNS;
+
+use std::sync::{Arc, OnceLock};
+
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, StructField, Transaction};
+use deltalake::logstore::{LogStore, LogStoreFactory, StorageConfig, default_logstore};
+use deltalake::operations::create::CreateBuilder;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore};
+use object_store::path::Path as ObjectPath;
+use url::Url;
+
+use crate::{Lake, LakeError};
+
+/// How far a writer got in its source, recorded with its commit: the
+/// consumer group and log partition (`app_id`) and the last offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub app_id: String,
+    pub version: i64,
+}
+
+impl Progress {
+    /// Progress of `group`'s reader of log `partition`, through offset
+    /// `last`: app id `<group>/<partition>` (the partition, a number, is
+    /// after the last slash whatever the group's name).
+    pub fn of_partition(group: &str, partition: i32, last: i64) -> Self {
+        Self {
+            app_id: format!("{group}/{partition}"),
+            version: last,
+        }
+    }
+}
+
+/// What a table is: where it lives in a lake and its columns.
+pub(crate) struct TableSpec {
+    /// Named in errors and logs.
+    pub name: &'static str,
+    /// The table's root within the lake (no trailing slash).
+    pub folder: String,
+    /// Every column, the partition columns last.
+    pub fields: Vec<StructField>,
+    pub partition_columns: &'static [&'static str],
+}
+
+/// A table in a lake, at the version last loaded. Always loaded: opening
+/// loads it or creates version 0.
+pub(crate) struct Table {
+    name: &'static str,
+    table: DeltaTable,
+}
+
+impl Table {
+    /// The table `spec` describes in `lake`, created empty if the lake has
+    /// none yet, with the columns the spec has and the table lacks added.
+    /// Two processes creating or evolving it at once end up with one table.
+    pub async fn open(lake: &Lake, spec: TableSpec) -> Result<Self, LakeError> {
+        // delta-rs reads a local table only from an existing folder.
+        lake.ensure_folder(&ObjectPath::from(spec.folder.as_str()))?;
+        let url = lake
+            .url()
+            .join(&format!("{}/", spec.folder))
+            .map_err(|e| LakeError::Corrupt(format!("{} table location: {e}", spec.name)))?;
+        let log_store = log_store(lake, &url)?;
+        let mut table = DeltaTable::new(log_store.clone());
+        let name = spec.name;
+        match table.load().await {
+            Ok(()) => {}
+            Err(DeltaTableError::NotATable(_)) => table = create(log_store, &spec).await?,
+            Err(e) => return Err(table_error(name, e)),
+        }
+        let table = evolve(table, &spec).await?;
+        Ok(Self { name, table })
+    }
+
+    pub fn delta(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    pub fn version(&self) -> u64 {
+        self.table.version().unwrap_or_default()
+    }
+
+    pub async fn refresh(&mut self) -> Result<(), LakeError> {
+        let name = self.name;
+        self.table
+            .update_incremental(None)
+            .await
+            .map_err(|e| table_error(name, e))
+    }
+
+    pub fn snapshot(&self) -> Result<&deltalake::table::state::DeltaTableState, LakeError> {
+        self.table.snapshot().map_err(|e| table_error(self.name, e))
+    }
+
+    /// The last version committed for `app_id` in the loaded version.
+    pub async fn progress(&self, app_id: &str) -> Result<Option<i64>, LakeError> {
+        self.snapshot()?
+            .transaction_version(self.table.log_store().as_ref(), app_id)
+            .await
+            .map_err(|e| table_error(self.name, e))
+    }
+
+    /// Commits `actions` as one new version recording `progress`, provided
+    /// the table's last progress of that app id is still `after` (`None`:
+    /// none yet). Another writer's commit of a different app id in between
+    /// is fine; one of the same app id, before or during this call, makes
+    /// it fail with [`LakeError::Superseded`] and commit nothing.
+    pub async fn commit(
+        &mut self,
+        actions: Vec<Action>,
+        operation: DeltaOperation,
+        progress: Progress,
+        after: Option<i64>,
+    ) -> Result<u64, LakeError> {
+        let found = self.progress(&progress.app_id).await?;
+        if found != after {
+            return Err(LakeError::Superseded {
+                app_id: progress.app_id,
+                expected: after,
+                found,
+            });
+        }
+        let txn =
+            Transaction::new_with_last_update(&progress.app_id, progress.version, Some(now_ms()));
+        let committed =
+            CommitBuilder::from(CommitProperties::default().with_application_transaction(txn))
+                .with_actions(actions)
+                .build(Some(self.snapshot()?), self.table.log_store(), operation)
+                .await;
+        match committed {
+            Ok(done) => {
+                let version = done.version();
+                self.table.state = Some(done.snapshot());
+                Ok(version)
+            }
+            Err(DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_),
+            }) => {
+                // Writers of one table touch only their own app id's files,
+                // so a conflict is a commit of the same app id.
+                self.refresh().await?;
+                Err(LakeError::Superseded {
+                    found: self.progress(&progress.app_id).await?,
+                    app_id: progress.app_id,
+                    expected: after,
+                })
+            }
+            Err(e) => Err(table_error(self.name, e)),
+        }
+    }
+}
+
+/// Creates the empty table; if another process created it first, loads
+/// that one.
+async fn create(log_store: Arc<dyn LogStore>, spec: &TableSpec) -> Result<DeltaTable, LakeError> {
+    let created = CreateBuilder::new()
+        .with_log_store(log_store.clone())
+        .with_table_name(spec.name)
+        .with_columns(spec.fields.clone())
+        .with_partition_columns(spec.partition_columns.iter().copied())
+        .with_save_mode(SaveMode::Ignore)
+        .await;
+    match created {
+        Ok(table) => Ok(table),
+        // Another process committed version 0 first.
+        Err(DeltaTableError::VersionAlreadyExists(_)) => {
+            let mut table = DeltaTable::new(log_store);
+            table.load().await.map_err(|e| table_error(spec.name, e))?;
+            Ok(table)
+        }
+        Err(e) => Err(table_error(spec.name, e)),
+    }
+}
+
+/// Brings the table's schema up to the spec's: a column this release added
+/// is added to the table, an ordinary Delta schema change (rows written
+/// before read it as null). Only nullable columns may be added that way,
+/// and a column whose type differs from the spec's is refused, never
+/// rewritten. A column the table has and the spec lacks (written by a newer
+/// release) stays: rows written here leave it null.
+async fn evolve(mut table: DeltaTable, spec: &TableSpec) -> Result<DeltaTable, LakeError> {
+    // Two processes may add the same columns at once; the loser of the
+    // commit race reloads and finds nothing left to add.
+    for _ in 0..3 {
+        let current = table
+            .snapshot()
+            .map_err(|e| table_error(spec.name, e))?
+            .schema();
+        let mut missing = Vec::new();
+        for wanted in &spec.fields {
+            match current.field(wanted.name()) {
+                Some(found) if found.data_type() == wanted.data_type() => {}
+                Some(found) => {
+                    return Err(LakeError::Corrupt(format!(
+                        "the {} table's column {} is {:?}, not the {:?} this release writes",
+                        spec.name,
+                        wanted.name(),
+                        found.data_type(),
+                        wanted.data_type()
+                    )));
+                }
+                None if wanted.is_nullable() => missing.push(wanted.clone()),
+                None => {
+                    return Err(LakeError::Corrupt(format!(
+                        "the {} table lacks column {}, which cannot be added: it is not nullable",
+                        spec.name,
+                        wanted.name()
+                    )));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(table);
+        }
+        let names: Vec<String> = missing.iter().map(|f| f.name().clone()).collect();
+        let log_store = table.log_store();
+        match table.add_columns().with_fields(missing).await {
+            Ok(evolved) => {
+                tracing::info!(table = spec.name, columns = ?names, "added columns to the table");
+                return Ok(evolved);
+            }
+            Err(DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_),
+            }) => {
+                table = DeltaTable::new(log_store);
+                table.load().await.map_err(|e| table_error(spec.name, e))?;
+            }
+            Err(e) => return Err(table_error(spec.name, e)),
+        }
+    }
+    Err(LakeError::Corrupt(format!(
+        "the {} table's schema kept changing while columns were added",
+        spec.name
+    )))
+}
+
+/// The log store of the table at `url`, over the lake's own store, so the
+/// log is written with the lake's durability and credentials.
+fn log_store(lake: &Lake, url: &Url) -> Result<Arc<dyn LogStore>, LakeError> {
+    register_s3_log_stores();
+    DeltaTableBuilder::from_url(url.clone())
+        .and_then(|builder| {
+            builder
+                .with_storage_backend(lake.root_store(), url.clone())
+                .build_storage()
+        })
+        .map_err(|e| LakeError::Corrupt(format!("table at {url}: {e}")))
+}
+
+/// delta-rs knows `s3://` only through its AWS crate (DynamoDB locking,
+/// the AWS SDK). The lake's S3 store commits with conditional puts
+/// (`If-None-Match`), which is all Delta's log needs, so `s3://` tables
+/// use delta-rs's default log store over it.
+fn register_s3_log_stores() {
+    static REGISTERED: OnceLock<()> = OnceLock::new();
+    REGISTERED.get_or_init(|| {
+        let scheme = Url::parse("s3://").expect("a valid URL");
+        deltalake::logstore::logstore_factories().insert(scheme, Arc::new(ConditionalPutLogStores));
+    });
+}
+
+struct ConditionalPutLogStores;
+
+impl LogStoreFactory for ConditionalPutLogStores {
+    fn with_options(
+        &self,
+        prefixed_store: Arc<dyn ObjectStore>,
+        root_store: Arc<dyn ObjectStore>,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+pub(crate) fn table_error(table: &'static str, error: DeltaTableError) -> LakeError {
+    LakeError::Table {
+        table,
+        source: Box::new(error),
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
