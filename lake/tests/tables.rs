@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use candor_lake::{DatasetTable, Lake, LakeError, NewObject, PartitionKey, Progress};
 use candor_schemas::TenantId;
 use candor_schemas::datasets::Dataset;
@@ -102,6 +102,41 @@ async fn sum_by_tenant(table: &deltalake::DeltaTable) -> Vec<(String, i64)> {
     out
 }
 
+/// `(rows, sum of tracked_s)` of `tenant`'s provider, with `predicate`
+/// (a query's own filter, here one that asks for every tenant).
+async fn tenant_totals(table: &DatasetTable, tenant: &str, predicate: &str) -> (i64, Option<i64>) {
+    let ctx = SessionContext::new();
+    table
+        .delta()
+        .update_datafusion_session(&ctx.state())
+        .unwrap();
+    let provider = table
+        .tenant_provider(&TenantId::new(tenant).unwrap())
+        .await
+        .unwrap();
+    ctx.register_table("activity", provider).unwrap();
+    let batches = ctx
+        .sql(&format!(
+            "SELECT COUNT(*), SUM(tracked_s) FROM activity WHERE {predicate}"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let count = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    let sum = batches[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    (count.value(0), (!sum.is_null(0)).then(|| sum.value(0)))
+}
+
 /// What engines other than Candor's read in the local lake at `dir`:
 /// per engine and dataset, `[tenant, rows, sum of measure]` per tenant
 /// (`read_delta.py`: PyPI deltalake and DuckDB's delta extension).
@@ -186,6 +221,29 @@ async fn appends_commit_progress_and_scope(lake: Lake) {
     assert_eq!(
         tracked_by_tenant(&lake).await,
         vec![("acme".to_string(), 180), ("globex".to_string(), 120)]
+    );
+
+    // A tenant's provider holds its files only: a query asking for every
+    // tenant, or for another one, still reads that tenant's rows alone.
+    for predicate in [
+        "true",
+        "tenant = 'globex' OR true",
+        "tenant <> 'acme' OR 1 = 1",
+    ] {
+        assert_eq!(
+            tenant_totals(&reopened, "acme", predicate).await,
+            (3, Some(180)),
+            "{predicate}"
+        );
+    }
+    assert_eq!(
+        tenant_totals(&reopened, "globex", "true").await,
+        (2, Some(120))
+    );
+    assert_eq!(
+        tenant_totals(&reopened, "initech", "true").await,
+        (0, None),
+        "a tenant with no files reads nothing, not everything"
     );
 }
 

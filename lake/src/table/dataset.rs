@@ -9,9 +9,11 @@
 //! apart (their own partition folders, their own files).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candor_schemas::TenantId;
 use candor_schemas::datasets::Dataset;
+use datafusion::catalog::TableProvider;
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::{Action, Add, DataType, StructField, StructType};
@@ -127,9 +129,7 @@ impl DatasetTable {
         let mut objects = Vec::new();
         for file in self.table.snapshot()?.log_data().iter() {
             let values = file.partition_values_map();
-            let of_tenant =
-                values.get("tenant").and_then(Option::as_deref) == Some(tenant.as_str());
-            if !of_tenant {
+            if values.get("tenant").and_then(Option::as_deref) != Some(tenant.as_str()) {
                 continue;
             }
             let date = values.get("date").cloned().flatten().ok_or_else(|| {
@@ -142,6 +142,32 @@ impl DatasetTable {
             });
         }
         Ok(objects)
+    }
+
+    /// `tenant`'s rows in the loaded version as a DataFusion table. It is
+    /// built over that tenant's files and no other, chosen here, so no
+    /// filter of a query over it (nor the lack of one) can reach another
+    /// tenant's rows.
+    pub async fn tenant_provider(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Arc<dyn TableProvider>, LakeError> {
+        let prefix = format!("{}/", self.dataset.name());
+        let paths: Vec<String> = self
+            .tenant_objects(tenant)?
+            .into_iter()
+            .map(|object| object.path[prefix.len()..].to_string())
+            .collect();
+        let scan_error = |e: datafusion::error::DataFusionError| LakeError::Table {
+            table: self.dataset.name(),
+            source: Box::new(e.into()),
+        };
+        // A selection of no files reads nothing (tested), not everything.
+        self.delta()
+            .table_provider()
+            .with_file_paths(paths)
+            .await
+            .map_err(scan_error)
     }
 }
 
