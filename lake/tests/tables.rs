@@ -389,9 +389,39 @@ fn gps_rows(schema: arrow::datatypes::SchemaRef, rows: usize) -> RecordBatch {
     RecordBatch::try_new(schema, columns).unwrap()
 }
 
+/// Creates `folder`'s table in the lake at `dir` the way another writer
+/// (an earlier release, a person by hand) would: with `schema`'s columns,
+/// each passed through `column`, then the partition columns. Returns the
+/// table's URL.
+async fn create_table_by_hand(
+    dir: &std::path::Path,
+    folder: &str,
+    schema: &arrow::datatypes::Schema,
+    column: impl Fn(&deltalake::kernel::StructField) -> deltalake::kernel::StructField,
+) -> url::Url {
+    use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+    use deltalake::kernel::{DataType, StructField, StructType};
+    let mut fields: Vec<StructField> = StructType::try_from_arrow(schema)
+        .unwrap()
+        .fields()
+        .map(column)
+        .collect();
+    for name in candor_lake::table::PARTITION_COLUMNS {
+        fields.push(StructField::new(name, DataType::STRING, false));
+    }
+    std::fs::create_dir_all(dir.join(folder)).unwrap();
+    let url = url::Url::from_directory_path(dir.join(folder)).unwrap();
+    deltalake::operations::create::CreateBuilder::new()
+        .with_location(url.as_str())
+        .with_columns(fields)
+        .with_partition_columns(candor_lake::table::PARTITION_COLUMNS)
+        .await
+        .unwrap();
+    url
+}
+
 #[tokio::test]
 async fn a_column_added_to_a_dataset_is_an_ordinary_delta_schema_change() {
-    use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::local(dir.path()).unwrap();
     // A gps table as an earlier release wrote it: before the route columns.
@@ -405,27 +435,7 @@ async fn a_column_added_to_a_dataset_is_an_ordinary_delta_schema_change() {
             .cloned()
             .collect::<Vec<_>>(),
     ));
-    let mut fields: Vec<deltalake::kernel::StructField> =
-        deltalake::kernel::StructType::try_from_arrow(older.as_ref())
-            .unwrap()
-            .fields()
-            .cloned()
-            .collect();
-    for name in candor_lake::table::dataset::PARTITION_COLUMNS {
-        fields.push(deltalake::kernel::StructField::new(
-            name,
-            deltalake::kernel::DataType::STRING,
-            false,
-        ));
-    }
-    std::fs::create_dir_all(dir.path().join("gps")).unwrap();
-    let url = url::Url::from_directory_path(dir.path().join("gps")).unwrap();
-    deltalake::operations::create::CreateBuilder::new()
-        .with_location(url.as_str())
-        .with_columns(fields)
-        .with_partition_columns(candor_lake::table::dataset::PARTITION_COLUMNS)
-        .await
-        .unwrap();
+    let url = create_table_by_hand(dir.path(), "gps", &older, Clone::clone).await;
     let key = PartitionKey {
         dataset: Dataset::Gps,
         tenant: TenantId::new("acme").unwrap(),
@@ -565,28 +575,20 @@ async fn a_column_of_another_type_is_refused_not_rewritten() {
     let lake = Lake::local(dir.path()).unwrap();
     // An activity table whose tracked_s is a string (hand-made, or from a
     // release that never existed).
-    use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
-    use deltalake::kernel::{DataType, StructField, StructType};
-    let mut fields: Vec<StructField> =
-        StructType::try_from_arrow(Dataset::Activity.lake_schema().as_ref())
-            .unwrap()
-            .fields()
-            .map(|f| match f.name().as_str() {
-                "tracked_s" => StructField::new("tracked_s", DataType::STRING, false),
-                _ => f.clone(),
-            })
-            .collect();
-    for name in candor_lake::table::dataset::PARTITION_COLUMNS {
-        fields.push(StructField::new(name, DataType::STRING, false));
-    }
-    std::fs::create_dir_all(dir.path().join("activity")).unwrap();
-    let url = url::Url::from_directory_path(dir.path().join("activity")).unwrap();
-    deltalake::operations::create::CreateBuilder::new()
-        .with_location(url.as_str())
-        .with_columns(fields)
-        .with_partition_columns(candor_lake::table::dataset::PARTITION_COLUMNS)
-        .await
-        .unwrap();
+    let url = create_table_by_hand(
+        dir.path(),
+        "activity",
+        &Dataset::Activity.lake_schema(),
+        |f| match f.name().as_str() {
+            "tracked_s" => deltalake::kernel::StructField::new(
+                "tracked_s",
+                deltalake::kernel::DataType::STRING,
+                false,
+            ),
+            _ => f.clone(),
+        },
+    )
+    .await;
     let refused = DatasetTable::open(&lake, Dataset::Activity).await;
     let message = refused.err().expect("refused").to_string();
     assert!(message.contains("tracked_s"), "{message}");

@@ -131,41 +131,54 @@ impl Table {
         progress: Progress,
         after: Option<i64>,
     ) -> Result<u64, LakeError> {
-        let found = self.progress(&progress.app_id).await?;
-        if found != after {
-            return Err(LakeError::Superseded {
-                app_id: progress.app_id,
-                expected: after,
-                found,
-            });
-        }
-        let txn =
-            Transaction::new_with_last_update(&progress.app_id, progress.version, Some(now_ms()));
-        let committed =
-            CommitBuilder::from(CommitProperties::default().with_application_transaction(txn))
-                .with_actions(actions)
-                .build(Some(self.snapshot()?), self.table.log_store(), operation)
-                .await;
-        match committed {
-            Ok(done) => {
-                let version = done.version();
-                self.table.state = Some(done.snapshot());
-                Ok(version)
-            }
-            Err(DeltaTableError::Transaction {
-                source: TransactionError::CommitConflict(_),
-            }) => {
-                // Writers of one table touch only their own app id's files,
-                // so a conflict is a commit of the same app id.
-                self.refresh().await?;
-                Err(LakeError::Superseded {
-                    found: self.progress(&progress.app_id).await?,
+        // delta-rs itself retries a commit that lost the race for a version
+        // to a commit it does not conflict with; a conflict it reports is
+        // either the same app id (superseded) or something else that moved
+        // under this commit (a schema change), which is worth one more try
+        // from the new version.
+        const TRIES: usize = 3;
+        for _ in 0..TRIES {
+            let found = self.progress(&progress.app_id).await?;
+            if found != after {
+                return Err(LakeError::Superseded {
                     app_id: progress.app_id,
                     expected: after,
-                })
+                    found,
+                });
             }
-            Err(e) => Err(table_error(self.name, e)),
+            let txn = Transaction::new_with_last_update(
+                &progress.app_id,
+                progress.version,
+                Some(now_ms()),
+            );
+            let committed =
+                CommitBuilder::from(CommitProperties::default().with_application_transaction(txn))
+                    .with_actions(actions.clone())
+                    .build(
+                        Some(self.snapshot()?),
+                        self.table.log_store(),
+                        operation.clone(),
+                    )
+                    .await;
+            match committed {
+                Ok(done) => {
+                    let version = done.version();
+                    self.table.state = Some(done.snapshot());
+                    return Ok(version);
+                }
+                Err(DeltaTableError::Transaction {
+                    source: TransactionError::CommitConflict(conflict),
+                }) => {
+                    tracing::info!(table = self.name, %conflict, "commit conflict; checking the table again");
+                    self.refresh().await?;
+                }
+                Err(e) => return Err(table_error(self.name, e)),
+            }
         }
+        Err(LakeError::Corrupt(format!(
+            "the {} table kept changing under a commit ({TRIES} tries)",
+            self.name
+        )))
     }
 }
 
