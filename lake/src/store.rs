@@ -26,9 +26,14 @@ impl LakeError {
     pub fn is_transient(&self) -> bool {
         match self {
             LakeError::Store(_) | LakeError::Io { .. } => true,
-            LakeError::Table { source, .. } => {
-                matches!(**source, deltalake::DeltaTableError::ObjectStore { .. })
-            }
+            LakeError::Table { source, .. } => matches!(
+                **source,
+                deltalake::DeltaTableError::ObjectStore { .. }
+                    | deltalake::DeltaTableError::Io { .. }
+                    | deltalake::DeltaTableError::KernelError(
+                        delta_kernel::Error::ObjectStore(_) | delta_kernel::Error::IOError(_)
+                    )
+            ),
             _ => false,
         }
     }

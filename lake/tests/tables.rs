@@ -596,3 +596,105 @@ async fn a_column_of_another_type_is_refused_not_rewritten() {
     let table = deltalake::open_table(url).await.unwrap();
     assert_eq!(table.version(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_while_s3_is_cut_fails_as_transient_and_lands_once_after() {
+    use candor_control::testkit::{TcpProxy, named_s3_client, s3_endpoint};
+    let proxy = TcpProxy::start(&s3_endpoint()).await;
+    let (bucket, store) = named_s3_client(&proxy.endpoint(), "table-cut");
+    let lake = Lake::on_store(store, &format!("s3://{bucket}/lake")).unwrap();
+    let mut table = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    let objects = vec![write_object(&lake, "acme", "0-9.parquet", 3).await];
+    proxy.cut();
+    let failed = table
+        .append(&objects, progress("g/0", 9), None)
+        .await
+        .expect_err("no store, no commit");
+    assert!(failed.is_transient(), "{failed}");
+    proxy.restore();
+    // Tried again, as a processor does after a transient error: one version.
+    assert_eq!(
+        table
+            .append(&objects, progress("g/0", 9), None)
+            .await
+            .unwrap(),
+        1
+    );
+    let reader = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    assert_eq!(reader.version(), 1);
+    assert_eq!(
+        tracked_by_tenant(&lake).await,
+        vec![("acme".to_string(), 180)]
+    );
+}
+
+#[tokio::test]
+async fn a_commit_tried_again_after_it_landed_unseen_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    // The same writer's view before its commit, and the commit itself,
+    // whose answer (say) was lost on the way back.
+    let mut before = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    let mut writer = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    let objects = vec![write_object(&lake, "acme", "0-9.parquet", 3).await];
+    writer
+        .append(&objects, progress("g/0", 9), None)
+        .await
+        .unwrap();
+    // The retry, from the view that has not seen it: the progress is there,
+    // so it commits nothing, from a stale view and from a fresh one.
+    assert_eq!(
+        before
+            .append(&objects, progress("g/0", 9), None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        writer
+            .append(&objects, progress("g/0", 9), None)
+            .await
+            .unwrap(),
+        1
+    );
+    let reader = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    assert_eq!(reader.version(), 1, "no second version");
+    assert_eq!(
+        tracked_by_tenant(&lake).await,
+        vec![("acme".to_string(), 180)]
+    );
+}
+
+#[tokio::test]
+async fn a_hand_edited_log_stops_that_table_with_a_clear_error_and_not_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let mut activity = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    let objects = vec![write_object(&lake, "acme", "0-9.parquet", 3).await];
+    activity
+        .append(&objects, progress("g/0", 9), None)
+        .await
+        .unwrap();
+    DatasetTable::open(&lake, Dataset::Gps).await.unwrap();
+    // Someone edits the activity table's last commit by hand.
+    let commit = dir
+        .path()
+        .join("activity/_delta_log/00000000000000000001.json");
+    let text = std::fs::read_to_string(&commit).unwrap();
+    std::fs::write(&commit, text.replacen("{\"add\"", "{\"add\" oops", 1)).unwrap();
+    let refused = DatasetTable::open(&lake, Dataset::Activity).await;
+    let message = refused
+        .err()
+        .expect("an unreadable log is refused")
+        .to_string();
+    assert!(message.starts_with("the activity table: "), "{message}");
+    assert!(!LakeError::is_transient(
+        &DatasetTable::open(&lake, Dataset::Activity)
+            .await
+            .err()
+            .unwrap()
+    ));
+    // The other tables keep serving.
+    let gps = DatasetTable::open(&lake, Dataset::Gps).await.unwrap();
+    assert_eq!(gps.version(), 0);
+}

@@ -123,7 +123,10 @@ impl Table {
     /// the table's last progress of that app id is still `after` (`None`:
     /// none yet). Another writer's commit of a different app id in between
     /// is fine; one of the same app id, before or during this call, makes
-    /// it fail with [`LakeError::Superseded`] and commit nothing.
+    /// it fail with [`LakeError::Superseded`] and commit nothing, unless it
+    /// committed this very progress: then the rows are in already, and
+    /// nothing more is committed (the answer is the loaded version). A
+    /// writer may so retry a commit whose answer it never saw.
     pub async fn commit(
         &mut self,
         actions: Vec<Action>,
@@ -139,6 +142,19 @@ impl Table {
         const TRIES: usize = 3;
         for _ in 0..TRIES {
             let found = self.progress(&progress.app_id).await?;
+            if found == Some(progress.version) {
+                // This very progress is committed: by an earlier try of
+                // this writer whose answer was lost (a cut connection), or
+                // by a successor that covered the same records. Either
+                // way the rows are in; committing them again would double
+                // them.
+                tracing::info!(
+                    table = self.name,
+                    app_id = progress.app_id,
+                    "already committed"
+                );
+                return Ok(self.version());
+            }
             if found != after {
                 return Err(LakeError::Superseded {
                     app_id: progress.app_id,
