@@ -51,6 +51,10 @@ pub enum LakeError {
     Location(#[from] candor_control::StoreError),
     #[error("control plane: {0}")]
     Control(String),
+    /// A table refused what was asked: a schema this release cannot
+    /// write, a location that names no table, a table that kept changing.
+    #[error("{0}")]
+    Refused(String),
     #[error("the {table} table: {source}")]
     Table {
         table: &'static str,

@@ -106,7 +106,7 @@ impl DatasetTable {
         let mut actions = Vec::with_capacity(objects.len());
         for object in objects {
             if object.key.dataset != self.dataset {
-                return Err(LakeError::Corrupt(format!(
+                return Err(LakeError::Refused(format!(
                     "an object of {} committed to the {} table",
                     object.key.dataset.name(),
                     self.dataset.name()
@@ -196,7 +196,7 @@ fn add_action(object: &NewObject, now_ms: i64) -> Add {
 /// columns.
 fn table_fields(dataset: Dataset) -> Result<Vec<StructField>, LakeError> {
     let mut fields: Vec<StructField> = StructType::try_from_arrow(dataset.lake_schema().as_ref())
-        .map_err(|e| LakeError::Corrupt(format!("{} schema: {e}", dataset.name())))?
+        .map_err(|e| LakeError::Refused(format!("{} schema: {e}", dataset.name())))?
         .fields()
         .cloned()
         .collect();

@@ -78,7 +78,7 @@ impl Table {
         let url = lake
             .url()
             .join(&format!("{}/", spec.folder))
-            .map_err(|e| LakeError::Corrupt(format!("{} table location: {e}", spec.name)))?;
+            .map_err(|e| LakeError::Refused(format!("{} table location: {e}", spec.name)))?;
         let log_store = log_store(lake, &url)?;
         let mut table = DeltaTable::new(log_store.clone());
         let name = spec.name;
@@ -191,7 +191,7 @@ impl Table {
                 Err(e) => return Err(table_error(self.name, e)),
             }
         }
-        Err(LakeError::Corrupt(format!(
+        Err(LakeError::Refused(format!(
             "the {} table kept changing under a commit ({TRIES} tries)",
             self.name
         )))
@@ -239,7 +239,7 @@ async fn evolve(mut table: DeltaTable, spec: &TableSpec) -> Result<DeltaTable, L
             match current.field(wanted.name()) {
                 Some(found) if found.data_type() == wanted.data_type() => {}
                 Some(found) => {
-                    return Err(LakeError::Corrupt(format!(
+                    return Err(LakeError::Refused(format!(
                         "the {} table's column {} is {:?}, not the {:?} this release writes",
                         spec.name,
                         wanted.name(),
@@ -249,7 +249,7 @@ async fn evolve(mut table: DeltaTable, spec: &TableSpec) -> Result<DeltaTable, L
                 }
                 None if wanted.is_nullable() => missing.push(wanted.clone()),
                 None => {
-                    return Err(LakeError::Corrupt(format!(
+                    return Err(LakeError::Refused(format!(
                         "the {} table lacks column {}, which cannot be added: it is not nullable",
                         spec.name,
                         wanted.name()
@@ -276,7 +276,7 @@ async fn evolve(mut table: DeltaTable, spec: &TableSpec) -> Result<DeltaTable, L
             Err(e) => return Err(table_error(spec.name, e)),
         }
     }
-    Err(LakeError::Corrupt(format!(
+    Err(LakeError::Refused(format!(
         "the {} table's schema kept changing while columns were added",
         spec.name
     )))
@@ -292,7 +292,7 @@ fn log_store(lake: &Lake, url: &Url) -> Result<Arc<dyn LogStore>, LakeError> {
                 .with_storage_backend(lake.root_store(), url.clone())
                 .build_storage()
         })
-        .map_err(|e| LakeError::Corrupt(format!("table at {url}: {e}")))
+        .map_err(|e| LakeError::Refused(format!("table at {url}: {e}")))
 }
 
 /// delta-rs knows `s3://` only through its AWS crate (DynamoDB locking,

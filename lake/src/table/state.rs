@@ -161,7 +161,10 @@ impl StateTable {
             DeltaOperation::Write {
                 mode: SaveMode::Overwrite,
                 partition_by: None,
-                predicate: Some(format!("group = '{group}' AND log_partition = {partition}")),
+                predicate: Some(format!(
+                    "group = '{}' AND log_partition = {partition}",
+                    group.replace('\'', "''")
+                )),
             }
         } else {
             DeltaOperation::Write {
@@ -228,7 +231,7 @@ fn entries_batch(entries: &[StateEntry]) -> Result<RecordBatch, LakeError> {
             )),
         ],
     )
-    .map_err(|e| LakeError::Corrupt(format!("state rows: {e}")))
+    .map_err(|e| LakeError::Refused(format!("state rows: {e}")))
 }
 
 fn read_entries(bytes: Bytes, path: &str) -> Result<Vec<StateEntry>, LakeError> {
