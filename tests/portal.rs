@@ -12,8 +12,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
-use common::process::{Standalone, candor, count_before, secret_in, simulate};
-use serde_json::{Value, json};
+use common::process::{
+    Standalone, candor, count_before, load_simulated_directory, secret_in, simulate,
+};
+use serde_json::json;
 
 /// Three work days, all ended: the latest Wednesday-to-Friday before today.
 fn days() -> (NaiveDate, NaiveDate) {
@@ -77,19 +79,14 @@ async fn the_portal_shows_each_role_its_scope_in_a_real_browser() {
             .to_string(),
         );
         let file = data.path().join(format!("{tenant}.json"));
-        let mut args = vec!["simulate", "--directory-only", "--directory-out"];
-        args.push(file.to_str().unwrap());
-        args.extend(staff(tenant, departments, field));
-        run(&args);
-        run(&[
-            "directory",
-            "load",
-            "--tenant",
+        let people = staff(tenant, departments, field);
+        directories.push(load_simulated_directory(
+            data.path(),
+            &secret_file,
             tenant,
-            "--file",
-            file.to_str().unwrap(),
-        ]);
-        directories.push(serde_json::from_slice::<Value>(&std::fs::read(&file).unwrap()).unwrap());
+            &people,
+            &file,
+        ));
     }
     let acme = &directories[0]["employees"];
     let department_of = |e: &str| acme[e]["department"].as_str().unwrap().to_string();

@@ -12,7 +12,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
-use common::process::{Standalone, candor, count_before, secret_in, simulate};
+use common::process::{
+    Standalone, candor, count_before, load_simulated_directory, secret_in, simulate,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -129,21 +131,13 @@ async fn team_only_shows_managers_and_hr_groups_of_at_least_k_and_employees_thei
         "--seed",
         "11",
     ];
-    let directory_file = data.path().join("directory.json");
-    let mut args = vec!["simulate", "--directory-only", "--directory-out"];
-    args.push(directory_file.to_str().unwrap());
-    args.extend(staff);
-    run(&args);
-    run(&[
-        "directory",
-        "load",
-        "--tenant",
+    let directory = load_simulated_directory(
+        data.path(),
+        &secret_file,
         "sim",
-        "--file",
-        directory_file.to_str().unwrap(),
-    ]);
-    let directory: Value =
-        serde_json::from_slice(&std::fs::read(&directory_file).unwrap()).unwrap();
+        &staff,
+        &data.path().join("directory.json"),
+    );
     let department_of: BTreeMap<String, String> = directory["employees"]
         .as_object()
         .unwrap()

@@ -14,7 +14,9 @@ use candor_query::{ActivityDay, TenantLake};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::{EnvelopeHeader, TenantId};
 use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
-use common::process::{Standalone, candor, count_before, secret_in, simulate};
+use common::process::{
+    Standalone, candor, count_before, load_simulated_directory, secret_in, simulate,
+};
 use common::{activity_batch, header, ms, post, samples, seal_batch};
 
 /// Hang guard: a stuck process fails the test instead of stalling CI.
@@ -260,22 +262,12 @@ async fn simulated_staff_with_field_workers_and_late_uploads_reach_the_kpis() {
         "3",
     ];
     // The matching directory first, so departments are attributed.
-    let directory = data.path().join("directory.json");
-    let mut args = vec!["simulate", "--directory-only", "--directory-out"];
-    args.push(directory.to_str().unwrap());
-    args.extend(staff);
-    candor(data.path(), &secret_file, &args);
-    candor(
+    load_simulated_directory(
         data.path(),
         &secret_file,
-        &[
-            "directory",
-            "load",
-            "--tenant",
-            "sim",
-            "--file",
-            directory.to_str().unwrap(),
-        ],
+        "sim",
+        &staff,
+        &data.path().join("directory.json"),
     );
     let standalone = Standalone::start(data.path(), &secret_file, &[]);
 

@@ -41,6 +41,28 @@ pub fn candor(data: &Path, secret_file: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Writes the directory of the simulated `staff` (`candor simulate
+/// --directory-only`, so the agents later simulated match it) to `file`,
+/// loads it for `tenant` as an operator would, and returns it.
+pub fn load_simulated_directory(
+    data: &Path,
+    secret_file: &Path,
+    tenant: &str,
+    staff: &[&str],
+    file: &Path,
+) -> serde_json::Value {
+    let file_arg = file.to_str().unwrap();
+    let mut args = vec!["simulate", "--directory-only", "--directory-out", file_arg];
+    args.extend(staff);
+    candor(data, secret_file, &args);
+    candor(
+        data,
+        secret_file,
+        &["directory", "load", "--tenant", tenant, "--file", file_arg],
+    );
+    serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
+}
+
 /// Runs `candor simulate` with `staff` as a process of its own, posting to
 /// `ingest` for `days` days ending on `last_day`, within the guard; returns
 /// its summary.
