@@ -11,6 +11,7 @@ pub mod table;
 
 pub use layout::PartitionKey;
 pub use store::{LEASE_MS, Lake, LakeError, Lakes, Lease, encode_parquet};
-pub use table::Progress;
 pub use table::dataset::{DatasetTable, NewObject, TableObject};
-pub use table::state::{StateEntry, StateTable};
+pub use table::maintenance::{Compacted, Deleted};
+pub use table::state::{StateEntry, StateTable, StateWrite};
+pub use table::{Prior, Progress};

@@ -298,15 +298,23 @@ fn fsync_path(path: &Path) -> Result<(), LakeError> {
 /// A batch as one Parquet object: zstd, page statistics (so readers can
 /// prune pages), one row group.
 pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, LakeError> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .build();
+    let props = writer_properties();
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 4096);
     let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
     writer.write(batch)?;
     writer.close()?;
     Ok(buf)
+}
+
+/// How every Parquet object of the lake is written, by the processor and
+/// by the tables' own rewrites (compaction, deletes) alike.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build()
 }
 
 /// fsyncs files written under `root`, then each directory from them up to

@@ -4,7 +4,7 @@
 //! and on a real S3-compatible server.
 
 use bytes::Bytes;
-use candor_lake::{Lake, LakeError, Progress, StateEntry, StateTable};
+use candor_lake::{Lake, LakeError, StateEntry, StateTable, StateWrite};
 
 fn entry(kind: &str, first: i64, last: i64, payload: &[u8]) -> StateEntry {
     StateEntry {
@@ -15,32 +15,43 @@ fn entry(kind: &str, first: i64, last: i64, payload: &[u8]) -> StateEntry {
     }
 }
 
+fn write(
+    partition: i32,
+    entries: &[StateEntry],
+    replace: bool,
+    last_offset: i64,
+    after: Option<i64>,
+) -> StateWrite {
+    StateWrite {
+        partition,
+        entries: entries.to_vec(),
+        replace,
+        last_offset,
+        after,
+    }
+}
+
 async fn state_per_partition_and_replacement(lake: Lake) {
     let mut table = StateTable::open(&lake).await.unwrap();
     let mut other = StateTable::open(&lake).await.unwrap();
-    let p0 = |last| Progress::of_partition("g", 0, last);
     let flush_1 = [
         entry("batch_ids", 0, 9, b"ids 0-9"),
         entry("routes", 0, 9, b"routes 0-9"),
     ];
     table
-        .record("g", 0, &flush_1, false, p0(9), None)
+        .record("g", &[write(0, &flush_1, false, 9, None)])
         .await
         .unwrap();
     let flush_2 = [entry("batch_ids", 10, 19, b"ids 10-19")];
     table
-        .record("g", 0, &flush_2, false, p0(19), Some(9))
+        .record("g", &[write(0, &flush_2, false, 19, Some(9))])
         .await
         .unwrap();
     // Another partition's owner, from an older version: no conflict.
     other
         .record(
             "g",
-            1,
-            &[entry("batch_ids", 0, 4, b"p1")],
-            false,
-            Progress::of_partition("g", 1, 4),
-            None,
+            &[write(1, &[entry("batch_ids", 0, 4, b"p1")], false, 4, None)],
         )
         .await
         .unwrap();
@@ -48,11 +59,7 @@ async fn state_per_partition_and_replacement(lake: Lake) {
     other
         .record(
             "h",
-            0,
-            &[entry("batch_ids", 0, 2, b"h")],
-            false,
-            Progress::of_partition("h", 0, 2),
-            None,
+            &[write(0, &[entry("batch_ids", 0, 2, b"h")], false, 2, None)],
         )
         .await
         .unwrap();
@@ -79,7 +86,7 @@ async fn state_per_partition_and_replacement(lake: Lake) {
     ];
     let before = reader.version();
     let version = table
-        .record("g", 0, &merged, true, p0(29), Some(19))
+        .record("g", &[write(0, &merged, true, 29, Some(19))])
         .await
         .unwrap();
     assert_eq!(version, before + 1, "one version");
@@ -119,11 +126,13 @@ async fn a_stalled_writer_records_no_state() {
     successor
         .record(
             "g",
-            0,
-            &[entry("batch_ids", 0, 19, b"successor")],
-            false,
-            Progress::of_partition("g", 0, 19),
-            None,
+            &[write(
+                0,
+                &[entry("batch_ids", 0, 19, b"successor")],
+                false,
+                19,
+                None,
+            )],
         )
         .await
         .unwrap();
@@ -132,11 +141,13 @@ async fn a_stalled_writer_records_no_state() {
         let refused = stalled
             .record(
                 "g",
-                0,
-                &[entry("batch_ids", 0, 9, b"stalled")],
-                replace,
-                Progress::of_partition("g", 0, 9),
-                None,
+                &[write(
+                    0,
+                    &[entry("batch_ids", 0, 9, b"stalled")],
+                    replace,
+                    9,
+                    None,
+                )],
             )
             .await;
         assert!(

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
-use candor_lake::{DatasetTable, Lake, LakeError, NewObject, PartitionKey, Progress};
+use candor_lake::{DatasetTable, Lake, LakeError, NewObject, PartitionKey, Prior, Progress};
 use candor_schemas::TenantId;
 use candor_schemas::datasets::Dataset;
 use datafusion::prelude::SessionContext;
@@ -59,11 +59,14 @@ async fn write_object(lake: &Lake, tenant: &str, name: &str, rows: usize) -> New
     }
 }
 
-fn progress(app_id: &str, version: i64) -> Progress {
-    Progress {
+/// The progress of `app_id` through `version`, committed provided the
+/// table's last progress of it is exactly `after`.
+fn exactly(app_id: &str, version: i64, after: Option<i64>) -> [(Progress, Prior); 1] {
+    let progress = Progress {
         app_id: app_id.to_string(),
         version,
-    }
+    };
+    [(progress, Prior::Exactly(after))]
 }
 
 /// The sum of `tracked_s` per tenant at the table's latest version, read
@@ -189,7 +192,7 @@ async fn appends_commit_progress_and_scope(lake: Lake) {
     ];
     assert_eq!(
         table
-            .append(&first, progress("g/0", 9), None)
+            .append(&first, &exactly("g/0", 9, None))
             .await
             .unwrap(),
         1
@@ -293,14 +296,14 @@ async fn a_writer_whose_partition_moved_on_commits_nothing() {
 
     let theirs = vec![write_object(&lake, "acme", "0-19.parquet", 4).await];
     successor
-        .append(&theirs, progress("g/0", 19), None)
+        .append(&theirs, &exactly("g/0", 19, None))
         .await
         .unwrap();
 
     // The stalled one's view is older than the successor's commit: Delta's
     // check for a concurrent transaction of the same app id refuses it.
     let mine = vec![write_object(&lake, "acme", "0-9.parquet", 2).await];
-    let refused = stalled.append(&mine, progress("g/0", 9), None).await;
+    let refused = stalled.append(&mine, &exactly("g/0", 9, None)).await;
     assert!(
         matches!(
             &refused,
@@ -314,7 +317,7 @@ async fn a_writer_whose_partition_moved_on_commits_nothing() {
     );
     // Seen up to date, it is refused before it tries.
     stalled.refresh().await.unwrap();
-    let refused = stalled.append(&mine, progress("g/0", 9), None).await;
+    let refused = stalled.append(&mine, &exactly("g/0", 9, None)).await;
     assert!(
         matches!(refused, Err(LakeError::Superseded { .. })),
         "{refused:?}"
@@ -326,7 +329,7 @@ async fn a_writer_whose_partition_moved_on_commits_nothing() {
     let other = vec![write_object(&lake, "acme", "0-4.parquet", 1).await];
     assert_eq!(
         other_partition
-            .append(&other, progress("g/1", 4), None)
+            .append(&other, &exactly("g/1", 4, None))
             .await
             .unwrap(),
         2
@@ -512,8 +515,7 @@ async fn a_column_added_to_a_dataset_is_an_ordinary_delta_schema_change() {
     table
         .append(
             &[object("new.parquet", 3, new_size)],
-            progress("g/0", 3),
-            None,
+            &exactly("g/0", 3, None),
         )
         .await
         .unwrap();
@@ -607,7 +609,7 @@ async fn a_commit_while_s3_is_cut_fails_as_transient_and_lands_once_after() {
     let objects = vec![write_object(&lake, "acme", "0-9.parquet", 3).await];
     proxy.cut();
     let failed = table
-        .append(&objects, progress("g/0", 9), None)
+        .append(&objects, &exactly("g/0", 9, None))
         .await
         .expect_err("no store, no commit");
     assert!(failed.is_transient(), "{failed}");
@@ -615,7 +617,7 @@ async fn a_commit_while_s3_is_cut_fails_as_transient_and_lands_once_after() {
     // Tried again, as a processor does after a transient error: one version.
     assert_eq!(
         table
-            .append(&objects, progress("g/0", 9), None)
+            .append(&objects, &exactly("g/0", 9, None))
             .await
             .unwrap(),
         1
@@ -638,21 +640,21 @@ async fn a_commit_tried_again_after_it_landed_unseen_adds_nothing() {
     let mut writer = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
     let objects = vec![write_object(&lake, "acme", "0-9.parquet", 3).await];
     writer
-        .append(&objects, progress("g/0", 9), None)
+        .append(&objects, &exactly("g/0", 9, None))
         .await
         .unwrap();
     // The retry, from the view that has not seen it: the progress is there,
     // so it commits nothing, from a stale view and from a fresh one.
     assert_eq!(
         before
-            .append(&objects, progress("g/0", 9), None)
+            .append(&objects, &exactly("g/0", 9, None))
             .await
             .unwrap(),
         1
     );
     assert_eq!(
         writer
-            .append(&objects, progress("g/0", 9), None)
+            .append(&objects, &exactly("g/0", 9, None))
             .await
             .unwrap(),
         1
@@ -672,7 +674,7 @@ async fn a_hand_edited_log_stops_that_table_with_a_clear_error_and_not_the_other
     let mut activity = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
     let objects = vec![write_object(&lake, "acme", "0-9.parquet", 3).await];
     activity
-        .append(&objects, progress("g/0", 9), None)
+        .append(&objects, &exactly("g/0", 9, None))
         .await
         .unwrap();
     DatasetTable::open(&lake, Dataset::Gps).await.unwrap();

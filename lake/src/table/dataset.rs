@@ -19,7 +19,7 @@ use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::{Action, Add, DataType, StructField, StructType};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 
-use super::{Progress, Table, TableSpec, now_ms};
+use super::{Prior, Progress, Table, TableSpec, now_ms};
 use crate::layout::PartitionKey;
 use crate::{Lake, LakeError};
 
@@ -57,16 +57,17 @@ impl DatasetTable {
     /// the columns this release added to the dataset added to it. Two
     /// processes creating or evolving it at once end up with one table.
     pub async fn open(lake: &Lake, dataset: Dataset) -> Result<Self, LakeError> {
-        let spec = TableSpec {
-            name: dataset.name(),
-            folder: dataset.name().to_string(),
-            fields: table_fields(dataset)?,
-            partition_columns: &PARTITION_COLUMNS,
-        };
         Ok(Self {
             dataset,
-            table: Table::open(lake, spec).await?,
+            table: Table::open(lake, spec(dataset)?).await?,
         })
+    }
+
+    /// The table of `dataset` in `lake` as it is, if the lake has one: for
+    /// readers, which neither create nor change tables.
+    pub async fn load(lake: &Lake, dataset: Dataset) -> Result<Option<Self>, LakeError> {
+        let table = Table::load(lake, &spec(dataset)?).await?;
+        Ok(table.map(|table| Self { dataset, table }))
     }
 
     pub fn dataset(&self) -> Dataset {
@@ -76,6 +77,10 @@ impl DatasetTable {
     /// The table as delta-rs holds it, at the loaded version.
     pub fn delta(&self) -> &DeltaTable {
         self.table.delta()
+    }
+
+    pub(crate) fn replace_delta(&mut self, table: DeltaTable) {
+        self.table.replace_delta(table);
     }
 
     /// The version this handle has loaded.
@@ -94,13 +99,13 @@ impl DatasetTable {
     }
 
     /// Commits `objects` (already durable in the lake) as one new table
-    /// version recording `progress`, provided the table's last progress of
-    /// that app id is still `after`; see [`LakeError::Superseded`].
+    /// version recording every progress in `progress`, each provided the
+    /// table's last progress of its app id is what its [`Prior`] expects;
+    /// see [`Table::commit`].
     pub async fn append(
         &mut self,
         objects: &[NewObject],
-        progress: Progress,
-        after: Option<i64>,
+        progress: &[(Progress, Prior)],
     ) -> Result<u64, LakeError> {
         let now_ms = now_ms();
         let mut actions = Vec::with_capacity(objects.len());
@@ -119,7 +124,7 @@ impl DatasetTable {
             partition_by: Some(PARTITION_COLUMNS.iter().map(|c| c.to_string()).collect()),
             predicate: None,
         };
-        self.table.commit(actions, operation, progress, after).await
+        self.table.commit(actions, operation, progress).await
     }
 
     /// The objects of `tenant` in the loaded version, as paths within the
@@ -169,6 +174,16 @@ impl DatasetTable {
             .await
             .map_err(scan_error)
     }
+}
+
+/// What the table of `dataset` is: where it lives and its columns.
+fn spec(dataset: Dataset) -> Result<TableSpec, LakeError> {
+    Ok(TableSpec {
+        name: dataset.name(),
+        folder: dataset.name().to_string(),
+        fields: table_fields(dataset)?,
+        partition_columns: &PARTITION_COLUMNS,
+    })
 }
 
 fn add_action(object: &NewObject, now_ms: i64) -> Add {

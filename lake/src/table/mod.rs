@@ -13,6 +13,7 @@
 //! stalled processor cannot add its rows after its successor's.
 
 pub mod dataset;
+pub mod maintenance;
 pub mod state;
 
 pub use dataset::PARTITION_COLUMNS;
@@ -91,8 +92,31 @@ impl Table {
         Ok(Self { name, table })
     }
 
+    /// The table `spec` describes in `lake` if there is one, loaded as it
+    /// is: for readers, which neither create nor change tables.
+    pub async fn load(lake: &Lake, spec: &TableSpec) -> Result<Option<Self>, LakeError> {
+        let url = lake
+            .url()
+            .join(&format!("{}/", spec.folder))
+            .map_err(|e| LakeError::Refused(format!("{} table location: {e}", spec.name)))?;
+        let mut table = DeltaTable::new(log_store(lake, &url)?);
+        match table.load().await {
+            Ok(()) => Ok(Some(Self {
+                name: spec.name,
+                table,
+            })),
+            Err(DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(table_error(spec.name, e)),
+        }
+    }
+
     pub fn delta(&self) -> &DeltaTable {
         &self.table
+    }
+
+    /// Takes the table as an operation of delta-rs left it.
+    pub fn replace_delta(&mut self, table: DeltaTable) {
+        self.table = table;
     }
 
     pub fn version(&self) -> u64 {
@@ -119,11 +143,12 @@ impl Table {
             .map_err(|e| table_error(self.name, e))
     }
 
-    /// Commits `actions` as one new version recording `progress`, provided
-    /// the table's last progress of that app id is still `after` (`None`:
-    /// none yet). Another writer's commit of a different app id in between
-    /// is fine; one of the same app id, before or during this call, makes
-    /// it fail with [`LakeError::Superseded`] and commit nothing, unless it
+    /// Commits `actions` as one new version recording every progress in
+    /// `progress`, each provided the table's last progress of its app id is
+    /// still what its [`Prior`] expects. Another writer's commit of a
+    /// different app id in between is fine; one of the same app id that
+    /// breaks the expectation, before or during this call, makes it fail
+    /// with [`LakeError::Superseded`] and commit nothing, unless it
     /// committed this very progress: then the rows are in already, and
     /// nothing more is committed (the answer is the loaded version). A
     /// writer may so retry a commit whose answer it never saw.
@@ -131,8 +156,7 @@ impl Table {
         &mut self,
         actions: Vec<Action>,
         operation: DeltaOperation,
-        progress: Progress,
-        after: Option<i64>,
+        progress: &[(Progress, Prior)],
     ) -> Result<u64, LakeError> {
         // delta-rs itself retries a commit that lost the race for a version
         // to a commit it does not conflict with; a conflict it reports is
@@ -141,41 +165,52 @@ impl Table {
         // from the new version.
         const TRIES: usize = 3;
         for _ in 0..TRIES {
-            let found = self.progress(&progress.app_id).await?;
-            if found == Some(progress.version) {
+            let mut committed_already = 0;
+            for (progress, prior) in progress {
+                let found = self.progress(&progress.app_id).await?;
+                if found == Some(progress.version) {
+                    committed_already += 1;
+                } else if !prior.allows(found, progress.version) {
+                    return Err(LakeError::Superseded {
+                        app_id: progress.app_id.clone(),
+                        expected: prior.expected(),
+                        found,
+                    });
+                }
+            }
+            if committed_already > 0 {
                 // This very progress is committed: by an earlier try of
                 // this writer whose answer was lost (a cut connection), or
-                // by a successor that covered the same records. Either
+                // by another writer that covered the same records. Either
                 // way the rows are in; committing them again would double
-                // them.
-                tracing::info!(
-                    table = self.name,
-                    app_id = progress.app_id,
-                    "already committed"
-                );
+                // them. One commit holds all of them or none, so a mix
+                // means the progress came from elsewhere.
+                if committed_already < progress.len() {
+                    return Err(LakeError::Refused(format!(
+                        "the {} table holds part of one commit's progress",
+                        self.name
+                    )));
+                }
+                tracing::info!(table = self.name, "already committed");
                 return Ok(self.version());
             }
-            if found != after {
-                return Err(LakeError::Superseded {
-                    app_id: progress.app_id,
-                    expected: after,
-                    found,
-                });
-            }
-            let txn = Transaction::new_with_last_update(
-                &progress.app_id,
-                progress.version,
-                Some(now_ms()),
-            );
-            let committed =
-                CommitBuilder::from(CommitProperties::default().with_application_transaction(txn))
-                    .with_actions(actions.clone())
-                    .build(
-                        Some(self.snapshot()?),
-                        self.table.log_store(),
-                        operation.clone(),
-                    )
-                    .await;
+            let txns = progress.iter().map(|(progress, _)| {
+                Transaction::new_with_last_update(
+                    &progress.app_id,
+                    progress.version,
+                    Some(now_ms()),
+                )
+            });
+            let committed = CommitBuilder::from(
+                CommitProperties::default().with_application_transactions(txns.collect()),
+            )
+            .with_actions(actions.clone())
+            .build(
+                Some(self.snapshot()?),
+                self.table.log_store(),
+                operation.clone(),
+            )
+            .await;
             match committed {
                 Ok(done) => {
                     let version = done.version();
@@ -195,6 +230,35 @@ impl Table {
             "the {} table kept changing under a commit ({TRIES} tries)",
             self.name
         )))
+    }
+}
+
+/// What a commit expects of the table's last progress of an app id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prior {
+    /// Exactly this (`None`: none yet): the writer's own last commit, so a
+    /// commit by anyone else in between supersedes it. The processors'
+    /// state table, which orders a log partition's flushes, is committed so.
+    Exactly(Option<i64>),
+    /// Any progress before the one committed: the writer holds the
+    /// partition by other means (its state commit), and the table only
+    /// must not go back. Dataset tables are committed so.
+    Older,
+}
+
+impl Prior {
+    fn allows(self, found: Option<i64>, version: i64) -> bool {
+        match self {
+            Self::Exactly(expected) => found == expected,
+            Self::Older => found.is_none_or(|found| found < version),
+        }
+    }
+
+    fn expected(self) -> Option<i64> {
+        match self {
+            Self::Exactly(expected) => expected,
+            Self::Older => None,
+        }
     }
 }
 

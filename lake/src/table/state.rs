@@ -23,7 +23,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use object_store::path::Path as ObjectPath;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::{Progress, Table, TableSpec, now_ms};
+use super::{Prior, Progress, Table, TableSpec, now_ms};
 use crate::{Lake, LakeError};
 
 /// Where the table lives in the deployment's lake, apart from datasets.
@@ -39,6 +39,21 @@ pub struct StateEntry {
     pub first_offset: i64,
     pub last_offset: i64,
     pub payload: Bytes,
+}
+
+/// One log partition's share of a state commit: a flush's entries (its
+/// progress is `last_offset`), or with `replace` the partition's whole
+/// state, whose rows committed so far then leave the table in the same
+/// version.
+#[derive(Debug, Clone)]
+pub struct StateWrite {
+    pub partition: i32,
+    pub entries: Vec<StateEntry>,
+    pub replace: bool,
+    /// The flush's last offset: the partition's progress once committed.
+    pub last_offset: i64,
+    /// The partition's progress the writer knows, which must still hold.
+    pub after: Option<i64>,
 }
 
 /// The processors' state table of one lake, at the version last loaded.
@@ -97,46 +112,45 @@ impl StateTable {
         Ok(entries)
     }
 
-    /// Records `entries` of one flush of `group`'s log partition, with the
-    /// flush's `progress`, provided the partition's last progress is still
-    /// `after` (see [`LakeError::Superseded`]). With `replace`, the
-    /// partition's rows committed so far leave the table in the same
-    /// version: `entries` are then its whole state.
-    pub async fn record(
-        &mut self,
-        group: &str,
-        partition: i32,
-        entries: &[StateEntry],
-        replace: bool,
-        progress: Progress,
-        after: Option<i64>,
-    ) -> Result<u64, LakeError> {
+    /// Records one flush's state of each of `group`'s log partitions in
+    /// `writes`, as one version, each with its flush's progress and
+    /// provided the partition's last progress is still the one the writer
+    /// knows (see [`LakeError::Superseded`]).
+    pub async fn record(&mut self, group: &str, writes: &[StateWrite]) -> Result<u64, LakeError> {
         let now_ms = now_ms();
         let mut actions = Vec::new();
-        if replace {
-            for path in self.files_of(group, partition)? {
-                actions.push(Action::Remove(Remove {
-                    path,
-                    deletion_timestamp: Some(now_ms),
-                    data_change: true,
-                    extended_file_metadata: None,
-                    partition_values: Some(partition_values(group, partition)),
-                    size: None,
-                    tags: None,
-                    deletion_vector: None,
-                    base_row_id: None,
-                    default_row_commit_version: None,
-                }));
+        let mut replaced = Vec::new();
+        for write in writes {
+            let partition = write.partition;
+            if write.replace {
+                replaced.push(partition.to_string());
+                for path in self.files_of(group, partition)? {
+                    actions.push(Action::Remove(Remove {
+                        path,
+                        deletion_timestamp: Some(now_ms),
+                        data_change: true,
+                        extended_file_metadata: None,
+                        partition_values: Some(partition_values(group, partition)),
+                        size: None,
+                        tags: None,
+                        deletion_vector: None,
+                        base_row_id: None,
+                        default_row_commit_version: None,
+                    }));
+                }
             }
-        }
-        if !entries.is_empty() {
-            let batch = entries_batch(entries)?;
-            let first = entries.iter().map(|e| e.first_offset).min().unwrap_or(0);
-            let last = entries.iter().map(|e| e.last_offset).max().unwrap_or(0);
+            if write.entries.is_empty() {
+                continue;
+            }
+            let batch = entries_batch(&write.entries)?;
+            let first = write.entries.iter().map(|e| e.first_offset).min();
+            let last = write.entries.iter().map(|e| e.last_offset).max();
             // A fresh name per try: a try that never committed, or a
             // stalled writer's, cannot overwrite a committed file.
             let path = format!(
-                "group={group}/log_partition={partition}/{first:020}-{last:020}-{}.parquet",
+                "group={group}/log_partition={partition}/{:020}-{:020}-{}.parquet",
+                first.unwrap_or(0),
+                last.unwrap_or(0),
                 uuid::Uuid::new_v4()
             );
             let size = self
@@ -149,7 +163,7 @@ impl StateTable {
                 size: i64::try_from(size).unwrap_or(i64::MAX),
                 modification_time: now_ms,
                 data_change: true,
-                stats: Some(serde_json::json!({ "numRecords": entries.len() }).to_string()),
+                stats: Some(serde_json::json!({ "numRecords": write.entries.len() }).to_string()),
                 tags: None,
                 deletion_vector: None,
                 base_row_id: None,
@@ -157,23 +171,37 @@ impl StateTable {
                 clustering_provider: None,
             }));
         }
-        let operation = if replace {
-            DeltaOperation::Write {
-                mode: SaveMode::Overwrite,
-                partition_by: None,
-                predicate: Some(format!(
-                    "group = '{}' AND log_partition = {partition}",
-                    group.replace('\'', "''")
-                )),
-            }
-        } else {
-            DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: None,
-                predicate: None,
-            }
+        let operation = DeltaOperation::Write {
+            mode: if replaced.is_empty() {
+                SaveMode::Append
+            } else {
+                SaveMode::Overwrite
+            },
+            partition_by: None,
+            predicate: (!replaced.is_empty()).then(|| {
+                format!(
+                    "group = '{}' AND log_partition IN ({})",
+                    group.replace('\'', "''"),
+                    replaced.join(", ")
+                )
+            }),
         };
-        self.table.commit(actions, operation, progress, after).await
+        let progress: Vec<(Progress, Prior)> = writes
+            .iter()
+            .map(|w| {
+                (
+                    Progress::of_partition(group, w.partition, w.last_offset),
+                    Prior::Exactly(w.after),
+                )
+            })
+            .collect();
+        self.table.commit(actions, operation, &progress).await
+    }
+
+    /// How many files hold `group`'s log partition's state: what a writer
+    /// watches to know when to replace them with one.
+    pub fn file_count(&self, group: &str, partition: i32) -> Result<usize, LakeError> {
+        Ok(self.files_of(group, partition)?.len())
     }
 
     /// Paths (relative to the table) of the files of one log partition.
