@@ -279,7 +279,7 @@ pub struct MaintenanceSettings {
     /// `candor retention run` from cron).
     pub retention_every_hours: u64,
     /// Minutes between compaction runs (the first at start); 0 = off. Safe
-    /// on several processors: a lease on the lake lets one run at a time.
+    /// on several nodes at once: Delta's conflict checks keep runs apart.
     pub compact_every_minutes: u64,
     /// Hours between runs that produce and deliver the previous day's AI
     /// extract of each tenant with a receiver; 0 = off. Runs on a query

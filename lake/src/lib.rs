@@ -5,13 +5,15 @@
 //! processors' own state.
 
 mod durable;
+pub mod jobs;
 pub mod layout;
 pub mod store;
 pub mod table;
 
 pub use layout::PartitionKey;
-pub use store::{LEASE_MS, Lake, LakeError, Lakes, Lease, encode_parquet};
+pub use store::{Lake, LakeError, Lakes, encode_parquet};
 pub use table::dataset::{DatasetTable, NewObject, TableObject};
 pub use table::maintenance::{Compacted, Deleted};
+pub use table::manifest::{FlushManifest, ManifestTable};
 pub use table::state::{StateEntry, StateTable, StateWrite};
 pub use table::{Prior, Progress};

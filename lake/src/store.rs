@@ -11,7 +11,7 @@ use arrow::array::RecordBatch;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -355,86 +355,8 @@ async fn sync_local(root: &Path, path: &ObjectPath) -> Result<(), LakeError> {
     sync_local_all(root, std::slice::from_ref(path)).await
 }
 
-/// The lease that keeps compaction, retention and erasure from running at
-/// once on one lake (each rewrites or deletes objects the others read).
-const LEASE_PATH: &str = "_processor/maintenance.lease";
-/// A lease not released within this long (its holder died) may be taken
-/// over. Every maintenance run must finish well within it.
-pub const LEASE_MS: i64 = 30 * 60 * 1000;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct LeaseDocument {
-    holder: String,
-    expires_ms: i64,
-}
-
-/// The lake's maintenance lease, held until [`Lease::release`].
-#[must_use = "a lease is held until released"]
-pub struct Lease {
-    lake: Lake,
-}
-
-impl Lease {
-    pub async fn release(self) -> Result<(), LakeError> {
-        self.lake
-            .delete_durable(&ObjectPath::from(LEASE_PATH))
-            .await
-    }
-}
-
-impl Lake {
-    /// Takes the lake's maintenance lease for `holder`, or returns `None`
-    /// while someone else holds it. Created only if absent (a conditional
-    /// PUT on S3), so two processes never both hold it; an expired one is
-    /// taken over.
-    pub async fn lease(&self, holder: &str, now_ms: i64) -> Result<Option<Lease>, LakeError> {
-        let path = ObjectPath::from(LEASE_PATH);
-        for _ in 0..2 {
-            let document = LeaseDocument {
-                holder: holder.to_string(),
-                expires_ms: now_ms + LEASE_MS,
-            };
-            let body = serde_json::to_vec(&document).expect("a lease serializes");
-            let put = self
-                .store
-                .put_opts(&path, body.into(), PutOptions::from(PutMode::Create))
-                .await;
-            match put {
-                Ok(_) => {
-                    if let Some(root) = &self.local_root {
-                        sync_local(root, &path).await?;
-                    }
-                    return Ok(Some(Lease { lake: self.clone() }));
-                }
-                Err(
-                    object_store::Error::AlreadyExists { .. }
-                    | object_store::Error::Precondition { .. },
-                ) => {
-                    let Some(bytes) = self.get_optional(&path).await? else {
-                        continue; // released meanwhile
-                    };
-                    // An unreadable lease is treated as expired: it guards
-                    // nothing anyone could honour.
-                    let held: Option<LeaseDocument> = serde_json::from_slice(&bytes).ok();
-                    if let Some(held) = held.filter(|h| h.expires_ms > now_ms) {
-                        tracing::info!(
-                            holder = held.holder,
-                            "the lake's maintenance lease is held"
-                        );
-                        return Ok(None);
-                    }
-                    tracing::warn!("taking over an expired maintenance lease of the lake");
-                    self.delete_durable(&path).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(None)
-    }
-}
-
 /// Every lake a processor writes: the deployment's (where the processors'
-/// own state lives too: flush intents, batch ids, leases) and each tenant's
+/// own state lives too: the processors' state table) and each tenant's
 /// own lake when its document names a `lake_url` (data residency).
 ///
 /// A location is named by its `lake_url`; `None` is the deployment's lake.

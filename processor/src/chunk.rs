@@ -240,7 +240,6 @@ mod tests {
     use candor_schemas::{DeviceId, Limits, MasterSecret, decode_json};
 
     use super::*;
-    use candor_lake::Lake;
 
     /// Chunks of several partitions, worked on by whichever thread is free,
     /// come back in the order given and exactly as each would alone: same
@@ -303,12 +302,7 @@ mod tests {
                     .collect()
             })
             .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let seen = SeenBatches::new(
-            Lake::local(dir.path()).unwrap(),
-            "g",
-            Duration::from_secs(3600),
-        );
+        let seen = SeenBatches::new(Duration::from_secs(3600));
         let metrics = ProcessorMetrics::default();
         let inputs = || {
             partitions

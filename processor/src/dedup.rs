@@ -8,19 +8,15 @@
 //!
 //! Each partition's memory holds (batch id, dataset) with the batch's
 //! receive time, for `window` back from the newest batch seen. It survives
-//! restarts and rebalances in the lake as the flushes' state files of kind
-//! `batches` (see `flush_state`): every flush writes the ids it took in,
-//! and a processor taking a partition over reloads them.
+//! restarts and rebalances in the processors' state table (see `state`):
+//! every flush commits the ids it took in as an entry of kind `batch_ids`,
+//! with the flush's log progress, and a processor taking a partition over
+//! reloads the committed entries.
 
 // Looked up per batch: foldhash's randomly seeded hash, not SipHash (see
 // `aggregate`).
 use foldhash::{HashMap, HashMapExt};
 use std::time::Duration;
-
-use object_store::path::Path as ObjectPath;
-
-use crate::flush_state::{FlushFiles, MAX_FILES};
-use candor_lake::{Lake, LakeError};
 
 /// A batch's records, one per dataset: the batch id and the dataset tag.
 pub type BatchKey = ([u8; 16], u8);
@@ -57,15 +53,10 @@ fn ids_file_bytes(ids: &HashMap<BatchKey, i64>) -> Vec<u8> {
 
 #[derive(Default)]
 struct PartitionSeen {
-    /// The offset this processor's next chunk starts at if nobody else
-    /// worked on the partition in between.
-    next_offset: i64,
     ids: HashMap<BatchKey, i64>,
     newest_ms: i64,
     /// Size after the last pruning.
     pruned_len: usize,
-    /// The committed ids files this memory was built from.
-    files: Vec<ObjectPath>,
 }
 
 impl PartitionSeen {
@@ -78,68 +69,43 @@ impl PartitionSeen {
         self.ids.retain(|_, at| *at >= oldest_ms);
         self.pruned_len = self.ids.len();
     }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        ids_file_bytes(&self.ids)
-    }
 }
 
+/// The batch ids of every partition this processor reads, as of each
+/// partition's last commit.
 pub struct SeenBatches {
-    files: FlushFiles,
     window_ms: i64,
     partitions: HashMap<i32, PartitionSeen>,
 }
 
 impl SeenBatches {
-    pub fn new(lake: Lake, group: &str, window: Duration) -> Self {
+    pub fn new(window: Duration) -> Self {
         Self {
-            files: FlushFiles::new(lake, group, "batches"),
             window_ms: window.as_millis() as i64,
             partitions: HashMap::new(),
         }
     }
 
-    /// Where a chunk's ids file goes.
-    pub fn ids_path(&self, partition: i32, first: i64, last: i64) -> ObjectPath {
-        self.files.path(partition, first, last)
-    }
-
-    /// Makes the partition's memory current for a chunk starting at
-    /// `first`: kept if this processor committed up to `first` itself,
-    /// reloaded from the lake otherwise.
-    pub async fn prepare(&mut self, partition: i32, first: i64) -> Result<(), LakeError> {
-        if self
-            .partitions
-            .get(&partition)
-            .is_some_and(|p| p.next_offset == first)
-        {
-            return Ok(());
-        }
-        let mut seen = PartitionSeen {
-            next_offset: first,
-            ..PartitionSeen::default()
-        };
-        let mut newest_of_file = Vec::new();
-        for file in self.files.committed_before(partition, first).await? {
-            let mut newest = i64::MIN;
-            for entry in file.bytes.chunks_exact(ENTRY_LEN) {
-                let id: [u8; 16] = entry[..16].try_into().expect("16 bytes");
-                let at = i64::from_be_bytes(entry[17..].try_into().expect("8 bytes"));
-                seen.add((id, entry[16]), at);
-                newest = newest.max(at);
+    /// Rebuilds a partition's memory from its committed ids entries (each
+    /// flush's, or one standing for all before it), when this processor
+    /// takes the partition over.
+    pub fn load<'a>(
+        &mut self,
+        partition: i32,
+        entries: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), String> {
+        let mut seen = PartitionSeen::default();
+        for entry in entries {
+            if entry.len() % ENTRY_LEN != 0 {
+                return Err(format!("a batch-id entry of {} bytes", entry.len()));
             }
-            newest_of_file.push((file.path, newest));
-        }
-        let oldest = seen.newest_ms.saturating_sub(self.window_ms);
-        seen.forget_before(oldest);
-        // Files wholly outside the window are no longer needed.
-        for (path, newest) in newest_of_file {
-            if newest < oldest {
-                self.files.lake().delete_durable(&path).await?;
-            } else {
-                seen.files.push(path);
+            for id in entry.chunks_exact(ENTRY_LEN) {
+                let key: [u8; 16] = id[..16].try_into().expect("16 bytes");
+                let at = i64::from_be_bytes(id[17..].try_into().expect("8 bytes"));
+                seen.add((key, id[16]), at);
             }
         }
+        seen.forget_before(seen.newest_ms.saturating_sub(self.window_ms));
         self.partitions.insert(partition, seen);
         Ok(())
     }
@@ -164,44 +130,32 @@ impl SeenBatches {
         false
     }
 
-    /// After the chunk's commit: its ids (written to `file`, when it had
-    /// any) join the partition's memory.
-    pub async fn committed(
-        &mut self,
-        partition: i32,
-        next_offset: i64,
-        chunk: ChunkIds,
-        file: Option<ObjectPath>,
-    ) {
+    /// Every id of the partition's window once `chunk` joins it, as one
+    /// entry: what a flush records when it replaces the partition's state.
+    pub fn whole_with(&self, partition: i32, chunk: &ChunkIds) -> Vec<u8> {
+        let mut all = self
+            .partitions
+            .get(&partition)
+            .map(|p| p.ids.clone())
+            .unwrap_or_default();
+        all.extend(chunk.entries.iter().map(|(k, at)| (*k, *at)));
+        let newest = all.values().copied().max().unwrap_or(0);
+        let oldest = newest.saturating_sub(self.window_ms);
+        all.retain(|_, at| *at >= oldest);
+        ids_file_bytes(&all)
+    }
+
+    /// After the chunk's commit: its ids join the partition's memory.
+    pub fn committed(&mut self, partition: i32, chunk: ChunkIds) {
         let window_ms = self.window_ms;
         let seen = self.partitions.entry(partition).or_default();
-        seen.next_offset = next_offset;
         for (key, at) in chunk.entries {
             seen.add(key, at);
         }
-        seen.files.extend(file);
         // Pruning is linear; doing it when the map has doubled since the
         // last time keeps it amortized constant per id.
         if seen.ids.len() > 1024.max(2 * seen.pruned_len) {
             seen.forget_before(seen.newest_ms.saturating_sub(window_ms));
-        }
-        if seen.files.len() > MAX_FILES {
-            seen.forget_before(seen.newest_ms.saturating_sub(window_ms));
-            let merged = self.files.merged_path(partition, next_offset);
-            let seen = self.partitions.get_mut(&partition).expect("inserted above");
-            let replaced = std::mem::take(&mut seen.files);
-            match self
-                .files
-                .replace(&merged, seen.to_bytes(), replaced.iter().cloned())
-                .await
-            {
-                Ok(()) => seen.files.push(merged),
-                Err(e) => {
-                    // The files stay as they are; the next merge tries again.
-                    seen.files = replaced;
-                    tracing::warn!(partition, error = %e, "could not merge batch-id files");
-                }
-            }
         }
     }
 }
@@ -216,57 +170,38 @@ mod tests {
         (id, 1)
     }
 
-    #[tokio::test]
-    async fn files_are_merged_and_a_reload_still_knows_every_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::local(dir.path()).unwrap();
-        let window = Duration::from_secs(3600);
-        let mut seen = SeenBatches::new(lake.clone(), "g", window);
-        let chunks = 2 * MAX_FILES as i64 + 10;
-        for offset in 0..chunks {
-            seen.prepare(0, offset).await.unwrap();
+    #[test]
+    fn a_reload_from_entries_knows_every_id_in_the_window_and_forgets_older_ones() {
+        let window = Duration::from_secs(60);
+        let mut seen = SeenBatches::new(window);
+        let mut entries = Vec::new();
+        for (i, at) in [(0, 0), (1, 61_000), (2, 62_000)] {
             let mut chunk = ChunkIds::default();
-            assert!(!seen.is_duplicate(0, key(offset as u64), 1_000 + offset, &mut chunk));
-            assert!(seen.is_duplicate(0, key(offset as u64), 1_000 + offset, &mut chunk));
-            let path = seen.ids_path(0, offset, offset);
-            lake.put_durable(&path, chunk.to_bytes().into())
-                .await
-                .unwrap();
-            seen.committed(0, offset + 1, chunk, Some(path)).await;
+            assert!(!seen.is_duplicate(0, key(i), at, &mut chunk));
+            assert!(
+                seen.is_duplicate(0, key(i), at, &mut chunk),
+                "twice in a chunk"
+            );
+            entries.push(chunk.to_bytes());
+            seen.committed(0, chunk);
         }
-        let files = lake.list(&seen.files.folder(0)).await.unwrap();
-        assert!(files.len() <= MAX_FILES + 1, "{} files", files.len());
-
-        // A processor that takes the partition over knows every id.
-        let mut successor = SeenBatches::new(lake, "g", window);
-        successor.prepare(0, chunks).await.unwrap();
+        let mut reloaded = SeenBatches::new(window);
+        reloaded.load(0, entries.iter().map(Vec::as_slice)).unwrap();
         let mut chunk = ChunkIds::default();
-        for offset in 0..chunks {
-            assert!(successor.is_duplicate(0, key(offset as u64), 0, &mut chunk));
-        }
-        assert!(chunk.is_empty());
-    }
-
-    #[tokio::test]
-    async fn ids_older_than_the_window_are_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::local(dir.path()).unwrap();
-        let mut seen = SeenBatches::new(lake.clone(), "g", Duration::from_secs(60));
-        for (offset, at) in [(0, 0), (1, 61_000), (2, 62_000)] {
-            seen.prepare(0, offset).await.unwrap();
-            let mut chunk = ChunkIds::default();
-            assert!(!seen.is_duplicate(0, key(offset as u64), at, &mut chunk));
-            let path = seen.ids_path(0, offset, offset);
-            lake.put_durable(&path, chunk.to_bytes().into())
-                .await
-                .unwrap();
-            seen.committed(0, offset + 1, chunk, Some(path)).await;
-        }
-        // Reloaded: the first id is more than a minute older than the newest.
-        let mut reloaded = SeenBatches::new(lake, "g", Duration::from_secs(60));
-        reloaded.prepare(0, 3).await.unwrap();
-        let mut chunk = ChunkIds::default();
+        // The first id is more than a minute older than the newest.
         assert!(!reloaded.is_duplicate(0, key(0), 63_000, &mut chunk));
         assert!(reloaded.is_duplicate(0, key(1), 63_000, &mut chunk));
+        assert!(reloaded.is_duplicate(0, key(2), 63_000, &mut chunk));
+        // Other partitions know nothing of it.
+        assert!(!reloaded.is_duplicate(1, key(1), 63_000, &mut chunk));
+
+        // One entry standing for all of them says the same.
+        let whole = seen.whole_with(0, &ChunkIds::default());
+        let mut from_whole = SeenBatches::new(window);
+        from_whole.load(0, [whole.as_slice()]).unwrap();
+        let mut chunk = ChunkIds::default();
+        assert!(from_whole.is_duplicate(0, key(1), 63_000, &mut chunk));
+        assert!(!from_whole.is_duplicate(0, key(0), 63_000, &mut chunk));
+        assert!(reloaded.load(0, [&[1u8; 7][..]]).is_err(), "a torn entry");
     }
 }

@@ -1,21 +1,16 @@
 //! Candor's processor: consumes sealed log records, pseudonymizes them,
-//! aggregates them into additive 15-minute slots and writes hive-partitioned
-//! Parquet to the lake, committing log positions only after the objects that
-//! cover them are durable.
+//! aggregates them into additive 15-minute slots and appends them to the
+//! lake's Delta tables, exactly once (see `ledger`), committing log
+//! positions only after the tables hold the records' rows.
 
 mod aggregate;
 mod chunk;
-pub mod compaction;
 mod dedup;
-pub mod erasure;
-mod flush_state;
-mod intent;
+mod ledger;
 mod metrics;
 mod open;
-pub mod retention;
 mod routes;
 mod stall;
-mod tenants;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,14 +20,14 @@ use candor_control::{CacheError, ControlCache, TenantView};
 use candor_log::{Delivered, LogConsumer, LogError, LogProducer, Record, Resume};
 use candor_schemas::TenantId;
 use candor_schemas::record::read_header;
-use object_store::path::Path as ObjectPath;
 
 pub use aggregate::{Aggregator, Subject, TenantPolicy};
+use candor_lake::NewObject;
 pub use candor_lake::PartitionKey;
-pub use candor_lake::{LEASE_MS, Lake, LakeError, Lakes, Lease};
+pub use candor_lake::{Lake, LakeError, Lakes};
 use chunk::{AggregatedChunk, ChunkInput, ChunkTenants};
 pub use dedup::{ChunkIds, SeenBatches};
-pub use intent::{FlushIntent, Intents};
+use ledger::{ChunkCommit, Ledger, TableKey};
 pub use metrics::{MaintenanceMetrics, ProcessorMetrics};
 pub use routes::{RouteMemory, Routes};
 use stall::{PartitionProgress, StallWatch};
@@ -74,7 +69,7 @@ pub enum ProcessorError {
 
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
-    /// The consumer group; names where its flush intents live in the lake.
+    /// The consumer group; names its progress in the lake's tables.
     pub group: String,
     /// Most records turned into one set of files.
     pub max_records_per_flush: usize,
@@ -119,8 +114,9 @@ pub struct ProcessorStats {
     pub records_undecodable: u64,
     pub files_written: u64,
     pub rows_written: u64,
-    /// Objects of flushes that never committed, deleted before a replay.
-    pub leftover_objects_deleted: u64,
+    /// Flushes another processor committed the state of and not all of
+    /// the rows, whose rows this one committed on taking the partition over.
+    pub flushes_completed: u64,
 }
 
 pub struct Processor<C> {
@@ -129,7 +125,8 @@ pub struct Processor<C> {
     control: Arc<ControlCache>,
     /// The deployment's lake and the tenants' own.
     lakes: Lakes,
-    intents: Intents,
+    /// The tables it commits to and what it knows of each partition.
+    ledger: Ledger,
     seen: SeenBatches,
     /// Where records that cannot be opened or decoded go, with their reason.
     dead_letters: Option<Arc<dyn LogProducer>>,
@@ -157,9 +154,9 @@ impl<C: LogConsumer> Processor<C> {
         Self {
             consumer,
             control,
-            intents: Intents::new(lakes.clone(), &config.group),
-            seen: SeenBatches::new(lakes.home().clone(), &config.group, config.dedup_window),
-            routes: RouteMemory::new(lakes.home().clone(), &config.group),
+            ledger: Ledger::new(lakes.clone(), &config.group),
+            seen: SeenBatches::new(config.dedup_window),
+            routes: RouteMemory::default(),
             lakes,
             dead_letters: None,
             config,
@@ -199,7 +196,7 @@ impl<C: LogConsumer> Processor<C> {
             records_undecodable: m.records_undecodable.get(),
             files_written: m.files_written.get(),
             rows_written: m.rows_written.get(),
-            leftover_objects_deleted: m.leftover_objects_deleted.get(),
+            flushes_completed: m.flushes_completed.get(),
         }
     }
 
@@ -290,51 +287,75 @@ impl<C: LogConsumer> Processor<C> {
             by_partition.entry(d.partition).or_default().push(d);
         }
         // What each chunk needs from the lake and the control plane is read
-        // first; the chunks are then worked on in parallel, and written one
-        // after another.
+        // first; the chunks are then worked on in parallel, and committed
+        // together.
         let timer = Instant::now();
+        let mut positions = Vec::with_capacity(by_partition.len());
         let mut inputs = Vec::with_capacity(by_partition.len());
-        for (partition, records) in &by_partition {
-            inputs.push(self.prepare_chunk(*partition, records).await?);
+        for (&partition, records) in &by_partition {
+            let first = records.first().expect("chunks are non-empty").offset;
+            let next_offset = records.last().expect("chunks are non-empty").offset + 1;
+            positions.push(Resume {
+                partition,
+                next_offset,
+            });
+            let progress = self.resume(partition, first).await?;
+            // Records the lake holds already (their flush committed its
+            // state, and the log did not hear of it) are not taken in again.
+            let fresh = &records[records.partition_point(|d| Some(d.offset) <= progress)..];
+            if fresh.is_empty() {
+                self.ledger.skipped(partition, next_offset);
+                continue;
+            }
+            inputs.push(self.prepare_chunk(partition, fresh).await?);
         }
         let (seen, metrics) = (&self.seen, &self.metrics);
         let aggregated = chunk::off_reactor(|| chunk::aggregate_all(inputs, seen, metrics))?;
-        // Each chunk's share of the time spent on all of them together.
-        let shared = timer.elapsed().as_secs_f64() / aggregated.len() as f64;
-        let mut positions = Vec::with_capacity(aggregated.len());
-        let mut taken_in = Vec::with_capacity(aggregated.len());
-        let mut events = 0;
-        for chunk in aggregated {
-            let timer = Instant::now();
-            let partition = chunk.partition;
-            let written = self.write_chunk(chunk).await?;
-            events += written.events;
-            self.metrics
-                .flush_seconds
-                .observe(shared + timer.elapsed().as_secs_f64());
-            positions.push(Resume {
-                partition,
-                next_offset: written.next_offset,
-            });
-            taken_in.push((partition, written));
+        let chunks = aggregated.len();
+        let events = self.flush(aggregated).await?;
+        if chunks > 0 {
+            // One flush of several partitions: each its share of the time.
+            let share = timer.elapsed().as_secs_f64() / chunks as f64;
+            for _ in 0..chunks {
+                self.metrics.flush_seconds.observe(share);
+            }
         }
-        // Only now, with every object durable, may the log forget the records.
+        // Only now, with every row in the tables, may the log forget the records.
         self.commit(&positions).await?;
         self.metrics.events_committed.inc_by(events);
-        for (partition, chunk) in taken_in {
-            let next_offset = chunk.next_offset;
-            self.seen
-                .committed(partition, next_offset, chunk.ids, chunk.ids_file)
-                .await;
-            self.routes
-                .committed(partition, next_offset, chunk.routes, chunk.routes_file)
-                .await;
-        }
         Ok(count)
     }
 
-    /// Commits, retrying while the log is unavailable: the next flush of a
-    /// partition may start only once this one is committed (see `intent`).
+    /// Makes a partition's state current for a chunk starting at `first`
+    /// (see [`Ledger::resume`]), retrying while the lake is unavailable.
+    async fn resume(&mut self, partition: i32, first: i64) -> Result<Option<i64>, ProcessorError> {
+        let mut backoff = Backoff::default();
+        loop {
+            let completed = self.ledger.flushes_completed();
+            match self
+                .ledger
+                .resume(partition, first, &mut self.seen, &mut self.routes)
+                .await
+            {
+                Ok(progress) => {
+                    self.metrics
+                        .flushes_completed
+                        .inc_by(self.ledger.flushes_completed() - completed);
+                    return Ok(progress);
+                }
+                Err(e) if e.is_transient() => {
+                    self.metrics.lake_retries.inc();
+                    backoff
+                        .wait("reading the partition's committed state", &e)
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Commits, retrying while the log is unavailable. The log's offsets
+    /// only save a successor reading again what the lake holds already.
     async fn commit(&mut self, positions: &[Resume]) -> Result<(), ProcessorError> {
         let mut backoff = Backoff::default();
         loop {
@@ -350,33 +371,14 @@ impl<C: LogConsumer> Processor<C> {
     }
 
     /// Reads what a partition's chunk needs before it can be worked on:
-    /// the partition's batch ids and routes as of its last commit, and the
-    /// view and policy of each tenant in it.
+    /// the view and policy of each tenant in it, and the partition's
+    /// routes opened with their keys.
     async fn prepare_chunk<'a>(
         &mut self,
         partition: i32,
         records: &'a [Delivered],
     ) -> Result<ChunkInput<'a>, ProcessorError> {
-        let first = records.first().expect("chunks are non-empty").offset;
-        let mut backoff = Backoff::default();
-        while let Err(e) = self.seen.prepare(partition, first).await {
-            if !e.is_transient() {
-                return Err(e.into());
-            }
-            self.metrics.lake_retries.inc();
-            backoff.wait("reading the partition's batch ids", &e).await;
-        }
-        let mut backoff = Backoff::default();
-        let mut routes = loop {
-            match self.routes.take(partition, first).await {
-                Ok(routes) => break routes,
-                Err(e) if e.is_transient() => {
-                    self.metrics.lake_retries.inc();
-                    backoff.wait("reading the partition's GPS routes", &e).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let mut routes = self.routes.take(partition);
         // The tenants' views and policies, looked up once per chunk, and
         // their devices' carried points opened with their keys. An unknown
         // tenant or destroyed keys leave no keys: its records do not open.
@@ -405,84 +407,22 @@ impl<C: LogConsumer> Processor<C> {
         })
     }
 
-    /// Writes a worked-on chunk: one object per dataset, tenant and date,
-    /// plus the state that travels with the flush, then its dead letters.
-    async fn write_chunk(
-        &mut self,
-        chunk: AggregatedChunk<'_>,
-    ) -> Result<WrittenChunk, ProcessorError> {
-        let AggregatedChunk {
-            partition,
-            records,
-            tenants,
-            objects: encoded,
-            ids,
-            dead,
-            events,
-            outside_work_hours,
-            mut routes,
-        } = chunk;
-        let first = records.first().expect("chunks are non-empty").offset;
-        let last = records.last().expect("chunks are non-empty").offset;
-        // Named after the log positions covered: replaying the same records
-        // rewrites the same objects instead of adding duplicates.
-        let file_name = format!("part-{partition:05}-{first:020}-{last:020}.parquet");
-        self.metrics
-            .events_dropped
-            .with_label_values(&["outside_work_hours"])
-            .inc_by(outside_work_hours);
-        let routes_file = routes
-            .take_changes()
-            .map(|bytes| (self.routes.path(partition, first, last), bytes));
-        // Each tenant's objects go to its own lake when it has one.
-        let mut objects = LakeObjects::new();
-        for object in encoded {
-            let location = match tenants.get(&object.key.tenant) {
-                Some(Some((view, _))) => view.tenant.doc.lake_url.as_deref(),
-                _ => None,
-            };
-            let lake = self.lakes.key(location)?;
-            objects.entry(lake).or_default().push(LakeObject {
-                path: object.key.object_path(&file_name),
-                rows: object.rows,
-                bytes: object.parquet.into(),
-            });
+    /// Writes the worked-on chunks' objects, sends their dead letters and
+    /// commits them (see `ledger`), retrying while the lake or the
+    /// dead-letter log is unavailable; then the chunks' state is this
+    /// processor's memory of their partitions. Returns the events of the
+    /// records that opened.
+    async fn flush(&mut self, chunks: Vec<AggregatedChunk<'_>>) -> Result<u64, ProcessorError> {
+        if chunks.is_empty() {
+            return Ok(0);
         }
-        // The batch ids taken in and the routes' changes travel with the
-        // flush, as objects of their own in the deployment's lake.
-        let ids_file =
-            (!ids.is_empty()).then(|| (self.seen.ids_path(partition, first, last), ids.to_bytes()));
-        let state_files: Vec<(ObjectPath, Vec<u8>)> =
-            ids_file.iter().chain(&routes_file).cloned().collect();
-        let paths = |objects: &[LakeObject]| -> Vec<String> {
-            objects.iter().map(|o| o.path.to_string()).collect()
-        };
-        let intent = FlushIntent {
-            partition,
-            first,
-            last,
-            objects: objects
-                .get(&None)
-                .map(|home| paths(home))
-                .unwrap_or_default()
-                .into_iter()
-                .chain(state_files.iter().map(|(path, _)| path.to_string()))
-                .collect(),
-            elsewhere: objects
-                .iter()
-                .filter_map(|(lake, objects)| Some((lake.clone()?, paths(objects))))
-                .collect(),
-        };
-        // While the lake cannot be written, the flush is retried as a whole
-        // (its intent first, so a half-written try is cleaned up) and
-        // nothing is committed: the log keeps the records meanwhile.
-        let mut backoff = Backoff::default();
-        while let Err(e) = self.write_flush(&intent, &objects, &state_files).await {
-            if !e.is_transient() {
-                return Err(e.into());
-            }
-            self.metrics.lake_retries.inc();
-            backoff.wait("writing the flush", &e).await;
+        let mut dead = Vec::new();
+        let mut events = 0;
+        let mut prepared = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            events += chunk.events;
+            dead.extend(chunk.dead.iter().cloned());
+            prepared.push(self.prepare_flush(chunk)?);
         }
         // Dead letters are durable before the commit that skips their records.
         if let (Some(log), false) = (&self.dead_letters, dead.is_empty()) {
@@ -494,52 +434,163 @@ impl<C: LogConsumer> Processor<C> {
                 backoff.wait("dead-letter append", &e).await;
             }
         }
-        Ok(WrittenChunk {
-            next_offset: last + 1,
+        let mut commits = self.write_objects(&mut prepared).await?;
+        let mut backoff = Backoff::default();
+        let mut written_at = Instant::now();
+        while let Err(e) = self.ledger.commit_state(&commits).await {
+            if !e.is_transient() {
+                return Err(e.into());
+            }
+            self.metrics.lake_retries.inc();
+            backoff.wait("committing the flush's state", &e).await;
+            // Objects no version names are deleted by VACUUM once old
+            // enough; a flush kept waiting that long writes them afresh.
+            if written_at.elapsed() > REWRITE_OBJECTS_AFTER {
+                commits = self.write_objects(&mut prepared).await?;
+                written_at = Instant::now();
+            }
+        }
+        let mut backoff = Backoff::default();
+        while let Err(e) = self.ledger.commit_tables(&commits).await {
+            if !e.is_transient() {
+                return Err(e.into());
+            }
+            self.metrics.lake_retries.inc();
+            backoff.wait("committing the flush's rows", &e).await;
+        }
+        for object in prepared.iter().flat_map(|p| &p.objects) {
+            self.metrics.rows_written.inc_by(object.rows as u64);
+            self.metrics.bytes_written.inc_by(object.bytes.len() as u64);
+            self.metrics.files_written.inc();
+        }
+        for chunk in prepared {
+            self.seen.committed(chunk.partition, chunk.ids);
+            self.routes.committed(chunk.partition, chunk.routes);
+        }
+        Ok(events)
+    }
+
+    /// A chunk's objects by the lake they go to, and its state to commit.
+    fn prepare_flush(
+        &mut self,
+        chunk: AggregatedChunk<'_>,
+    ) -> Result<PreparedChunk, ProcessorError> {
+        let AggregatedChunk {
+            partition,
+            records,
+            tenants,
+            objects: encoded,
             ids,
-            ids_file: ids_file.map(|(path, _)| path),
+            events: _,
+            dead: _,
+            outside_work_hours,
+            mut routes,
+        } = chunk;
+        let first = records.first().expect("chunks are non-empty").offset;
+        let last = records.last().expect("chunks are non-empty").offset;
+        self.metrics
+            .events_dropped
+            .with_label_values(&["outside_work_hours"])
+            .inc_by(outside_work_hours);
+        let replace = self.ledger.replaces(partition);
+        let changes = routes.take_changes();
+        let (batch_ids, route_state) = if replace {
+            (
+                self.seen.whole_with(partition, &ids),
+                Some(routes.snapshot()),
+            )
+        } else {
+            (ids.to_bytes(), changes)
+        };
+        // Each tenant's objects go to its own lake when it has one.
+        let mut objects = Vec::with_capacity(encoded.len());
+        for object in encoded {
+            let location = match tenants.get(&object.key.tenant) {
+                Some(Some((view, _))) => view.tenant.doc.lake_url.as_deref(),
+                _ => None,
+            };
+            objects.push(LakeObject {
+                lake: self.lakes.key(location)?,
+                key: object.key,
+                rows: object.rows,
+                bytes: object.parquet.into(),
+            });
+        }
+        Ok(PreparedChunk {
+            partition,
+            first,
+            last,
+            replace,
+            batch_ids,
+            route_state,
+            objects,
+            ids,
             routes,
-            routes_file: routes_file.map(|(path, _)| path),
-            events,
         })
     }
 
-    /// Records the flush's intent, then writes its objects durably.
-    async fn write_flush(
+    /// Writes every chunk's objects durably, each under a name of its own
+    /// (`part-<partition>-<first>-<last>-<uuid>.parquet`: no try overwrites
+    /// another's), retrying while a lake cannot be written; returns what
+    /// the chunks commit.
+    async fn write_objects(
         &self,
-        intent: &FlushIntent,
-        objects: &LakeObjects,
-        state_files: &[(ObjectPath, Vec<u8>)],
-    ) -> Result<(), LakeError> {
-        let deleted = self.intents.begin(intent).await?;
-        self.metrics.leftover_objects_deleted.inc_by(deleted as u64);
-        let state: Vec<(ObjectPath, bytes::Bytes)> = state_files
-            .iter()
-            .map(|(path, bytes)| (path.clone(), bytes.clone().into()))
-            .collect();
-        for (lake, objects) in objects {
-            // A key is itself a location (see `Lakes::key`). The state
-            // files go with the deployment's objects: one round of fsyncs.
-            let home = lake.is_none();
-            let puts: Vec<(ObjectPath, bytes::Bytes)> = objects
-                .iter()
-                .map(|o| (o.path.clone(), o.bytes.clone()))
-                .chain(state.iter().filter(|_| home).cloned())
-                .collect();
-            self.lakes
-                .at(lake.as_deref())?
-                .put_all_durable(&puts)
-                .await?;
-            for object in objects {
-                self.metrics.rows_written.inc_by(object.rows as u64);
-                self.metrics.bytes_written.inc_by(object.bytes.len() as u64);
-                self.metrics.files_written.inc();
+        chunks: &mut [PreparedChunk],
+    ) -> Result<Vec<ChunkCommit>, ProcessorError> {
+        let attempt = uuid::Uuid::new_v4().simple();
+        let mut by_lake: BTreeMap<Option<String>, Vec<(object_store::path::Path, bytes::Bytes)>> =
+            BTreeMap::new();
+        let mut commits = Vec::with_capacity(chunks.len());
+        for chunk in chunks.iter() {
+            let file_name = format!(
+                "part-{:05}-{:020}-{:020}-{attempt}.parquet",
+                chunk.partition, chunk.first, chunk.last
+            );
+            let mut objects: std::collections::HashMap<TableKey, Vec<NewObject>> =
+                std::collections::HashMap::new();
+            for object in &chunk.objects {
+                by_lake
+                    .entry(object.lake.clone())
+                    .or_default()
+                    .push((object.key.object_path(&file_name), object.bytes.clone()));
+                objects
+                    .entry((object.lake.clone(), object.key.dataset))
+                    .or_default()
+                    .push(NewObject {
+                        key: object.key.clone(),
+                        file_name: file_name.clone(),
+                        size: object.bytes.len() as u64,
+                        rows: object.rows as u64,
+                    });
+            }
+            commits.push(ChunkCommit {
+                partition: chunk.partition,
+                first: chunk.first,
+                last: chunk.last,
+                replace: chunk.replace,
+                batch_ids: chunk.batch_ids.clone(),
+                routes: chunk.route_state.clone(),
+                objects,
+            });
+        }
+        for (lake, puts) in &by_lake {
+            let mut backoff = Backoff::default();
+            loop {
+                let written = match self.lakes.at(lake.as_deref()) {
+                    Ok(at) => at.put_all_durable(puts).await,
+                    Err(e) => Err(e),
+                };
+                match written {
+                    Ok(()) => break,
+                    Err(e) if e.is_transient() => {
+                        self.metrics.lake_retries.inc();
+                        backoff.wait("writing the flush's objects", &e).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
-        if !objects.contains_key(&None) {
-            self.lakes.home().put_all_durable(&state).await?;
-        }
-        Ok(())
+        Ok(commits)
     }
 
     /// A tenant's view, retried with backoff while the control plane cannot
@@ -593,7 +644,8 @@ impl<C: LogConsumer> Processor<C> {
         loop {
             // A shutdown may cut a round short, even one waiting for the
             // lake: nothing is committed before its objects are durable, and
-            // the flush intents clean up a cut flush at the next start.
+            // a flush cut between its commits is completed by whoever
+            // reads the partition next (see `ledger`).
             let stepped = tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 stepped = self.step() => stepped,
@@ -614,28 +666,34 @@ impl<C: LogConsumer> Processor<C> {
     }
 }
 
-/// A partition chunk written and not yet committed: where the partition
-/// resumes after it, and its state for after the commit.
-struct WrittenChunk {
-    next_offset: i64,
+/// How long a flush may wait for its state commit before it writes its
+/// objects again: well under the VACUUM retention, which deletes objects
+/// no table version names once they are older than it.
+const REWRITE_OBJECTS_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// A worked-on chunk on its way into the lake: its objects and the state
+/// it commits, and its memory for after the commit.
+struct PreparedChunk {
+    partition: i32,
+    first: i64,
+    last: i64,
+    /// Whether its state commit replaces the partition's state files.
+    replace: bool,
+    batch_ids: Vec<u8>,
+    route_state: Option<Vec<u8>>,
+    objects: Vec<LakeObject>,
     ids: ChunkIds,
-    ids_file: Option<ObjectPath>,
     routes: Routes,
-    routes_file: Option<ObjectPath>,
-    /// Events of the records that opened.
-    events: u64,
 }
 
 /// One encoded object of a flush.
 struct LakeObject {
-    path: ObjectPath,
+    /// The lake it goes to ([`Lakes::key`]; `None`: the deployment's).
+    lake: Option<String>,
+    key: PartitionKey,
     rows: usize,
     bytes: bytes::Bytes,
 }
-
-/// A flush's objects by the lake they go to ([`Lakes::key`]; `None`: the
-/// deployment's).
-type LakeObjects = BTreeMap<Option<String>, Vec<LakeObject>>;
 
 /// Waits between retries of a call that failed transiently (the log or
 /// the lake unavailable): 100 ms, doubling up to 5 s.

@@ -17,8 +17,9 @@ pub struct ProcessorMetrics {
     pub files_written: IntCounter,
     pub rows_written: IntCounter,
     pub bytes_written: IntCounter,
-    /// Objects of flushes that never committed, deleted before a replay.
-    pub leftover_objects_deleted: IntCounter,
+    /// Flushes whose processor stopped after committing their state and
+    /// before all of their rows, completed by this one (see `ledger`).
+    pub flushes_completed: IntCounter,
     /// Times this processor left and rejoined its group because a partition
     /// had no working reader.
     pub group_rejoins: IntCounter,
@@ -26,7 +27,7 @@ pub struct ProcessorMetrics {
     pub commits: IntCounter,
     /// Flushes retried because the lake could not be written.
     pub lake_retries: IntCounter,
-    /// One partition's flush: aggregate, record the intent, write the objects.
+    /// One partition's flush: aggregate, write the objects, commit them.
     pub flush_seconds: Histogram,
     /// Records in the log not yet committed by this processor's group.
     pub lag_records: IntGauge,
@@ -104,9 +105,9 @@ impl ProcessorMetrics {
                 "candor_processor_group_rejoins_total",
                 "Times the processor rejoined its group because a partition with records waiting had no commit from anyone",
             ),
-            leftover_objects_deleted: counter(
-                "candor_processor_leftover_objects_deleted_total",
-                "Objects of flushes that never committed, deleted before their records were written again",
+            flushes_completed: counter(
+                "candor_processor_flushes_completed_total",
+                "Flushes another processor committed the state of and not every table's rows, completed on taking the partition over",
             ),
             records: counter("candor_processor_records_total", "Log records consumed"),
             events: counter(
@@ -143,7 +144,7 @@ impl Default for ProcessorMetrics {
 /// retention) run by a processor or `candor standalone`.
 #[derive(Clone)]
 pub struct MaintenanceMetrics {
-    /// Runs by job (`compaction`, `retention`) and outcome (`ok`, `busy`,
+    /// Runs by job (`compaction`, `retention`) and outcome (`ok`,
     /// `failed`).
     pub runs: IntCounterVec,
     pub objects_compacted: IntCounter,
@@ -156,7 +157,7 @@ impl MaintenanceMetrics {
         let runs = IntCounterVec::new(
             Opts::new(
                 "candor_processor_maintenance_runs_total",
-                "Runs of the lake's maintenance jobs, by job and outcome (busy: another held the lake's lease)",
+                "Runs of the lake's maintenance jobs, by job and outcome",
             ),
             &["job", "outcome"],
         )

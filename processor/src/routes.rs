@@ -4,8 +4,8 @@
 //! segment between two uploads is a fifth of a route. To count it, the
 //! processor carries each device's last point from one record to the next
 //! ([`Routes`]), and from one flush to the next: in memory while it keeps a
-//! log partition, and in the lake for whoever takes the partition next
-//! ([`RouteMemory`]), so a restart, a rebalance or a replay computes the
+//! log partition ([`RouteMemory`]), and in the processors' state table for
+//! whoever takes the partition next (see `state`), so a restart, a rebalance or a replay computes the
 //! same routes as one processor that never stopped.
 //!
 //! Whether a record continues its device's route depends on that device
@@ -22,7 +22,7 @@
 //! each flush's changes are sealed per tenant under the tenant's at-rest key
 //! (XChaCha20-Poly1305, a random nonce per block): destroying a tenant's
 //! keys makes its carried points unreadable with its log records. They are
-//! state files of kind `routes` (see `flush_state`), each a 4-byte magic
+//! state entries of kind `routes`, each a 4-byte magic
 //! `CRS1` followed by one block per tenant:
 //!
 //! ```text
@@ -38,7 +38,7 @@
 //! a sequence of entries: u16 device length, device id, a tag (0: the route
 //! was cut, nothing carried; 1, 2, 3: a point whose last segment was
 //! unknown, stopped, moving), and for a point i64 time (ms), f64 latitude,
-//! f64 longitude, i64 receive time (ms). Later files override earlier ones
+//! f64 longitude, i64 receive time (ms). Later entries override earlier ones
 //! device by device. A block is opened when the processor first sees one of
 //! its tenant's records, with the keys that open the record; a block that
 //! does not open (keys destroyed) is dropped, which costs its devices one
@@ -50,10 +50,6 @@ use std::sync::Arc;
 use candor_control::keyring::TenantKeys;
 use candor_schemas::crypto::{self, NONCE_LEN};
 use candor_schemas::ids::{DeviceId, TenantId};
-use object_store::path::Path as ObjectPath;
-
-use crate::flush_state::{FlushFiles, MAX_FILES};
-use candor_lake::{Lake, LakeError};
 
 /// How long after a device's last record its next one may still continue
 /// its route (by receive time). Its next upload continues the route only if
@@ -202,7 +198,7 @@ impl Routes {
 
     /// The whole memory as one state file: opened tenants sealed anew,
     /// tenants not opened yet as the blocks read.
-    fn snapshot(&self) -> Vec<u8> {
+    pub(crate) fn snapshot(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         for (tenant, routes) in &self.tenants {
             for block in &routes.sealed {
@@ -393,100 +389,42 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The routes of one log partition as of its last commit by this processor.
-struct PartitionRoutes {
-    /// The offset this processor's next chunk starts at if nobody else
-    /// worked on the partition in between.
-    next_offset: i64,
-    /// `None` while a chunk has them.
-    routes: Option<Routes>,
-    /// The committed state files the memory stands for.
-    files: Vec<ObjectPath>,
-}
-
-/// The devices' routes of every partition this processor reads.
+/// The devices' routes of every partition this processor reads, as of
+/// each partition's last commit; `None` while a chunk has them.
+#[derive(Default)]
 pub struct RouteMemory {
-    files: FlushFiles,
-    partitions: HashMap<i32, PartitionRoutes>,
+    partitions: HashMap<i32, Option<Routes>>,
 }
 
 impl RouteMemory {
-    pub fn new(lake: Lake, group: &str) -> Self {
-        Self {
-            files: FlushFiles::new(lake, group, "routes"),
-            partitions: HashMap::new(),
-        }
-    }
-
-    /// Where a chunk's route changes go.
-    pub fn path(&self, partition: i32, first: i64, last: i64) -> ObjectPath {
-        self.files.path(partition, first, last)
-    }
-
-    /// The partition's routes for a chunk starting at `first`: kept if this
-    /// processor committed up to `first` itself, rebuilt from the lake
-    /// otherwise.
-    pub async fn take(&mut self, partition: i32, first: i64) -> Result<Routes, LakeError> {
-        if let Some(kept) = self
-            .partitions
-            .get_mut(&partition)
-            .filter(|p| p.next_offset == first)
-            .and_then(|p| p.routes.take())
-        {
-            return Ok(kept);
-        }
-        let mut routes = Routes::default();
-        let mut files = Vec::new();
-        for file in self.files.committed_before(partition, first).await? {
-            routes
-                .read_file(&file.bytes)
-                .map_err(|e| LakeError::Corrupt(format!("{}: {e}", file.path)))?;
-            files.push(file.path);
-        }
-        routes.forget_stale();
-        self.partitions.insert(
-            partition,
-            PartitionRoutes {
-                next_offset: first,
-                routes: None,
-                files,
-            },
-        );
-        Ok(routes)
-    }
-
-    /// After the chunk's commit: its routes are the partition's, and its
-    /// state file (when it wrote one) joins the others.
-    pub async fn committed(
+    /// Rebuilds a partition's routes from its committed route entries,
+    /// oldest first (each flush's changes, or one standing for all before
+    /// it), when this processor takes the partition over.
+    pub fn load<'a>(
         &mut self,
         partition: i32,
-        next_offset: i64,
-        routes: Routes,
-        file: Option<ObjectPath>,
-    ) {
-        let memory = self
-            .partitions
-            .entry(partition)
-            .or_insert_with(|| PartitionRoutes {
-                next_offset,
-                routes: None,
-                files: Vec::new(),
-            });
-        memory.next_offset = next_offset;
-        memory.files.extend(file);
-        if memory.files.len() > MAX_FILES {
-            let merged = self.files.merged_path(partition, next_offset);
-            match self
-                .files
-                .replace(&merged, routes.snapshot(), memory.files.iter().cloned())
-                .await
-            {
-                Ok(()) => memory.files = vec![merged],
-                // The files stay as they are; the next commit tries again.
-                Err(e) => tracing::warn!(partition, error = %e, "could not merge GPS route files"),
-            }
+        entries: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), String> {
+        let mut routes = Routes::default();
+        for entry in entries {
+            routes.read_file(entry)?;
         }
-        memory.routes = Some(routes);
+        routes.forget_stale();
+        self.partitions.insert(partition, Some(routes));
+        Ok(())
+    }
+
+    /// The partition's routes for its next chunk.
+    pub fn take(&mut self, partition: i32) -> Routes {
+        self.partitions
+            .get_mut(&partition)
+            .and_then(Option::take)
+            .unwrap_or_default()
+    }
+
+    /// After the chunk's commit: its routes are the partition's.
+    pub fn committed(&mut self, partition: i32, routes: Routes) {
+        self.partitions.insert(partition, Some(routes));
     }
 }
 
@@ -519,122 +457,76 @@ mod tests {
         )
     }
 
-    /// Commits `routes`' changes as the flush of `offset`, as the processor does.
-    async fn flush(memory: &mut RouteMemory, lake: &Lake, offset: i64, mut routes: Routes) {
-        let file = match routes.take_changes() {
-            Some(bytes) => {
-                let path = memory.path(0, offset, offset);
-                lake.put_durable(&path, bytes.into()).await.unwrap();
-                Some(path)
-            }
-            None => None,
-        };
-        memory.committed(0, offset + 1, routes, file).await;
+    /// Commits `routes`' changes, as a flush does, into `entries`.
+    fn flush(memory: &mut RouteMemory, entries: &mut Vec<Vec<u8>>, mut routes: Routes) {
+        entries.extend(routes.take_changes());
+        memory.committed(0, routes);
     }
 
-    #[tokio::test]
-    async fn a_successor_carries_the_points_and_cuts_its_predecessor_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::local(dir.path()).unwrap();
+    fn reloaded(entries: &[Vec<u8>]) -> Result<Routes, String> {
+        let mut memory = RouteMemory::default();
+        memory.load(0, entries.iter().map(Vec::as_slice))?;
+        Ok(memory.take(0))
+    }
+
+    #[test]
+    fn a_successor_carries_the_points_its_predecessor_committed() {
         let (tenant, one, two) = ids();
         let keys = keys(&tenant, 7);
-        let mut memory = RouteMemory::new(lake.clone(), "g");
-        let mut routes = memory.take(0, 0).await.unwrap();
+        let (mut memory, mut entries) = (RouteMemory::default(), Vec::new());
+        let mut routes = memory.take(0);
         routes.open(&tenant, &keys);
         routes.carry(&tenant, &one, Some(point(1_000, 5_000)));
         routes.carry(&tenant, &two, Some(point(2_000, 5_000)));
-        flush(&mut memory, &lake, 0, routes).await;
-        let mut routes = memory.take(0, 1).await.unwrap();
+        flush(&mut memory, &mut entries, routes);
+        let mut routes = memory.take(0);
         routes.carry(&tenant, &one, Some(point(3_000, 6_000)));
         routes.carry(&tenant, &two, None);
-        flush(&mut memory, &lake, 1, routes).await;
-        // An uncommitted flush's file (it ends at the successor's start) is ignored.
-        let mut routes = memory.take(0, 2).await.unwrap();
-        routes.carry(&tenant, &one, Some(point(9_000, 9_000)));
-        let path = memory.path(0, 2, 2);
-        let bytes = routes.take_changes().unwrap();
-        lake.put_durable(&path, bytes.clone().into()).await.unwrap();
+        flush(&mut memory, &mut entries, routes);
+        assert_eq!(entries.len(), 2);
 
-        // Sealed: neither the device nor the position is in the file.
-        assert!(!bytes.windows(7).any(|w| w == b"phone-1"));
-        assert!(!bytes.windows(8).any(|w| w == 11.123456789f64.to_be_bytes()));
+        // Sealed: neither the device nor the position is in an entry.
+        for bytes in &entries {
+            assert!(!bytes.windows(7).any(|w| w == b"phone-1"));
+            assert!(!bytes.windows(8).any(|w| w == 11.123456789f64.to_be_bytes()));
+        }
 
-        let mut successor = RouteMemory::new(lake, "g");
-        let mut routes = successor.take(0, 2).await.unwrap();
+        let mut routes = reloaded(&entries).unwrap();
         // Still sealed until the tenant's keys open them.
         assert_eq!(routes.carried(&tenant, &one), None);
         routes.open(&tenant, &keys);
         assert_eq!(routes.carried(&tenant, &one), Some(point(3_000, 6_000)));
         assert_eq!(routes.carried(&tenant, &two), None);
+
+        // One entry standing for all of them says the same.
+        let whole = memory.take(0).snapshot();
+        let mut routes = reloaded(&[whole]).unwrap();
+        routes.open(&tenant, &keys);
+        assert_eq!(routes.carried(&tenant, &one), Some(point(3_000, 6_000)));
+        assert_eq!(routes.carried(&tenant, &two), None);
     }
 
-    #[tokio::test]
-    async fn points_that_do_not_open_are_dropped_and_a_torn_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::local(dir.path()).unwrap();
+    #[test]
+    fn points_that_do_not_open_are_dropped_and_a_torn_entry_is_refused() {
         let (tenant, one, _) = ids();
-        let mut memory = RouteMemory::new(lake.clone(), "g");
-        let mut routes = memory.take(0, 0).await.unwrap();
+        let (mut memory, mut entries) = (RouteMemory::default(), Vec::new());
+        let mut routes = memory.take(0);
         routes.open(&tenant, &keys(&tenant, 7));
         routes.carry(&tenant, &one, Some(point(1_000, 5_000)));
-        flush(&mut memory, &lake, 0, routes).await;
+        flush(&mut memory, &mut entries, routes);
 
         // Other keys (the tenant's were destroyed and it was made anew).
-        let mut routes = RouteMemory::new(lake.clone(), "g")
-            .take(0, 1)
-            .await
-            .unwrap();
+        let mut routes = reloaded(&entries).unwrap();
         routes.open(&tenant, &keys(&tenant, 8));
         assert_eq!(routes.carried(&tenant, &one), None);
 
-        let path = memory.path(0, 0, 0);
-        let whole = lake.get_optional(&path).await.unwrap().unwrap();
-        lake.put_durable(&path, whole.slice(..whole.len() - 3).into())
-            .await
-            .unwrap();
-        let torn = RouteMemory::new(lake, "g").take(0, 1).await;
+        let torn = entries[0][..entries[0].len() - 3].to_vec();
+        let refused = reloaded(&[torn]);
         assert!(
-            matches!(&torn, Err(LakeError::Corrupt(e)) if e.contains("truncated")),
+            matches!(&refused, Err(e) if e.contains("truncated")),
             "{:?}",
-            torn.err()
+            refused.err()
         );
-    }
-
-    #[tokio::test]
-    async fn files_are_merged_and_the_merged_memory_is_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::local(dir.path()).unwrap();
-        let (tenant, ..) = ids();
-        let keys = keys(&tenant, 7);
-        let devices: Vec<DeviceId> = (0..MAX_FILES as i64 + 10)
-            .map(|i| DeviceId::new(format!("phone-{i}")).unwrap())
-            .collect();
-        let mut memory = RouteMemory::new(lake.clone(), "g");
-        for (offset, device) in devices.iter().enumerate() {
-            let offset = offset as i64;
-            let mut routes = memory.take(0, offset).await.unwrap();
-            routes.open(&tenant, &keys);
-            routes.carry(&tenant, device, Some(point(offset, 10_000 + offset)));
-            // Every other flush cuts the previous device's route.
-            if offset % 2 == 1 {
-                routes.carry(&tenant, &devices[offset as usize - 1], None);
-            }
-            flush(&mut memory, &lake, offset, routes).await;
-        }
-        let files = lake.list(&memory.files.folder(0)).await.unwrap();
-        assert!(files.len() <= 10, "{} files", files.len());
-
-        let mut routes = RouteMemory::new(lake, "g")
-            .take(0, devices.len() as i64)
-            .await
-            .unwrap();
-        routes.open(&tenant, &keys);
-        for (i, device) in devices.iter().enumerate() {
-            let i = i as i64;
-            let cut = i % 2 == 0 && i + 1 < devices.len() as i64;
-            let want = (!cut).then(|| point(i, 10_000 + i));
-            assert_eq!(routes.carried(&tenant, device), want, "{device}");
-        }
     }
 
     #[test]

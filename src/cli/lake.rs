@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use candor::config::{Config, Role};
 use candor::node::{self, maintenance};
 use candor_control::AuditLog;
-use candor_processor::Lakes;
+use candor_lake::Lakes;
 use candor_query::TenantLake;
 use candor_schemas::{EmployeeId, TenantId};
 use chrono::NaiveDate;
@@ -120,15 +120,10 @@ pub async fn compact(s: &SettingsArgs, args: CompactArgs) -> Result<()> {
     let config = load(s, args.control, args.lake)?;
     let done = maintenance::compact_once(&Lakes::open(&config.lake_url())?, &config).await?;
     println!(
-        "compaction: {} objects merged into {} in {} partitions ({} rows); {} left for uncommitted flushes; {} interrupted merges finished",
-        done.objects_merged,
-        done.objects_written,
-        done.folders,
-        done.rows,
-        done.pending_skipped,
-        done.resumed
+        "compaction: {} objects merged into {} in {} partitions; {} objects vacuumed",
+        done.objects_merged, done.objects_written, done.partitions, done.objects_vacuumed
     );
-    maintenance::command_outcome(done.lakes_failed, done.lakes_busy)
+    maintenance::command_outcome(done.lakes_failed)
 }
 
 pub async fn retention(s: &SettingsArgs, cmd: RetentionCommand) -> Result<()> {
@@ -142,7 +137,7 @@ pub async fn retention(s: &SettingsArgs, cmd: RetentionCommand) -> Result<()> {
             )
             .await?;
             println!("retention: {} partitions deleted", done.deleted.len());
-            maintenance::command_outcome(done.skipped, done.lakes_busy)
+            maintenance::command_outcome(done.skipped)
         }
         RetentionCommand::Erase {
             control,
@@ -158,7 +153,7 @@ pub async fn retention(s: &SettingsArgs, cmd: RetentionCommand) -> Result<()> {
             let keys = candor_control::keyring::load(&c.documents, &master, &tenant)
                 .await?
                 .with_context(|| format!("tenant {tenant} has no keys"))?;
-            let request = candor_processor::erasure::ErasureRequest {
+            let request = candor_lake::jobs::erasure::ErasureRequest {
                 subject: keys.pseudonym().subject(&employee),
                 tenant,
                 actor: "operator".into(),
@@ -167,7 +162,7 @@ pub async fn retention(s: &SettingsArgs, cmd: RetentionCommand) -> Result<()> {
             let audit = AuditLog::new(c.store, &c.prefix, master.clone());
             let now_ms = chrono::Utc::now().timestamp_millis();
             // Every lake in use: the tenant's own, and the deployment's.
-            let erased = candor_processor::erasure::erase_subject(
+            let erased = candor_lake::jobs::erasure::erase_subject(
                 &Lakes::open(&config.lake_url())?,
                 &c.documents,
                 &audit,

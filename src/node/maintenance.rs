@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use candor_control::AuditLog;
-use candor_processor::compaction::{self, Compacted, CompactionConfig};
-use candor_processor::retention::{self, RetentionConfig, RetentionRun};
-use candor_processor::{Lakes, MaintenanceMetrics};
+use candor_lake::Lakes;
+use candor_lake::jobs::compaction::{self, Compacted, CompactionConfig};
+use candor_lake::jobs::retention::{self, RetentionConfig, RetentionRun};
+use candor_processor::MaintenanceMetrics;
 use candor_schemas::keys::MasterSecret;
 
 use super::{Stop, control_store};
@@ -73,12 +74,11 @@ impl Maintenance {
     async fn retention(&self) {
         match retention_once(&self.lakes, &self.config, &self.master).await {
             Ok(done) => {
-                self.count("retention", outcome(done.skipped, done.lakes_busy));
+                self.count("retention", outcome(done.skipped));
                 let n = done.deleted.len();
                 self.metrics.partitions_deleted.inc_by(n as u64);
                 tracing::info!(
                     partitions_deleted = n,
-                    lakes_busy = done.lakes_busy,
                     skipped = done.skipped,
                     "retention applied"
                 );
@@ -93,18 +93,18 @@ impl Maintenance {
     async fn compaction(&self) {
         match compact_once(&self.lakes, &self.config).await {
             Ok(done) => {
-                self.count("compaction", outcome(done.lakes_failed, done.lakes_busy));
+                self.count("compaction", outcome(done.lakes_failed));
                 self.metrics
                     .objects_compacted
-                    .inc_by(done.objects_merged as u64);
+                    .inc_by(done.objects_merged);
                 self.metrics
                     .merged_objects_written
-                    .inc_by(done.objects_written as u64);
+                    .inc_by(done.objects_written);
                 if done.objects_written > 0 {
                     tracing::info!(
-                        folders = done.folders,
+                        partitions = done.partitions,
                         objects_merged = done.objects_merged,
-                        rows = done.rows,
+                        objects_vacuumed = done.objects_vacuumed,
                         "lake compacted"
                     );
                 }
@@ -141,38 +141,23 @@ where
 }
 
 /// How a maintenance run over every lake in use ended, as its metric says:
-/// `failed` when a lake or tenant failed (logged), `busy` when another job
-/// held a lake's lease, else `ok`.
-fn outcome(failed: usize, busy: usize) -> &'static str {
-    match (failed, busy) {
-        (0, 0) => "ok",
-        (0, _) => "busy",
-        _ => "failed",
-    }
+/// `failed` when a lake or tenant failed (logged), else `ok`.
+fn outcome(failed: usize) -> &'static str {
+    if failed == 0 { "ok" } else { "failed" }
 }
 
 /// A maintenance command's exit: an error unless every lake was done.
-pub fn command_outcome(failed: usize, busy: usize) -> Result<()> {
+pub fn command_outcome(failed: usize) -> Result<()> {
     if failed > 0 {
         bail!("{failed} lakes or tenants failed and were left for the next run (see the log)");
-    }
-    if busy > 0 {
-        bail!(
-            "another maintenance job (compaction, retention or erasure) is running on {busy} lakes; try again in a few minutes"
-        );
     }
     Ok(())
 }
 
-/// Merges the small objects of every lake in use once, now.
+/// Compacts and vacuums every lake in use once, now.
 pub async fn compact_once(lakes: &Lakes, config: &Config) -> Result<Compacted> {
     let docs = control_store(config)?.documents;
-    let holder = format!("compaction, process {}", std::process::id());
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    Ok(
-        compaction::compact_all(lakes, &docs, &CompactionConfig::default(), &holder, now_ms)
-            .await?,
-    )
+    Ok(compaction::compact_all(lakes, &docs, &CompactionConfig::default()).await?)
 }
 
 /// Applies retention and purges to every lake in use once, now; every

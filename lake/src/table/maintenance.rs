@@ -81,29 +81,43 @@ impl DatasetTable {
         })
     }
 
-    /// Deletes every object under the table that its versions of the last
-    /// `retention` do not name: files removed (by a delete or compaction)
-    /// more than `retention` ago, and objects older than that which no
-    /// version ever named (a write that never committed). Returns the
-    /// objects deleted. `retention` must be longer than any writer takes
-    /// from writing an object to committing it.
-    pub async fn vacuum(&mut self, retention: Duration) -> Result<usize, LakeError> {
+    /// Deletes the table's files that a delete or a compaction replaced
+    /// more than `replaced` ago, and every other object under the table
+    /// that no version names once it is `uncommitted` old (a write that
+    /// never committed). Returns how many objects it deleted. `uncommitted`
+    /// must be longer than any writer takes from writing an object to
+    /// committing it; `replaced`, than any query planned on an older
+    /// version may still read.
+    pub async fn vacuum(
+        &mut self,
+        replaced: Duration,
+        uncommitted: Duration,
+    ) -> Result<usize, LakeError> {
         let name = self.dataset().name();
         self.refresh().await?;
-        let retention = chrono::Duration::from_std(retention)
-            .map_err(|e| LakeError::Refused(format!("vacuum retention: {e}")))?;
-        let (table, metrics) = self
-            .delta()
-            .clone()
-            .vacuum()
-            .with_retention_period(retention)
-            // Delta's default floor is a week; a privacy product keeps
-            // deleted rows' bytes for far less (see DESIGN).
-            .with_enforce_retention_duration(false)
-            .with_mode(VacuumMode::Full)
-            .await
-            .map_err(|e| table_error(name, e))?;
-        self.replace_delta(table);
-        Ok(metrics.files_deleted.len())
+        let mut deleted = 0;
+        // Lite: the files the log says were removed. Full: whatever the
+        // folder holds and no version names.
+        for (mode, retention) in [
+            (VacuumMode::Lite, replaced),
+            (VacuumMode::Full, uncommitted),
+        ] {
+            let retention = chrono::Duration::from_std(retention)
+                .map_err(|e| LakeError::Refused(format!("vacuum retention: {e}")))?;
+            let (table, metrics) = self
+                .delta()
+                .clone()
+                .vacuum()
+                .with_retention_period(retention)
+                // Delta's default floor is a week; a privacy product keeps
+                // deleted rows' bytes for far less (see the jobs' docs).
+                .with_enforce_retention_duration(false)
+                .with_mode(mode)
+                .await
+                .map_err(|e| table_error(name, e))?;
+            self.replace_delta(table);
+            deleted += metrics.files_deleted.len();
+        }
+        Ok(deleted)
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod dataset;
 pub mod maintenance;
+pub mod manifest;
 pub mod state;
 
 pub use dataset::PARTITION_COLUMNS;
