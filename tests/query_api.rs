@@ -1431,9 +1431,9 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
 
 /// Every row of every view the analyst can see, as sorted JSON texts: the
 /// whole tenant's lake content, independent of how it is split in files.
-/// Folders are listed afresh, not from the service's listing cache.
+/// Every table is read at its latest version, not the service's cached one.
 async fn every_row(s: &Service) -> Vec<String> {
-    s.state.lake.forget_listings();
+    s.state.lake.refresh_tables();
     let mut rows = Vec::new();
     for view in ["activity", "app_usage", "gps", "attendance"] {
         let (status, answer) = s.sql("analyst", &format!("SELECT * FROM {view}")).await;

@@ -35,7 +35,7 @@ use crate::QueryError;
 use crate::delivery::{self, Delivered, RetryPolicy};
 use crate::extract::{self, ExtractRequest, Period};
 use crate::kpi::{self, GroupBy, KpiRequest, KpiRow};
-use crate::lake::QueryLake;
+use crate::lake::{QueryLake, TableVersions};
 use crate::portal;
 use crate::scope::{IdentityCache, Rows, Scope, ScopeError};
 use crate::session::{Answer, Limits, ScopedSession};
@@ -283,6 +283,9 @@ impl ApiError {
                 QueryError::Lake(_) | QueryError::Vanished(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "lake_unavailable")
                 }
+                QueryError::TableUnavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "table_unavailable")
+                }
                 QueryError::BadLake { .. } | QueryError::Engine(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "query_failed")
                 }
@@ -306,6 +309,13 @@ impl ApiError {
             ApiError::Query(QueryError::Lake(_) | QueryError::Vanished(_)) => {
                 "the lake cannot be read now; try again shortly".into()
             }
+            // Which table, not why: the reason (the log entry, the object)
+            // is the operator's.
+            ApiError::Query(QueryError::TableUnavailable(table)) => format!(
+                "the {} table cannot be read now, so this question cannot be answered; \
+                 questions about the other tables can; the operator's log has the details",
+                table.dataset.name()
+            ),
             ApiError::AuditUnavailable(_) => {
                 "the audit log cannot be written, so nothing is answered".into()
             }
@@ -701,7 +711,7 @@ async fn open_scope(
 ) -> Result<(Arc<TenantView>, ScopedSession), ApiError> {
     let view = caller_tenant(state, caller).await?;
     let scope = Scope::of(&caller.principal, &view)?;
-    let tables = state.lake.tables(&view.tenant.doc)?;
+    let tables = state.lake.tables(&view.tenant.doc).await?;
     let session = ScopedSession::new(&state.lake, &tables, &scope, state.limits.clone())?;
     Ok((view, session))
 }
@@ -709,7 +719,9 @@ async fn open_scope(
 /// Audits a request's outcome, answered or refused, then answers it. An
 /// answer whose audit entry cannot be written is not sent. `answered_in`
 /// is the scope a question's session had, if it got that far: the entry
-/// records it, for "who looked at my data".
+/// records it, for "who looked at my data". `read` is the table version
+/// each of its tables read (`detail.table_versions`), so an answer can be
+/// traced to the data it came from.
 #[allow(clippy::too_many_arguments)]
 async fn audited(
     state: &QueryState,
@@ -718,6 +730,7 @@ async fn audited(
     target: String,
     request: serde_json::Value,
     answered_in: Option<&Scope>,
+    read: Option<&TableVersions>,
     outcome: Result<(Response, serde_json::Value), ApiError>,
     started: std::time::Instant,
 ) -> Result<Response, ApiError> {
@@ -731,6 +744,9 @@ async fn audited(
     let mut detail = serde_json::json!({"request": request, "result": result});
     if let Some(scope) = answered_in {
         detail["scope"] = portal::me::scope_detail(scope);
+    }
+    if let Some(versions) = read {
+        detail["table_versions"] = serde_json::json!(versions);
     }
     let event = AuditEvent {
         actor: caller.actor.id.clone(),
@@ -870,7 +886,7 @@ async fn kpi_page(
         return Err(ApiError::NoSuchKpi(name));
     };
     let started = std::time::Instant::now();
-    let mut answered_in = None;
+    let (mut answered_in, mut read) = (None, None);
     let outcome = async {
         let axum::extract::Query(params) =
             params.map_err(|e| QueryError::BadRequest(e.body_text()))?;
@@ -879,6 +895,7 @@ async fn kpi_page(
         }
         let (view, session) = open_scope(&state, &caller).await?;
         answered_in = Some(session.scope().clone());
+        read = Some(session.table_versions().clone());
         let request = params.request(&view)?;
         if request.group_by.contains(&GroupBy::Site) && !matches!(kpi, Kpi::Gps) {
             return Err(QueryError::BadRequest("group_by site is for gps".into()).into());
@@ -949,6 +966,7 @@ async fn kpi_page(
         name,
         serde_json::json!({"query": query}),
         answered_in.as_ref(),
+        read.as_ref(),
         outcome,
         started,
     )
@@ -1081,11 +1099,12 @@ async fn run_sql(
             .inc();
         return Err(ApiError::AuditUnavailable(e));
     }
-    let mut answered_in = None;
+    let (mut answered_in, mut read) = (None, None);
     let outcome = async {
         let Json(request) = body?;
         let (_, session) = open_scope(&state, &caller).await?;
         answered_in = Some(session.scope().clone());
+        read = Some(session.table_versions().clone());
         if session.scope().groups_only.is_some() {
             return Err(QueryError::TeamOnly(
                 "SQL reads rows about people, and this tenant shows managers and HR group \
@@ -1120,6 +1139,7 @@ async fn run_sql(
         format!("sql:{digest}"),
         request,
         answered_in.as_ref(),
+        read.as_ref(),
         outcome,
         started,
     )
@@ -1137,6 +1157,10 @@ pub struct Produced {
     pub delivered: Option<Delivered>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_error: Option<String>,
+    /// The table version each dataset was read at (the extract records
+    /// them too).
+    #[serde(skip)]
+    pub table_versions: TableVersions,
     #[serde(skip)]
     pub body: Vec<u8>,
 }
@@ -1170,7 +1194,7 @@ pub async fn produce_extract(
 ) -> Result<Produced, ApiError> {
     use sha2::Digest;
     let tenant = &view.tenant.doc;
-    let tables = state.lake.tables(tenant)?;
+    let tables = state.lake.tables(tenant).await?;
     let session = ScopedSession::new(
         &state.lake,
         &tables,
@@ -1211,7 +1235,8 @@ pub async fn produce_extract(
             "extract.produce",
             serde_json::json!({"location": location, "sha256": sha256, "from": request.from, "to": request.to,
                 "period": request.period, "groups": extract.groups.len(),
-                "suppressed_groups": extract.suppressed_groups}),
+                "suppressed_groups": extract.suppressed_groups,
+                "table_versions": session.table_versions()}),
         ),
         now(),
     )
@@ -1224,6 +1249,7 @@ pub async fn produce_extract(
         suppressed_groups: extract.suppressed_groups,
         delivered: None,
         delivery_error: None,
+        table_versions: session.table_versions().clone(),
         body,
     };
     if let Some(url) = &tenant.ai_delivery_url {
@@ -1262,6 +1288,7 @@ async fn request_extract(
     body: Result<Json<ExtractRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
+    let mut read = None;
     let outcome = async {
         let Json(request) = body?;
         let role = caller.principal.role;
@@ -1270,6 +1297,7 @@ async fn request_extract(
         }
         let view = caller_tenant(&state, &caller).await?;
         let produced = produce_extract(&state, &caller.actor, &view, &request).await?;
+        read = Some(produced.table_versions.clone());
         let mut answer =
             serde_json::to_value(&produced).map_err(|e| ApiError::Encode(e.to_string()))?;
         answer["extract"] =
@@ -1287,6 +1315,7 @@ async fn request_extract(
         "extract".into(),
         serde_json::Value::Null,
         None,
+        read.as_ref(),
         outcome,
         started,
     )
@@ -1454,6 +1483,7 @@ async fn export_audit(
         "audit.export",
         "audit".into(),
         serde_json::Value::Null,
+        None,
         None,
         outcome,
         started,

@@ -97,6 +97,12 @@ pub struct Extract {
     pub groups: Vec<Group>,
     /// Groups left out by primary and complementary suppression.
     pub suppressed_groups: usize,
+    /// The Delta table version each dataset was read at by this extract,
+    /// by dataset (one with no table yet has none). Days taken from the
+    /// release ledger keep the figures of their release, whose versions
+    /// that ledger entry records.
+    #[serde(default)]
+    pub table_versions: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +166,10 @@ pub struct ReleasedDay {
     pub released_at_ms: i64,
     pub groups: Vec<ReleasedGroup>,
     pub suppressed_groups: usize,
+    /// The Delta table version each dataset was read at when the day was
+    /// computed (absent in days released before tables had versions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub table_versions: BTreeMap<String, u64>,
 }
 
 /// A published row with the hours per app category its shares came from,
@@ -264,7 +274,17 @@ pub async fn build(
         epsilon: tenant.extract_epsilon,
         groups,
         suppressed_groups,
+        table_versions: owned_versions(session),
     })
+}
+
+/// The versions `session` reads, as extracts record them.
+fn owned_versions(session: &ScopedSession) -> BTreeMap<String, u64> {
+    session
+        .table_versions()
+        .iter()
+        .map(|(dataset, version)| (dataset.to_string(), *version))
+        .collect()
 }
 
 fn parse_released(bytes: &[u8]) -> Result<ReleasedDay, QueryError> {
@@ -365,6 +385,7 @@ async fn compute_days(
                 released_at_ms: chrono::Utc::now().timestamp_millis(),
                 groups: Vec::new(),
                 suppressed_groups: suppressed.get(day).copied().unwrap_or(0),
+                table_versions: owned_versions(session),
             },
         );
     }
@@ -672,6 +693,7 @@ mod tests {
                 })
                 .collect(),
             suppressed_groups: 0,
+            table_versions: BTreeMap::new(),
         }
     }
 

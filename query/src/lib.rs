@@ -2,7 +2,8 @@
 //! at a time.
 //!
 //! - [`lake`]: where each tenant's tables live (the deployment's lake or the
-//!   tenant's own), with shared metadata caches.
+//!   tenant's own): each dataset's Delta table, as of a version refreshed
+//!   every few seconds, with shared metadata caches.
 //! - [`scope`]: what a token may see, from its role and the directory.
 //! - [`session`]: a per-request session whose only tables are views already
 //!   filtered to the tenant and scope; one `SELECT` at a time, bounded.
@@ -25,7 +26,6 @@ pub mod format;
 pub mod guard;
 pub mod kpi;
 pub mod lake;
-pub mod merged;
 pub mod portal;
 pub mod scope;
 pub mod session;
@@ -73,15 +73,26 @@ pub enum QueryError {
     BadRange { from: NaiveDate, to: NaiveDate },
     #[error("lake: {0}")]
     Lake(String),
-    /// An object the engine listed was gone when it was read.
+    /// An object the table version named was gone when it was read.
     #[error("lake: an object changed while it was read: {0}")]
     Vanished(String),
+    /// One dataset's table cannot be read (its log does not load); the
+    /// other datasets can.
+    #[error(transparent)]
+    TableUnavailable(crate::lake::TableUnavailable),
     #[error("lake {url}: {reason}")]
     BadLake { url: String, reason: String },
 }
 
 impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
+        if let Some(table) = cause::<crate::lake::TableUnavailable>(&e) {
+            return if table.transient {
+                QueryError::Lake(table.to_string())
+            } else {
+                QueryError::TableUnavailable(table.clone())
+            };
+        }
         match e.find_root() {
             DataFusionError::ResourcesExhausted(m) => QueryError::TooLarge(m.clone()),
             // A cast or an arithmetic step that the data makes impossible is
@@ -107,13 +118,18 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
-/// The object store's error underneath, if it failed: the engine wraps
-/// its errors (in Parquet's, in Arrow's, in context), so the chain is walked.
+/// The object store's error underneath, if it failed.
 fn store_error(e: &DataFusionError) -> Option<&object_store::Error> {
+    cause(e)
+}
+
+/// The first error of type `T` in `e`'s chain: the engine wraps errors (in
+/// Parquet's, in Arrow's, in context, in external ones), so it is walked.
+fn cause<T: std::error::Error + 'static>(e: &DataFusionError) -> Option<&T> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(error) = cause {
-        if let Some(store) = error.downcast_ref::<object_store::Error>() {
-            return Some(store);
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
         }
         cause = error.source();
     }
@@ -127,6 +143,7 @@ impl QueryError {
         match e.find_root() {
             DataFusionError::ResourcesExhausted(_) => e.into(),
             _ if store_error(&e).is_some() => e.into(),
+            _ if cause::<crate::lake::TableUnavailable>(&e).is_some() => e.into(),
             _ => QueryError::BadSql(e.to_string()),
         }
     }
@@ -174,7 +191,7 @@ impl TenantLake {
     /// `file:///path` or `s3://bucket/prefix`.
     pub async fn open(url: &str, tenant: &TenantId) -> Result<Self, QueryError> {
         let lake = QueryLake::new(LakeConfig::new(url))?;
-        let tables = lake.tables_at(tenant, None)?;
+        let tables = lake.tables_at(tenant, None).await?;
         let session =
             ScopedSession::new(&lake, &tables, &Scope::whole_tenant(), Limits::default())?;
         Ok(Self { session })

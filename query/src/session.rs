@@ -1,6 +1,13 @@
 //! A query session for one request: its only tables are views of the
 //! caller's tenant, already filtered to the caller's scope.
 //!
+//! Each view shows exactly the columns queries have always seen: the
+//! dataset's lake columns, with their lake types, then `date` (`Utf8`).
+//! The tables underneath are Delta tables as delta-rs reads them: partition
+//! columns `tenant` and `date` as dictionaries, strings as views,
+//! timestamps in microseconds. The views cast back and leave `tenant` out
+//! (each table holds one tenant's files anyway).
+//!
 //! The base tables never enter the session's catalog: each view's plan holds
 //! its table directly, so a name in the caller's SQL can only resolve to a
 //! view. The session has no `information_schema`, no table functions, no
@@ -15,12 +22,15 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use candor_schemas::TenantId;
+use candor_schemas::datasets::Dataset;
+use datafusion::catalog::TableProvider;
 use datafusion::catalog::view::ViewTable;
+use datafusion::common::ScalarValue;
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::memory_pool::MemoryConsumer;
-use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder, col, lit};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, col, ident, lit};
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
@@ -31,7 +41,7 @@ use futures::StreamExt;
 use crate::bounds::{self, ShapeLimits};
 use crate::engine::SqlEngine;
 use crate::guard::{Interrupt, guarded};
-use crate::lake::{QueryLake, TenantTables};
+use crate::lake::{Epoch, QueryLake, TableVersions, TenantTables, expected_schema};
 use crate::scope::{Rows, Scope};
 use crate::{QueryError, bounded_functions};
 
@@ -82,6 +92,10 @@ pub struct ScopedSession {
     limits: Limits,
     tenant: TenantId,
     engine: Arc<SqlEngine>,
+    /// The table version each view reads.
+    table_versions: TableVersions,
+    /// Makes the lake's cached tables stale when a version proves outdated.
+    epoch: Epoch,
 }
 
 impl ScopedSession {
@@ -115,12 +129,7 @@ impl ScopedSession {
             Rows::Subject(subject) => Some(col("subject").eq(lit(subject.as_str()))),
         };
         for (dataset, table) in &tables.tables {
-            let mut plan =
-                LogicalPlanBuilder::scan(dataset.name(), provider_as_source(table.clone()), None)?;
-            if let Some(filter) = &filter {
-                plan = plan.filter(filter.clone())?;
-            }
-            let view = ViewTable::new(plan.build()?, None);
+            let view = ViewTable::new(view_plan(*dataset, table, filter.as_ref())?, None);
             ctx.register_table(dataset.name(), Arc::new(view))?;
         }
         Ok(Self {
@@ -129,11 +138,19 @@ impl ScopedSession {
             limits,
             tenant: tables.tenant.clone(),
             engine: lake.engine().clone(),
+            table_versions: tables.versions.clone(),
+            epoch: lake.epoch().clone(),
         })
     }
 
     pub fn scope(&self) -> &Scope {
         &self.scope
+    }
+
+    /// The table version each of the session's views reads, by dataset; a
+    /// dataset with no table (yet, or readable) has none.
+    pub fn table_versions(&self) -> &TableVersions {
+        &self.table_versions
     }
 
     /// Runs one `SELECT` statement within the limits, on the node's SQL
@@ -148,30 +165,56 @@ impl ScopedSession {
             });
         }
         let (ctx, limits, sql) = (self.ctx.clone(), self.limits.clone(), sql.to_string());
-        self.engine
+        let answer = self
+            .engine
             .run(
                 self.tenant.as_str(),
                 self.limits.timeout,
                 |interrupt| async move {
                     let plan = plan(&ctx, &limits, &sql).await?;
-                    match run(&ctx, &limits, plan.clone(), &interrupt).await {
-                        // An object listed moments ago is gone: compaction merged
-                        // it or retention deleted it after the listing was cached.
-                        // Forget the listings and run once more on a fresh one.
-                        Err(QueryError::Vanished(_)) => {
-                            if let Some(cache) =
-                                ctx.runtime_env().cache_manager.get_list_files_cache()
-                            {
-                                cache.clear();
-                            }
-                            run(&ctx, &limits, plan, &interrupt).await
-                        }
-                        answer => answer,
-                    }
+                    run(&ctx, &limits, plan, &interrupt).await
                 },
             )
-            .await
+            .await;
+        // An object the version named is gone: the table moved on and the
+        // object was vacuumed since the version was loaded. The next
+        // request reads the tables as they are now (the answer says to
+        // try again shortly).
+        if matches!(answer, Err(QueryError::Vanished(_))) {
+            self.epoch.advance();
+        }
+        answer
     }
+}
+
+/// The view of `dataset` over `table`: the rows `filter` keeps, as the
+/// columns queries see ([`expected_schema`]), each cast to its lake type
+/// where delta-rs reads it as another. A column the table lacks (a table
+/// no writer of this release has evolved yet) reads as null.
+fn view_plan(
+    dataset: Dataset,
+    table: &Arc<dyn TableProvider>,
+    filter: Option<&Expr>,
+) -> Result<LogicalPlan, QueryError> {
+    let found = table.schema();
+    let mut plan =
+        LogicalPlanBuilder::scan(dataset.name(), provider_as_source(table.clone()), None)?;
+    if let Some(filter) = filter {
+        plan = plan.filter(filter.clone())?;
+    }
+    let columns = expected_schema(dataset)
+        .fields()
+        .iter()
+        .map(|wanted| {
+            let name = wanted.name();
+            Ok(match found.field_with_name(name) {
+                Ok(field) if field.data_type() == wanted.data_type() => ident(name),
+                Ok(_) => cast(ident(name), wanted.data_type().clone()).alias(name),
+                Err(_) => lit(ScalarValue::try_from(wanted.data_type())?).alias(name),
+            })
+        })
+        .collect::<Result<Vec<Expr>, QueryError>>()?;
+    Ok(plan.project(columns)?.build()?)
 }
 
 /// Checks, parses and plans one statement.

@@ -599,7 +599,7 @@ async fn pieces(
         groups_only: None,
     };
     let (open, _) = timed(warmup, n, || async {
-        let tables = lake.tables(&view.tenant.doc)?;
+        let tables = lake.tables(&view.tenant.doc).await?;
         ScopedSession::new(lake, &tables, &scope, Limits::default())?;
         Ok(())
     })
@@ -609,9 +609,9 @@ async fn pieces(
         open,
     ));
     let identities = Identities::of(view)?;
-    let session = || -> Result<ScopedSession> {
-        let tables = lake.tables(&view.tenant.doc)?;
-        Ok(ScopedSession::new(
+    let session = || async {
+        let tables = lake.tables(&view.tenant.doc).await?;
+        Ok::<_, anyhow::Error>(ScopedSession::new(
             lake,
             &tables,
             &scope,
@@ -622,7 +622,7 @@ async fn pieces(
         let request = shape.request(&spec.time_zone)?;
         eprintln!("timing {}: session + kpi::activity", shape.name);
         let (latencies, _) = timed(warmup, n, || async {
-            kpi::activity(&session()?, &request, Some(&identities)).await?;
+            kpi::activity(&session().await?, &request, Some(&identities)).await?;
             Ok(())
         })
         .await?;
