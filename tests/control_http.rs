@@ -416,8 +416,8 @@ async fn tenant_with_owner(control: &Control, plan: candor_control::Plan) -> (Te
 /// retention keeps the lake through the grace period after that stamp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_owner_cancels_stamped_now_and_can_reinstate() {
-    use candor_processor::retention::{self, RetentionConfig};
-    use candor_processor::{Lake, Lakes};
+    use candor_lake::jobs::retention::{self, RetentionConfig};
+    use candor_lake::{Lake, Lakes};
     use reqwest::Method;
     const DAY_MS: i64 = 86_400_000;
     let master = random_master();
@@ -443,13 +443,7 @@ async fn only_an_owner_cancels_stamped_now_and_can_reinstate() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::local(dir.path()).unwrap();
     let day = Utc::now().date_naive() - Days::new(1);
-    let object = format!("activity/tenant=acme/date={day}/part-00000-1-2.parquet");
-    lake.put_durable(
-        &object_store::path::Path::from(object.as_str()),
-        b"rows".to_vec().into(),
-    )
-    .await
-    .unwrap();
+    let object = common::lake::put_committed(&lake, "activity", "acme", day).await;
     let exists = || dir.path().join(&object).exists();
     let lakes = Lakes::from(lake.clone());
     let audit =

@@ -201,7 +201,7 @@ fn first_difference(got: &[(String, Vec<Value>)], want: &[(String, Vec<Value>)])
 }
 
 /// What a processor says of its partitions (lag, records dropped and why,
-/// leftovers cleaned), printed while the deployment has not caught up, so a
+/// flushes completed for others), printed while the deployment has not caught up, so a
 /// failure tells a stuck partition from records lost.
 async fn processor_state(metrics: &str) -> String {
     let text = reqwest::get(format!("{metrics}/metrics"))
@@ -217,7 +217,7 @@ async fn processor_state(metrics: &str) -> String {
                 "candor_processor_partition_lag_records",
                 "candor_processor_events_dropped_total",
                 "candor_processor_records_undecodable_total",
-                "candor_processor_leftover_objects_deleted_total",
+                "candor_processor_flushes_completed_total",
                 "candor_processor_events_committed_total",
                 "candor_processor_lake_retries_total",
                 "candor_processor_group_rejoins_total",

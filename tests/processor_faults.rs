@@ -1,8 +1,9 @@
-//! The processor's faults: every accepted row lands in the lake exactly
-//! once, even when a processor dies between writing its objects and
-//! committing their log positions and the replay cuts its chunks
-//! differently; a record that cannot be opened goes to the dead-letter log
-//! and never stops its partition.
+//! The processor's faults: every accepted row lands in the lake's tables
+//! exactly once, whether a processor dies before its state commit, between
+//! its state commit and its tables' commits, or before its log commit, and
+//! whatever chunks its successor cuts; a stalled processor whose successor
+//! committed commits nothing; a record that cannot be opened goes to the
+//! dead-letter log and never stops its partition.
 
 mod common;
 
@@ -24,10 +25,12 @@ use candor_processor::{
     DeadLetter, Lake, Lakes, Processor, ProcessorConfig, ProcessorError, ProcessorMetrics,
 };
 use candor_schemas::TenantId;
+use candor_schemas::datasets::Dataset;
 use candor_schemas::batch::{AppUsage, Batch, GpsPoint, haversine_m};
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::record::RecordFormat;
 use chrono::{Days, Utc};
+use common::lake::{FailingCommits, committed_objects};
 use common::{Control, activity_batch, header, ms, post, random_master, samples, seal_batch};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
@@ -65,12 +68,13 @@ async fn post_batches(
     expected
 }
 
-/// The record batches of every object under `prefix`, read object by
-/// object through the lake's store (a local directory or S3 alike).
-async fn batches(lake: &Lake, prefix: &str) -> Vec<arrow::array::RecordBatch> {
+/// The record batches of acme's objects that `dataset`'s table names,
+/// read object by object through the lake's store (a local directory or S3
+/// alike).
+async fn batches(lake: &Lake, dataset: Dataset) -> Vec<arrow::array::RecordBatch> {
     let store = lake.store();
     let mut out = Vec::new();
-    for path in objects(lake, prefix).await {
+    for path in committed_objects(lake, dataset, "acme").await {
         let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .unwrap()
@@ -84,7 +88,7 @@ async fn batches(lake: &Lake, prefix: &str) -> Vec<arrow::array::RecordBatch> {
 /// Active seconds per subject over acme's whole lake.
 async fn active_by_subject(lake: &Lake) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
-    for b in batches(lake, "activity/tenant=acme").await {
+    for b in batches(lake, Dataset::Activity).await {
         let (subject, active) = (
             b.column(0).as_string::<i32>(),
             b.column(4).as_primitive::<Int64Type>(),
@@ -164,7 +168,7 @@ impl OneMachine {
 }
 
 /// A consumer whose first commit fails for good: the processor stops after
-/// its objects are durable and before the log hears of it, as if it died.
+/// its lake commits and before the log hears of it, as if it died.
 struct DiesBeforeCommit<C>(C);
 
 #[async_trait]
@@ -183,13 +187,23 @@ impl<C: LogConsumer + Sync> LogConsumer for DiesBeforeCommit<C> {
     }
 }
 
-/// A processor dies after writing a chunk of 5 records and before its
-/// commit; its successor cuts chunks of 7. Without the flush intents, the
-/// first 5 records would be in the lake twice.
+fn config(max_records_per_flush: usize) -> ProcessorConfig {
+    ProcessorConfig {
+        group: "g".into(),
+        max_records_per_flush,
+        poll_wait: Duration::from_millis(100),
+        ..ProcessorConfig::default()
+    }
+}
+
+/// A processor dies after its chunk of 5 records is in the lake and
+/// before the log's commit; its successor, reading from the log's commit,
+/// cuts chunks of 7 and takes none of the 5 in again: the state table's
+/// progress says they are in.
 ///
 /// With `acme_lake`, acme's document names that location as its own lake
-/// (registered in `lakes`): its rows must land and be cleaned up there,
-/// and none in the deployment's lake.
+/// (registered in `lakes`): its rows must land there, and none in the
+/// deployment's lake, which keeps the processors' state.
 async fn replay_with_other_chunks(lakes: impl Fn() -> Lakes, acme_lake: Option<&str>) {
     tokio::time::timeout(GUARD, async {
         let OneMachine {
@@ -205,12 +219,6 @@ async fn replay_with_other_chunks(lakes: impl Fn() -> Lakes, acme_lake: Option<&
         }
         let lake = || lakes().at(acme_lake).unwrap();
         let expected = post_batches(&url, &master, &control, 12).await;
-        let config = |max_records_per_flush| ProcessorConfig {
-            group: "g".into(),
-            max_records_per_flush,
-            poll_wait: Duration::from_millis(100),
-            ..ProcessorConfig::default()
-        };
 
         let mut doomed = Processor::new(
             DiesBeforeCommit(spool.consumer("g").unwrap()),
@@ -221,8 +229,7 @@ async fn replay_with_other_chunks(lakes: impl Fn() -> Lakes, acme_lake: Option<&
         assert!(matches!(doomed.step().await, Err(ProcessorError::Log(_))));
         assert_eq!(doomed.stats().files_written, 1);
         drop(doomed);
-        let leftover = objects(&lake(), "activity").await;
-        assert_eq!(leftover.len(), 1);
+        assert_eq!(committed_objects(&lake(), Dataset::Activity, "acme").await.len(), 1);
 
         let mut successor = Processor::new(
             spool.consumer("g").unwrap(),
@@ -231,26 +238,22 @@ async fn replay_with_other_chunks(lakes: impl Fn() -> Lakes, acme_lake: Option<&
             config(7),
         );
         successor.drain().await.unwrap();
-        assert_eq!(successor.stats().records, 12);
-        // The uncommitted activity object and the batch ids that came with it.
-        assert_eq!(successor.stats().leftover_objects_deleted, 2);
-        let now = objects(&lake(), "activity").await;
-        assert!(
-            !now.contains(&leftover[0]),
-            "the uncommitted object is gone: {now:?}"
-        );
-        assert_eq!(now.len(), 2, "chunks 0-6 and 7-11");
+        assert_eq!(successor.stats().records, 7, "the first 5 are not read again");
+        assert_eq!(successor.stats().flushes_completed, 0);
+        let committed = committed_objects(&lake(), Dataset::Activity, "acme").await;
+        assert_eq!(committed.len(), 2, "chunks 0-4 and 5-11");
+        assert_eq!(objects(&lake(), "activity").await.len(), 2, "no object left over");
         assert_eq!(active_by_subject(&lake()).await, expected);
         if acme_lake.is_some() {
             let home = lakes().home().clone();
             assert_eq!(
-                objects(&home, "activity").await,
+                committed_objects(&home, Dataset::Activity, "acme").await,
                 vec![],
                 "nothing of acme at home"
             );
             // The processors' own state stays in the deployment's lake.
-            assert!(!objects(&home, "_processor").await.is_empty());
-            assert_eq!(objects(&lake(), "_processor").await, vec![]);
+            assert!(!objects(&home, "_candor/processor_state").await.is_empty());
+            assert_eq!(objects(&lake(), "_candor").await, vec![]);
         }
     })
     .await
@@ -258,13 +261,13 @@ async fn replay_with_other_chunks(lakes: impl Fn() -> Lakes, acme_lake: Option<&
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_with_other_chunks_rewrites_instead_of_doubling() {
+async fn a_successor_takes_in_nothing_the_lake_holds_already() {
     let dir = tempfile::tempdir().unwrap();
     replay_with_other_chunks(|| Lake::local(dir.path()).unwrap().into(), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_on_an_s3_lake_rewrites_instead_of_doubling() {
+async fn on_an_s3_lake_a_successor_takes_in_nothing_the_lake_holds_already() {
     // A real S3-compatible server (moto, started by scripts/test or here).
     let (name, bucket) = candor_control::testkit::fresh_named_bucket("lake");
     let location = format!("s3://{name}/lake/eu");
@@ -276,7 +279,7 @@ async fn a_replay_on_an_s3_lake_rewrites_instead_of_doubling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_into_a_tenants_own_s3_lake_rewrites_it_there() {
+async fn in_a_tenants_own_s3_lake_a_successor_takes_in_nothing_it_holds_already() {
     // The deployment's lake in a local folder; acme's on a real
     // S3-compatible server (data residency).
     let dir = tempfile::tempdir().unwrap();
@@ -291,6 +294,171 @@ async fn a_replay_into_a_tenants_own_s3_lake_rewrites_it_there() {
             .unwrap()
     };
     replay_with_other_chunks(lakes, Some(&location)).await;
+}
+
+/// Runs `processor`'s first round until `store` has refused a commit of
+/// its table at least once (the processor retries it), then stops it
+/// there, as a SIGKILL would.
+async fn stopped_at_a_refused_commit<C: LogConsumer + Sync>(
+    mut processor: Processor<C>,
+    store: &FailingCommits,
+) {
+    let round = tokio::spawn(async move { processor.step().await.map(|_| ()) });
+    while store.refused() == 0 {
+        assert!(!round.is_finished(), "the round ended: {:?}", round.await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    round.abort();
+    let _ = round.await;
+}
+
+/// A processor stopped at its state commit (its objects written) leaves
+/// rows no reader sees; one stopped between its state commit and its
+/// activity table's commit leaves a flush its successor completes. Either
+/// way every row is in once, on a real S3-compatible server.
+async fn stopped_at_a_commit(table: &str) {
+    tokio::time::timeout(GUARD, async {
+        let OneMachine {
+            dir: _dir,
+            master,
+            control,
+            spool,
+            url,
+        } = OneMachine::start().await;
+        let expected = post_batches(&url, &master, &control, 12).await;
+        let (name, bucket) = candor_control::testkit::fresh_named_bucket("stopped");
+        let location = format!("s3://{name}/lake");
+        let failing = FailingCommits::wrap(bucket.clone(), "lake", table);
+        let doomed = Processor::new(
+            spool.consumer("g").unwrap(),
+            control.cache.clone(),
+            Lake::on_store(failing.clone(), &location).unwrap(),
+            config(5),
+        );
+        stopped_at_a_refused_commit(doomed, &failing).await;
+        let lake = Lake::on_store(bucket.clone(), &location).unwrap();
+        let written = objects(&lake, "activity/tenant=acme").await;
+        assert_eq!(written.len(), 1, "the doomed flush's object: {written:?}");
+        assert_eq!(
+            committed_objects(&lake, Dataset::Activity, "acme").await,
+            vec![],
+            "and no reader sees it"
+        );
+
+        let mut successor = Processor::new(
+            spool.consumer("g").unwrap(),
+            control.cache.clone(),
+            lake.clone(),
+            config(7),
+        );
+        successor.drain().await.unwrap();
+        assert_eq!(active_by_subject(&lake).await, expected);
+        let committed = committed_objects(&lake, Dataset::Activity, "acme").await;
+        if table == "activity" {
+            // The state was in: the successor committed the doomed flush's
+            // very object, and did not take its records in again.
+            assert_eq!(successor.stats().flushes_completed, 1);
+            assert_eq!(successor.stats().records, 7);
+            assert!(committed.contains(&written[0]), "{committed:?}");
+            assert_eq!(committed.len(), 2);
+        } else {
+            assert_eq!(successor.stats().flushes_completed, 0);
+            assert_eq!(successor.stats().records, 12);
+            assert!(!committed.contains(&written[0]), "{committed:?}");
+            // VACUUM deletes the object nobody committed, once old enough.
+            let mut table = candor_lake::DatasetTable::open(&lake, Dataset::Activity)
+                .await
+                .unwrap();
+            let vacuumed = table.vacuum(Duration::ZERO, Duration::ZERO).await.unwrap();
+            assert_eq!(vacuumed, 1);
+            let mut left = objects(&lake, "activity/tenant=acme").await;
+            left.sort();
+            assert_eq!(left, committed);
+        }
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_stopped_before_its_state_commit_is_never_seen_and_vacuumed() {
+    stopped_at_a_commit("_candor/processor_state").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_stopped_between_its_state_and_table_commits_is_completed_by_the_successor() {
+    stopped_at_a_commit("activity").await;
+}
+
+/// Two processors that both claim partition 0: the first stalled (past its
+/// session timeout, say) with its chunk worked on; its successor takes the
+/// partition over and commits. The stalled one's state commit is refused,
+/// and it adds no row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_processor_whose_successor_committed_commits_nothing() {
+    tokio::time::timeout(GUARD, async {
+        let OneMachine {
+            dir,
+            master,
+            control,
+            spool,
+            url,
+        } = OneMachine::start().await;
+        let expected = post_batches(&url, &master, &control, 12).await;
+        let lake_dir = dir.path().join("lake");
+        let lake = || Lake::local(&lake_dir).unwrap();
+        // The stalled one: held at its state commit, which it retries.
+        let failing = FailingCommits::wrap(
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&lake_dir).unwrap()),
+            "",
+            "_candor/processor_state",
+        );
+        std::fs::create_dir_all(&lake_dir).unwrap();
+        let mut stalled = Processor::new(
+            DiesBeforeCommit(spool.consumer("stalled").unwrap()),
+            control.cache.clone(),
+            Lake::on_store(failing.clone(), "s3://stalled/").unwrap(),
+            ProcessorConfig {
+                group: "g".into(),
+                ..config(5)
+            },
+        );
+        let held = tokio::spawn(async move {
+            let outcome = stalled.step().await;
+            (outcome, stalled.stats())
+        });
+        while failing.refused() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The successor reads the same partition and commits everything.
+        let mut successor = Processor::new(
+            spool.consumer("g").unwrap(),
+            control.cache.clone(),
+            lake(),
+            config(7),
+        );
+        successor.drain().await.unwrap();
+        assert_eq!(active_by_subject(&lake()).await, expected);
+        let committed = committed_objects(&lake(), Dataset::Activity, "acme").await;
+
+        // The stalled one wakes up: its commit is refused, nothing added.
+        failing.disarm();
+        let (outcome, _) = held.await.unwrap();
+        assert!(
+            matches!(
+                &outcome,
+                Err(ProcessorError::Lake(candor_lake::LakeError::Superseded { .. }))
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            committed_objects(&lake(), Dataset::Activity, "acme").await,
+            committed
+        );
+        assert_eq!(active_by_subject(&lake()).await, expected);
+    })
+    .await
+    .expect("test finished within its hang guard");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,7 +644,7 @@ async fn a_batch_in_both_record_layouts_counts_once() {
         assert_eq!(processor.stats().events_duplicate, 4 * 3);
         let lake = Lake::local(&lake_dir).unwrap();
         assert_eq!(active_by_subject(&lake).await, expected);
-        let app_seconds: i64 = batches(&lake, "app_usage/tenant=acme")
+        let app_seconds: i64 = batches(&lake, Dataset::AppUsage)
             .await
             .iter()
             .map(|b| {
@@ -493,7 +661,7 @@ async fn a_batch_in_both_record_layouts_counts_once() {
 /// GPS metres and moving seconds of acme's whole lake.
 async fn gps_totals(lake: &Lake) -> (f64, i64) {
     let (mut metres, mut moving_s) = (0.0, 0);
-    for b in batches(lake, "gps/tenant=acme").await {
+    for b in batches(lake, Dataset::Gps).await {
         let column = |name: &str| b.column(b.schema().index_of(name).unwrap()).clone();
         let (distance, moving) = (column("distance_m"), column("moving_s"));
         for i in 0..b.num_rows() {
@@ -715,8 +883,9 @@ async fn sigkill_mid_flush_then_restart_keeps_every_row_exactly_once() {
 
         // Kill the processor three times while it works, each time once it
         // has written more objects than before, so it dies in the middle of
-        // its stream of flushes: between an intent and its objects, between
-        // objects, or between the objects and the commit.
+        // its stream of flushes: between its objects, between the objects
+        // and the state commit, between that and the tables' commits, or
+        // before the log's commit.
         let mut seen = 0;
         // The first child also serves its metrics.
         let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")

@@ -270,6 +270,14 @@ impl Lake {
         fsync_files_and_folders(root, &[dir])
     }
 
+    /// Whether `prefix` is a folder a local lake lacks (an object store has
+    /// no folders: never).
+    pub fn lacks_local_folder(&self, prefix: &ObjectPath) -> bool {
+        self.local_root
+            .as_ref()
+            .is_some_and(|root| !root.join(prefix.as_ref()).is_dir())
+    }
+
     /// Removes a local lake's folder for `prefix` once it is empty, so an
     /// emptied partition does not linger as a folder. Object stores have no
     /// folders; there this does nothing.

@@ -86,6 +86,38 @@ pub enum RetentionCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum LakeCommand {
+    /// Convert a lake written by the release before Delta tables into
+    /// Delta tables, in place (tenants' own lakes too). Stop that release's
+    /// processors with `candor processor --drain` first, then pass
+    /// --drained; see LAKE.md.
+    Convert {
+        #[command(flatten)]
+        control: ControlFlag,
+        #[command(flatten)]
+        lake: LakeFlag,
+        /// The previous release's processors were stopped after a drain:
+        /// every object its flush intents name was committed.
+        #[arg(long)]
+        drained: bool,
+    },
+}
+
+pub async fn lake(s: &SettingsArgs, cmd: LakeCommand) -> Result<()> {
+    let LakeCommand::Convert {
+        control,
+        lake,
+        drained,
+    } = cmd;
+    let config = load(s, control, lake)?;
+    let docs = node::control_store(&config)?.documents;
+    let done =
+        candor_lake::jobs::convert::convert_all(&Lakes::open(&config.lake_url())?, &docs, drained)
+            .await?;
+    print_json(&done)
+}
+
 pub async fn kpi(s: &SettingsArgs, cmd: KpiCommand) -> Result<()> {
     let KpiCommand::Activity(args) = cmd;
     let config = load(s, ControlFlag::default(), args.lake)?;

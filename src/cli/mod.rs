@@ -135,10 +135,13 @@ enum Command {
     /// written to the tenant's audit trail first.
     #[command(subcommand)]
     Retention(lake::RetentionCommand),
-    /// Merge each lake partition's small objects into one, once, now
-    /// (answers do not change; nodes also do it on a schedule with
-    /// maintenance.compact_every_minutes).
+    /// Compact each lake partition's small files (Delta's OPTIMIZE) and
+    /// vacuum, once, now (answers do not change; nodes also do it on a
+    /// schedule with maintenance.compact_every_minutes).
     Compact(lake::CompactArgs),
+    /// The lake's tables themselves.
+    #[command(subcommand)]
+    Lake(lake::LakeCommand),
     /// Print the hex key a device seals its batches with (see schemas/WIRE.md).
     DeviceKey(admin::DeviceKeyArgs),
     /// Simulated agents: a tenant's employees post realistic, sealed
@@ -165,6 +168,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Kpi(cmd) => lake::kpi(s, cmd).await,
         Command::Retention(cmd) => lake::retention(s, cmd).await,
         Command::Compact(args) => lake::compact(s, args).await,
+        Command::Lake(cmd) => lake::lake(s, cmd).await,
         Command::Simulate(args) => {
             let config = s.load(Role::Operator, Vec::new())?;
             simulate::run(args, &config).await

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod hosts;
+pub mod lake;
 pub mod process;
 
 use std::sync::Arc;

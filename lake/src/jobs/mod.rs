@@ -11,6 +11,7 @@
 //! no lease.
 
 pub mod compaction;
+pub mod convert;
 pub mod erasure;
 pub mod retention;
 

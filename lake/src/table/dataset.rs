@@ -57,6 +57,23 @@ impl DatasetTable {
     /// the columns this release added to the dataset added to it. Two
     /// processes creating or evolving it at once end up with one table.
     pub async fn open(lake: &Lake, dataset: Dataset) -> Result<Self, LakeError> {
+        if Table::load(lake, &spec(dataset)?).await?.is_none() {
+            // A table over the previous release's folders would leave their
+            // rows out, and VACUUM would delete them.
+            crate::jobs::convert::refuse_previous_release(lake, dataset).await?;
+        }
+        Ok(Self {
+            dataset,
+            table: Table::open(lake, spec(dataset)?).await?,
+        })
+    }
+
+    /// Creates the table of `dataset` over folders the previous release
+    /// wrote, which [`Self::open`] refuses to; see [`crate::jobs::convert`].
+    pub(crate) async fn create_for_conversion(
+        lake: &Lake,
+        dataset: Dataset,
+    ) -> Result<Self, LakeError> {
         Ok(Self {
             dataset,
             table: Table::open(lake, spec(dataset)?).await?,

@@ -96,6 +96,10 @@ impl Table {
     /// The table `spec` describes in `lake` if there is one, loaded as it
     /// is: for readers, which neither create nor change tables.
     pub async fn load(lake: &Lake, spec: &TableSpec) -> Result<Option<Self>, LakeError> {
+        // delta-rs refuses a local location that does not exist at all.
+        if lake.lacks_local_folder(&ObjectPath::from(spec.folder.as_str())) {
+            return Ok(None);
+        }
         let url = lake
             .url()
             .join(&format!("{}/", spec.folder))
