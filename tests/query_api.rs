@@ -1295,15 +1295,7 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
         }
         let before = every_row(&s).await;
         let (docs, config) = (s.control.store.documents(), Default::default());
-        let compact_all = || {
-            candor_processor::compaction::compact_all(
-                &s.lakes,
-                &docs,
-                &config,
-                "test",
-                Utc::now().timestamp_millis(),
-            )
-        };
+        let compact_all = || candor_lake::jobs::compaction::compact_all(&s.lakes, &docs, &config);
         // Acme's lake unreachable: the run goes on with the deployment's
         // lake and reports acme's as failed, for the next run to redo.
         proxy.cut();
@@ -1312,15 +1304,7 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
         proxy.restore();
         let done = compact_all().await.unwrap();
         assert!(done.objects_merged >= 4, "{done:?}");
-        assert_eq!((done.lakes_busy, done.lakes_failed), (0, 0), "{done:?}");
-        let folder = format!("lake/activity/tenant=acme/date={}/", day());
-        let merged: Vec<String> = store
-            .list(Some(&folder.as_str().into()))
-            .map(|meta| meta.unwrap().location.to_string())
-            .filter(|p| std::future::ready(p.contains("/compact-") && p.ends_with(".parquet")))
-            .collect()
-            .await;
-        assert_eq!(merged.len(), 1, "{merged:?}");
+        assert_eq!(done.lakes_failed, 0, "{done:?}");
         assert_eq!(every_row(&s).await, before, "compaction changed a row");
 
         // Erasure reaches it too.
@@ -1332,13 +1316,13 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
             )
             .await;
         assert!(before.iter().any(|row| row.contains(&alice)));
-        let request = candor_processor::erasure::ErasureRequest {
+        let request = candor_lake::jobs::erasure::ErasureRequest {
             tenant: TenantId::new("acme").unwrap(),
             subject: alice.clone(),
             actor: "operator".into(),
             source: "test".into(),
         };
-        let erased = candor_processor::erasure::erase_subject(
+        let erased = candor_lake::jobs::erasure::erase_subject(
             &s.lakes,
             &s.control.store.documents(),
             s.control.admin.audit_log(),
@@ -1358,7 +1342,7 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
-    use candor_processor::erasure::{ErasureRequest, erase_subject};
+    use candor_lake::jobs::erasure::{ErasureRequest, erase_subject};
     tokio::time::timeout(GUARD, async {
         let s = Service::start(Limits::default()).await;
         let acme = TenantId::new("acme").unwrap();
@@ -1380,10 +1364,20 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
             .unwrap();
         // Alice's activity and app rows were in objects shared with others.
         assert!(erased.rows_removed >= 3, "{erased:?}");
-        assert!(
-            erased.objects_rewritten + erased.objects_deleted >= 2,
-            "{erased:?}"
-        );
+        assert!(erased.objects_rewritten >= 2, "{erased:?}");
+        // Every object in the lake, committed or not, read whole: none
+        // holds a row of hers (the files rewritten are vacuumed at once).
+        let lake_dir = s._dir.path().join("lake");
+        let scanned = rows_of_subject(&lake_dir, &alice);
+        assert_eq!(scanned.0, 0, "rows of the erased subject left in {:?}", scanned.1);
+        assert!(scanned.2 > 0, "objects were scanned");
+        // The trail records each table's versions before and after.
+        let activity = erased
+            .tables
+            .iter()
+            .find(|t| t.table == "activity" && t.lake == "deployment")
+            .expect("the activity table was searched");
+        assert!(activity.version_after > activity.version_before, "{erased:?}");
 
         let (_, owner) = s.kpi(&s.tokens["owner"], "employee").await;
         assert_eq!(by_employee(&owner), expected("acme", |e, _| e != "alice"));
@@ -1429,6 +1423,51 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
     .expect("test finished within its hang guard");
 }
 
+/// Rows whose `subject` is `subject` in every Parquet object under `dir`
+/// (the Delta logs aside), the objects that hold any, and the objects read.
+fn rows_of_subject(dir: &std::path::Path, subject: &str) -> (usize, Vec<String>, usize) {
+    use arrow::array::AsArray;
+    let (mut rows, mut holding, mut read) = (0, Vec::new(), 0);
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("_delta_log") {
+                    folders.push(path);
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "parquet") {
+                continue;
+            }
+            read += 1;
+            let file = std::fs::File::open(&path).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let Some(column) = batch.column_by_name("subject") else {
+                    continue;
+                };
+                let found = column
+                    .as_string::<i32>()
+                    .iter()
+                    .filter(|s| *s == Some(subject))
+                    .count();
+                if found > 0 {
+                    rows += found;
+                    holding.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    (rows, holding, read)
+}
+
 /// Every row of every view the analyst can see, as sorted JSON texts: the
 /// whole tenant's lake content, independent of how it is split in files.
 /// Every table is read at its latest version, not the service's cached one.
@@ -1460,8 +1499,9 @@ fn folder_files(dir: &std::path::Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compaction_changes_no_answer_even_when_interrupted() {
-    use candor_processor::compaction::{CompactionConfig, compact};
+async fn compaction_changes_no_answer_even_beside_appends() {
+    use candor_lake::jobs::compaction::{CompactionConfig, compact};
+    use candor_schemas::datasets::Dataset;
     tokio::time::timeout(GUARD, async {
         let s = Service::start(Limits::default()).await;
         // More flushes, so acme's partition of the day holds many objects.
@@ -1470,100 +1510,71 @@ async fn compaction_changes_no_answer_even_when_interrupted() {
             s.add("acme", ["alice", "bob"][i as usize % 2], &batch)
                 .await;
         }
-        let lake_dir = s._dir.path().join("lake");
-        let folder = lake_dir.join(format!("activity/tenant=acme/date={}", day()));
-        let before_files = folder_files(&folder);
+        let lake = s.lakes.home().clone();
+        let in_partition = || async {
+            let partition = format!("activity/tenant=acme/date={}/", day());
+            common::lake::committed_objects(&lake, Dataset::Activity, "acme")
+                .await
+                .into_iter()
+                .filter(|p| p.as_ref().starts_with(&partition))
+                .count()
+        };
+        let before_objects = in_partition().await;
         let before = every_row(&s).await;
         let (_, kpi_before) = s.kpi(&s.tokens["owner"], "department").await;
-        assert!(before_files.len() >= 6, "{before_files:?}");
+        assert!(before_objects >= 6, "{before_objects}");
 
-        let lake = s.lakes.home().clone();
         let config = CompactionConfig::default();
-        let now = Utc::now().timestamp_millis();
-        let done = compact(&s.lakes, None, &config, "test", now).await.unwrap();
+        let done = compact(&lake, &config).await.unwrap();
         assert!(
             done.objects_written >= 1 && done.objects_merged >= 4,
             "{done:?}"
         );
-        // The last flush of each log partition is not committed as far as
-        // compaction can tell: its objects stay as they are.
-        assert!(done.pending_skipped >= 1, "{done:?}");
-        let after_files = folder_files(&folder);
-        assert!(after_files.len() < before_files.len(), "{after_files:?}");
-        let merged: Vec<&String> = after_files
-            .iter()
-            .filter(|f| f.starts_with("compact-") && f.ends_with(".parquet"))
-            .collect();
-        assert_eq!(merged.len(), 1, "{after_files:?}");
+        assert_eq!(in_partition().await, 1, "the day's objects in one");
         assert_eq!(every_row(&s).await, before, "compaction changed a row");
         let (_, kpi_after) = s.kpi(&s.tokens["owner"], "department").await;
         assert_eq!(kpi_after, kpi_before);
 
-        // A crash between writing the merged object and deleting its
-        // members: both are in the folder, with the members file. Readers
-        // count each row once; the next run finishes the job.
-        let members: Vec<String> = before_files
-            .iter()
-            .filter(|f| !after_files.contains(f))
-            .cloned()
-            .collect();
-        let stem = merged[0].trim_end_matches(".parquet");
-        let members_file = folder.join(format!("{stem}.members.json"));
-        std::fs::write(&members_file, json!({"objects": members}).to_string()).unwrap();
-        // Each member is restored as a copy of the merged object: were the
-        // reader to count a member, rows would multiply.
-        for member in &members {
-            std::fs::copy(folder.join(merged[0]), folder.join(member)).unwrap();
+        // Compaction while flushes append to the same partition: neither
+        // conflicts with the other, and every row is there once.
+        let batch = activity_batch(samples(ms(day(), 14, 0), 2, 30, 30));
+        let (_, compacted) = tokio::join!(
+            async {
+                for employee in ["alice", "bob", "alice"] {
+                    s.add("acme", employee, &batch).await;
+                }
+            },
+            compact(&lake, &config)
+        );
+        compacted.unwrap();
+        let after = every_row(&s).await;
+        let mut left = after.clone();
+        for row in &before {
+            let at = left
+                .iter()
+                .position(|r| r == row)
+                .unwrap_or_else(|| panic!("{row} is gone"));
+            left.remove(at);
         }
-        assert_eq!(
-            every_row(&s).await,
-            before,
-            "members counted next to their merge"
-        );
-        let again = compact(&s.lakes, None, &config, "test", now + 1)
-            .await
-            .unwrap();
-        assert_eq!(again.resumed, 1, "{again:?}");
-        assert_eq!(folder_files(&folder), after_files);
-        assert_eq!(every_row(&s).await, before);
+        assert!(!left.is_empty(), "the appended rows are in");
+        let again = compact(&lake, &config).await.unwrap();
+        assert_eq!(every_row(&s).await, after, "{again:?}");
 
-        // A crash before the merged object was written: a members file
-        // alone. It is ignored by readers and removed by the next run.
-        std::fs::write(
-            folder.join("compact-00000000000000000001-000001.members.json"),
-            json!({"objects": [merged[0]]}).to_string(),
-        )
-        .unwrap();
-        assert_eq!(every_row(&s).await, before);
-        let third = compact(&s.lakes, None, &config, "test", now + 2)
+        // The replaced files stay for queries planned before, until VACUUM.
+        let mut table = candor_lake::DatasetTable::open(&lake, Dataset::Activity)
             .await
             .unwrap();
-        assert_eq!(third.resumed, 1, "{third:?}");
-        assert_eq!(folder_files(&folder), after_files);
-
-        // While another maintenance job holds the lake, compaction waits
-        // its turn instead of running beside it.
-        let _never_released = lake
-            .lease("erasure", now)
-            .await
-            .unwrap()
-            .expect("the lease is free");
-        let busy = compact(&s.lakes, None, &config, "test", now).await.unwrap();
-        assert!(
-            busy.lakes_busy == 1 && busy.objects_written == 0,
-            "{busy:?}"
-        );
-        // A holder that died without releasing it: once the lease has
-        // expired, the next run takes it over.
-        let stale = now + candor_processor::LEASE_MS + 1;
-        let taken = compact(&s.lakes, None, &config, "test", stale)
+        let vacuumed = table
+            .vacuum(Duration::ZERO, candor_lake::jobs::UNCOMMITTED_RETENTION)
             .await
             .unwrap();
-        assert_eq!(taken.lakes_busy, 0, "{taken:?}");
-        assert!(
-            lake.lease("erasure", stale).await.unwrap().is_some(),
-            "the run released the lease it took over"
-        );
+        assert!(vacuumed >= 6, "{vacuumed}");
+        let folder = s
+            ._dir
+            .path()
+            .join(format!("lake/activity/tenant=acme/date={}", day()));
+        assert_eq!(folder_files(&folder).len(), in_partition().await);
+        assert_eq!(every_row(&s).await, after);
     })
     .await
     .expect("test finished within its hang guard");

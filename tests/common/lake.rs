@@ -156,7 +156,7 @@ pub async fn put_committed(lake: &Lake, dataset: &str, tenant: &str, date: impl 
         tenant: TenantId::new(tenant).unwrap(),
         date: date.to_string(),
     };
-    let file_name = format!("part-00000-{}.parquet", uuid::Uuid::new_v4().simple());
+    let file_name = format!("part-00000-{}.parquet", format_args!("{:032x}", rand::random::<u128>()));
     let batch = arrow::array::RecordBatch::new_empty(dataset.lake_schema());
     let size = lake
         .write_parquet(&key.object_path(&file_name), &batch)
@@ -165,7 +165,7 @@ pub async fn put_committed(lake: &Lake, dataset: &str, tenant: &str, date: impl 
     let path = key.object_path(&file_name).to_string();
     let mut table = DatasetTable::open(lake, dataset).await.unwrap();
     // A writer of its own for each object.
-    let progress = Progress::of_partition(&format!("test-{}", uuid::Uuid::new_v4()), 0, 0);
+    let progress = Progress::of_partition(&format!("test-{:032x}", rand::random::<u128>()), 0, 0);
     table
         .append(
             &[NewObject {
