@@ -9,11 +9,12 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // The log filter is read before any setting, so that loading the
-    // configuration can warn.
+    // configuration can warn. Delta's kernel logs every snapshot it builds
+    // at info: by default only its warnings.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CANDOR_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,buoyant_kernel=warn,deltalake_core=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -1217,11 +1217,9 @@ async fn a_tenant_with_its_own_lake_on_s3_is_read_from_there() {
             "{in_s3:?}"
         );
         assert!(
-            in_s3
-                .iter()
-                .all(|p| p.contains("/tenant=acme/")
-                    || p.contains("/_delta_log/")
-                    || p.starts_with("lake/extracts/")),
+            in_s3.iter().all(|p| p.contains("/tenant=acme/")
+                || p.contains("/_delta_log/")
+                || p.starts_with("lake/extracts/")),
             "only acme's rows in acme's lake: {in_s3:?}"
         );
         let lake_dir = s._dir.path().join("lake");
@@ -1371,7 +1369,11 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
         // holds a row of hers (the files rewritten are vacuumed at once).
         let lake_dir = s._dir.path().join("lake");
         let scanned = rows_of_subject(&lake_dir, &alice);
-        assert_eq!(scanned.0, 0, "rows of the erased subject left in {:?}", scanned.1);
+        assert_eq!(
+            scanned.0, 0,
+            "rows of the erased subject left in {:?}",
+            scanned.1
+        );
         assert!(scanned.2 > 0, "objects were scanned");
         // The trail records each table's versions before and after.
         let activity = erased
@@ -1379,7 +1381,10 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
             .iter()
             .find(|t| t.table == "activity" && t.lake == "deployment")
             .expect("the activity table was searched");
-        assert!(activity.version_after > activity.version_before, "{erased:?}");
+        assert!(
+            activity.version_after > activity.version_before,
+            "{erased:?}"
+        );
 
         let (_, owner) = s.kpi(&s.tokens["owner"], "employee").await;
         assert_eq!(by_employee(&owner), expected("acme", |e, _| e != "alice"));
@@ -1456,7 +1461,8 @@ fn rows_of_subject(dir: &std::path::Path, subject: &str) -> (usize, Vec<String>,
                     continue;
                 };
                 // Rewritten files may hold strings as views.
-                let column = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).unwrap();
+                let column =
+                    arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).unwrap();
                 let found = column
                     .as_string::<i32>()
                     .iter()

@@ -55,6 +55,9 @@ pub const MAX_STATE_FILES: usize = 256;
 /// ([`Lakes::key`]; `None`: the deployment's).
 pub type TableKey = (Option<String>, Dataset);
 
+/// One table's share of a flush: the objects and every partition's progress.
+type TableAppend = (Vec<NewObject>, Vec<(Progress, Prior)>);
+
 /// What this processor knows of one log partition it reads.
 #[derive(Debug, Clone, Copy)]
 struct PartitionLedger {
@@ -317,8 +320,7 @@ impl Ledger {
     /// they wrote, one commit per table for all of them. A retry commits
     /// what is left: a table whose progress is in already adds nothing.
     pub async fn commit_tables(&mut self, chunks: &[ChunkCommit]) -> Result<(), LakeError> {
-        let mut by_table: HashMap<&TableKey, (Vec<NewObject>, Vec<(Progress, Prior)>)> =
-            HashMap::new();
+        let mut by_table: HashMap<&TableKey, TableAppend> = HashMap::new();
         for chunk in chunks {
             for (key, objects) in &chunk.objects {
                 let (all, progress) = by_table.entry(key).or_default();

@@ -94,9 +94,7 @@ impl Maintenance {
         match compact_once(&self.lakes, &self.config).await {
             Ok(done) => {
                 self.count("compaction", outcome(done.lakes_failed));
-                self.metrics
-                    .objects_compacted
-                    .inc_by(done.objects_merged);
+                self.metrics.objects_compacted.inc_by(done.objects_merged);
                 self.metrics
                     .merged_objects_written
                     .inc_by(done.objects_written);

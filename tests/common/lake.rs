@@ -145,7 +145,12 @@ impl ObjectStore for FailingCommits {
 /// Writes an object of `dataset`'s rows (none: the rows do not matter
 /// here) into `tenant`'s partition of `date` and commits it to the table,
 /// as a flush would; returns its path within the lake.
-pub async fn put_committed(lake: &Lake, dataset: &str, tenant: &str, date: impl ToString) -> String {
+pub async fn put_committed(
+    lake: &Lake,
+    dataset: &str,
+    tenant: &str,
+    date: impl ToString,
+) -> String {
     use candor_lake::{NewObject, PartitionKey, Prior, Progress};
     let dataset = Dataset::ALL
         .into_iter()
@@ -156,7 +161,10 @@ pub async fn put_committed(lake: &Lake, dataset: &str, tenant: &str, date: impl 
         tenant: TenantId::new(tenant).unwrap(),
         date: date.to_string(),
     };
-    let file_name = format!("part-00000-{}.parquet", format_args!("{:032x}", rand::random::<u128>()));
+    let file_name = format!(
+        "part-00000-{}.parquet",
+        format_args!("{:032x}", rand::random::<u128>())
+    );
     let batch = arrow::array::RecordBatch::new_empty(dataset.lake_schema());
     let size = lake
         .write_parquet(&key.object_path(&file_name), &batch)
@@ -179,4 +187,29 @@ pub async fn put_committed(lake: &Lake, dataset: &str, tenant: &str, date: impl 
         .await
         .unwrap();
     path
+}
+
+/// What engines other than Candor's read in the local lake at `dir`: per
+/// engine (`deltalake`, `duckdb`) and dataset, `[tenant, rows, sum of
+/// measure]` per tenant (`lake/tests/read_delta.py`: the PyPI `deltalake`
+/// package and DuckDB's delta extension).
+pub fn external_sums(dir: &std::path::Path, wanted: &[(&str, &str)]) -> serde_json::Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lake/tests/read_delta.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(dir)
+        .args(
+            wanted
+                .iter()
+                .map(|(dataset, measure)| format!("{dataset}:{measure}")),
+        )
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
 }

@@ -5,7 +5,8 @@
 //! 1. A lake like a compacted production lake: one tenant, `--employees`
 //!    employees in `--departments` departments, `--days` days ending at
 //!    `--end`, workdays only, one Parquet file per date partition written by
-//!    the processor's own writer (`candor_processor::Lake::write_parquet`),
+//!    the processor's own writer (`candor_lake::Lake::write_parquet`, then one
+//!    commit to the activity table),
 //!    rows in the processor's order (subject, slot). Values come from a
 //!    seeded generator; subjects are the tenant's pseudonyms. With `--lake`,
 //!    the lake (and the control plane kept beside it) is generated once and
@@ -801,6 +802,7 @@ async fn generate(
         .collect();
     let first = spec.end - Days::new(u64::from(spec.days) - 1);
     let (mut files, mut rows, mut bytes) = (0, 0, 0);
+    let mut objects = Vec::new();
     for day in first.iter_days().take_while(|d| *d <= spec.end) {
         if is_weekend(day) {
             continue;
@@ -865,14 +867,31 @@ async fn generate(
                 column(&|s| (s.2 + 59) / 60),
             ],
         )?;
-        let path = object_store::path::Path::from(format!(
-            "{}/tenant={TENANT}/date={day}/part-00000-compacted.parquet",
-            Dataset::Activity.name()
-        ));
-        bytes += lake.write_parquet(&path, &batch).await?;
+        let key = candor_lake::PartitionKey {
+            dataset: Dataset::Activity,
+            tenant: candor_schemas::TenantId::new(TENANT)?,
+            date: day.to_string(),
+        };
+        let file_name = "part-00000-compacted.parquet".to_string();
+        let size = lake
+            .write_parquet(&key.object_path(&file_name), &batch)
+            .await?;
+        objects.push(candor_lake::NewObject {
+            key,
+            file_name,
+            size: size as u64,
+            rows: batch.num_rows() as u64,
+        });
+        bytes += size;
         rows += batch.num_rows();
         files += 1;
     }
+    // Committed as one version of the activity table, as a compacted lake
+    // holds it (no log progress: no processor wrote it).
+    candor_lake::DatasetTable::open(&lake, Dataset::Activity)
+        .await?
+        .append(&objects, &[])
+        .await?;
     Ok(Manifest {
         spec: spec.clone(),
         files,
