@@ -1796,3 +1796,105 @@ async fn statements_over_the_node_cap_get_429_and_large_results_are_refused_befo
     .await
     .expect("test finished within its hang guard");
 }
+
+/// An owner asks as of a moment before more data came: the answer of
+/// then, audited with the versions it read; SQL too; any other role is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_asks_as_of_an_earlier_moment() {
+    tokio::time::timeout(GUARD, async {
+        let s = Service::start(Limits::default()).await;
+        let kpi_as_of = |token: String, at: String| {
+            let s = &s;
+            async move {
+                let response = s
+                    .http
+                    .get(format!("{}/v1/kpi/activity", s.url))
+                    .bearer_auth(token)
+                    .query(&[
+                        ("from", day().to_string()),
+                        ("to", day().to_string()),
+                        ("group_by", "employee".to_string()),
+                        ("as_of", at),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                (status, response.json::<Value>().await.unwrap_or_default())
+            }
+        };
+        s.state.lake.refresh_tables();
+        let (_, then) = s.kpi(&s.tokens["owner"], "employee").await;
+        let versions_then = s
+            .state
+            .lake
+            .tables_at(&TenantId::new("acme").unwrap(), None)
+            .await
+            .unwrap()
+            .versions;
+        // A version's time is its log entry's (the file's modification
+        // time): the moment asked about falls strictly between the commits.
+        let clock_past = |at: chrono::DateTime<Utc>| async move {
+            while Utc::now() <= at + chrono::Duration::milliseconds(2) {
+                tokio::task::yield_now().await;
+            }
+        };
+        clock_past(Utc::now()).await;
+        let moment = Utc::now();
+        clock_past(moment).await;
+        let moment = moment.to_rfc3339();
+        let batch = activity_batch(samples(ms(day(), 15, 0), 2, 30, 30));
+        s.add("acme", "alice", &batch).await;
+        s.state.lake.refresh_tables();
+        let (_, now) = s.kpi(&s.tokens["owner"], "employee").await;
+        assert_ne!(
+            by_employee(&now),
+            by_employee(&then),
+            "the new rows count now"
+        );
+
+        let (status, past) = kpi_as_of(s.tokens["owner"].clone(), moment.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{past}");
+        assert_eq!(by_employee(&past), by_employee(&then));
+        let (status, sql) = s
+            .http
+            .post(format!("{}/v1/sql", s.url))
+            .bearer_auth(s.tokens["owner"].clone())
+            .json(&json!({"sql": "SELECT sum(active_s) AS n FROM activity", "as_of": moment}))
+            .send()
+            .await
+            .map(|r| (r.status(), r))
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let sql: Value = sql.json().await.unwrap();
+        let total_then: i64 = by_employee(&then).iter().map(|(_, n)| n).sum();
+        assert_eq!(sql["rows"][0]["n"], total_then, "{sql}");
+
+        // The trail has the versions the past answer read.
+        let acme = TenantId::new("acme").unwrap();
+        let entries = s.control.admin.audit_log().entries(&acme).await.unwrap();
+        let kpi_entry = entries
+            .iter()
+            .rev()
+            .find(|e| {
+                e.event.action == "query.kpi.activity"
+                    && e.event.detail["request"]["query"]
+                        .as_str()
+                        .is_some_and(|q| q.contains("as_of"))
+            })
+            .expect("the past question is audited");
+        assert_eq!(
+            kpi_entry.event.detail["table_versions"]["activity"], versions_then["activity"],
+            "{:?}",
+            kpi_entry.event.detail
+        );
+
+        for role in ["analyst", "manager", "employee"] {
+            let (status, answer) = kpi_as_of(s.tokens[role].clone(), moment.clone()).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{role}: {answer}");
+        }
+    })
+    .await
+    .expect("test finished within its hang guard");
+}

@@ -16,4 +16,4 @@ pub use table::dataset::{DatasetTable, NewObject, TableObject};
 pub use table::maintenance::{Compacted, Deleted};
 pub use table::manifest::{FlushManifest, ManifestTable};
 pub use table::state::{StateEntry, StateTable, StateWrite};
-pub use table::{Prior, Progress};
+pub use table::{AsOf, Prior, Progress};

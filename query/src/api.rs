@@ -705,13 +705,29 @@ pub(crate) async fn caller_tenant(
 
 /// The caller's session: its tenant as the control plane has it now, its
 /// scope, and a session over that tenant's views only.
+///
+/// With `as_of`, the tables as they were then: the tenant's owner alone
+/// may ask (for audits and disputes), and the answer is audited with the
+/// versions it read like any other.
 async fn open_scope(
     state: &QueryState,
     caller: &Caller,
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<(Arc<TenantView>, ScopedSession), ApiError> {
     let view = caller_tenant(state, caller).await?;
     let scope = Scope::of(&caller.principal, &view)?;
-    let tables = state.lake.tables(&view.tenant.doc).await?;
+    let tables = match as_of {
+        None => state.lake.tables(&view.tenant.doc).await?,
+        Some(at) => {
+            if caller.principal.role != Role::Owner {
+                return Err(ApiError::Scope(ScopeError::RoleNotAllowed(
+                    caller.principal.role,
+                )));
+            }
+            let at = candor_lake::AsOf::Time(at);
+            state.lake.tables_as_of(&view.tenant.doc, at).await?
+        }
+    };
     let session = ScopedSession::new(&state.lake, &tables, &scope, state.limits.clone())?;
     Ok((view, session))
 }
@@ -803,6 +819,9 @@ struct KpiParams {
     /// arrival counts as late.
     #[serde(default)]
     grace_minutes: Option<u32>,
+    /// The lake as it was at this moment (RFC 3339); owners only.
+    #[serde(default)]
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn default_group_by() -> String {
@@ -893,7 +912,7 @@ async fn kpi_page(
         if params.grace_minutes.is_some() && !matches!(kpi, Kpi::Attendance) {
             return Err(QueryError::BadRequest("grace_minutes is for attendance".into()).into());
         }
-        let (view, session) = open_scope(&state, &caller).await?;
+        let (view, session) = open_scope(&state, &caller, params.as_of).await?;
         answered_in = Some(session.scope().clone());
         read = Some(session.table_versions().clone());
         let request = params.request(&view)?;
@@ -1050,6 +1069,9 @@ struct SqlRequest {
     sql: String,
     #[serde(default)]
     format: crate::format::Format,
+    /// The lake as it was at this moment (RFC 3339); owners only.
+    #[serde(default)]
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The API's OpenAPI document, checked in at `query/api/openapi.json`.
@@ -1074,7 +1096,8 @@ async fn run_sql(
     // The statement is kept (cut to 4 KiB) so an investigator can read what
     // was asked; it holds no telemetry, only what the caller typed.
     let text: String = statement.chars().take(4096).collect();
-    let request = serde_json::json!({"sql": text, "bytes": statement.len()});
+    let as_of = body.as_ref().ok().and_then(|b| b.as_of);
+    let request = serde_json::json!({"sql": text, "bytes": statement.len(), "as_of": as_of});
     // On record before it runs: a statement that harms the node is in the
     // trail even if no outcome entry ever follows.
     let arrival = AuditEvent {
@@ -1102,7 +1125,7 @@ async fn run_sql(
     let (mut answered_in, mut read) = (None, None);
     let outcome = async {
         let Json(request) = body?;
-        let (_, session) = open_scope(&state, &caller).await?;
+        let (_, session) = open_scope(&state, &caller, request.as_of).await?;
         answered_in = Some(session.scope().clone());
         read = Some(session.table_versions().clone());
         if session.scope().groups_only.is_some() {

@@ -420,6 +420,45 @@ impl QueryLake {
         })
     }
 
+    /// The tables of `tenant` as they were at `as_of` (an owner's question
+    /// for an audit or a dispute), each loaded for this request alone and
+    /// built over that tenant's files of that version. A version whose
+    /// files VACUUM has deleted since cannot be read: the question fails
+    /// with the table's error.
+    pub async fn tables_as_of(
+        &self,
+        tenant: &Tenant,
+        as_of: candor_lake::AsOf,
+    ) -> Result<TenantTables, QueryError> {
+        let (key, lake) = self.lake(tenant.lake_url.as_deref())?;
+        let mut tables = Vec::with_capacity(Dataset::ALL.len());
+        let mut versions = TableVersions::new();
+        for dataset in Dataset::ALL {
+            let loaded = DatasetTable::load_as_of(&lake, dataset, as_of).await;
+            let provider = match loaded {
+                Ok(None) => Arc::new(EmptyTable::new(expected_schema(dataset))) as _,
+                Ok(Some(table)) => match table.tenant_provider(&tenant.id).await {
+                    Ok(provider) => {
+                        versions.insert(dataset.name(), table.version());
+                        provider
+                    }
+                    Err(e) => unreadable(TableUnavailable::of(dataset, &e)),
+                },
+                Err(e) => {
+                    let error = TableUnavailable::of(dataset, &e);
+                    tracing::warn!(lake = key, table = dataset.name(), ?as_of, error = %error, "cannot read the table as of then");
+                    unreadable(error)
+                }
+            };
+            tables.push((dataset, provider));
+        }
+        Ok(TenantTables {
+            tenant: tenant.id.clone(),
+            tables,
+            versions,
+        })
+    }
+
     /// `tenant`'s provider of `dataset` in the lake `key`, from the cached
     /// table (checked first if it is stale), and the version it reads.
     async fn read(
@@ -533,10 +572,6 @@ async fn check(
                 Err(e) => Err(e),
             }
         }
-        // delta-rs refuses a local table location whose folder does not
-        // exist rather than finding no table there: a local lake with no
-        // folder for the dataset has no table for it.
-        _ if local_folder(lake, dataset).is_some_and(|folder| !folder.is_dir()) => Ok(None),
         _ => DatasetTable::load(lake, dataset).await,
     };
     match checked {
@@ -608,11 +643,6 @@ impl TableProvider for Unreadable {
 }
 
 /// The folder of `dataset`'s table when `lake` is a local directory.
-fn local_folder(lake: &Lake, dataset: Dataset) -> Option<std::path::PathBuf> {
-    let root = lake.url().to_file_path().ok()?;
-    Some(root.join(dataset.name()))
-}
-
 fn is_local(location: &str) -> bool {
     !location.contains("://") || location.starts_with("file://")
 }

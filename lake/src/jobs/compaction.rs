@@ -8,8 +8,9 @@
 //! version that changes no row (`dataChange: false`): every reader sees the
 //! files before or the files after, never both, and the processors' appends
 //! committed meanwhile do not conflict with it. The replaced files stay for
-//! [`super::REPLACED_RETENTION`] (queries planned before may still read
-//! them), then VACUUM deletes them, with the objects of flushes that never
+//! [`super::REPLACED_RETENTION`] (queries planned before, and owners'
+//! questions as of an earlier moment, may still read them), then VACUUM
+//! deletes them, with the objects of flushes that never
 //! committed once [`super::UNCOMMITTED_RETENTION`] old.
 //!
 //! A tenant with a lake of its own (data residency) is compacted there.

@@ -28,9 +28,12 @@ use crate::{DatasetTable, Lake, LakeError};
 /// minutes, see `candor_processor`).
 pub const UNCOMMITTED_RETENTION: Duration = Duration::from_secs(3600);
 
-/// How long compaction leaves the files it replaced for queries planned on
-/// the version before (longer than any statement may run).
-pub const REPLACED_RETENTION: Duration = Duration::from_secs(600);
+/// How long compaction leaves the files it replaced: queries planned on
+/// the version before read them, and so do an owner's questions `as_of` a
+/// moment before the compaction. They hold the same rows as the files that
+/// replaced them; a retention or erasure run deletes them at once with the
+/// rows it deletes.
+pub const REPLACED_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
 /// The tables of `lake` that exist, one per dataset.
 pub(crate) async fn tables_of(lake: &Lake) -> Result<Vec<DatasetTable>, LakeError> {

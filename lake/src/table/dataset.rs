@@ -68,6 +68,17 @@ impl DatasetTable {
         })
     }
 
+    /// The table of `dataset` in `lake` as it was at `as_of` (for audits
+    /// and disputes), if the lake has one.
+    pub async fn load_as_of(
+        lake: &Lake,
+        dataset: Dataset,
+        as_of: super::AsOf,
+    ) -> Result<Option<Self>, LakeError> {
+        let table = Table::load_as_of(lake, &spec(dataset)?, as_of).await?;
+        Ok(table.map(|table| Self { dataset, table }))
+    }
+
     /// Creates the table of `dataset` over folders the previous release
     /// wrote, which [`Self::open`] refuses to; see [`crate::jobs::convert`].
     pub(crate) async fn create_for_conversion(

@@ -52,6 +52,14 @@ impl Progress {
     }
 }
 
+/// A moment of a table's history: a version, or the last version
+/// committed at or before a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    Version(u64),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
 /// What a table is: where it lives in a lake and its columns.
 pub(crate) struct TableSpec {
     /// Named in errors and logs.
@@ -112,6 +120,36 @@ impl Table {
             })),
             Err(DeltaTableError::NotATable(_)) => Ok(None),
             Err(e) => Err(table_error(spec.name, e)),
+        }
+    }
+
+    /// The table as it was at `as_of`, if it existed then: for readers.
+    pub async fn load_as_of(
+        lake: &Lake,
+        spec: &TableSpec,
+        as_of: AsOf,
+    ) -> Result<Option<Self>, LakeError> {
+        // Loaded first, so a lake with no table is told from a moment
+        // before the table's first version.
+        let Some(Self { name, mut table }) = Self::load(lake, spec).await? else {
+            return Ok(None);
+        };
+        let loaded = match as_of {
+            AsOf::Version(version) => {
+                if version > table.version().unwrap_or_default() {
+                    return Err(LakeError::Refused(format!(
+                        "the {name} table has no version {version} yet"
+                    )));
+                }
+                table.load_version(version).await
+            }
+            // The last version whose commit is not after `at`; a moment
+            // before the first gives version 0, created empty.
+            AsOf::Time(at) => table.load_with_datetime(at).await,
+        };
+        match loaded {
+            Ok(()) => Ok(Some(Self { name, table })),
+            Err(e) => Err(table_error(name, e)),
         }
     }
 
