@@ -62,6 +62,11 @@ pub enum LakeError {
     },
     /// A commit found that someone else had committed progress for the
     /// same source since this writer began: it lost that source.
+    /// A commit of several partitions' progress found some of them in the
+    /// table already (another writer completed those partitions' flush):
+    /// commit the rest on their own.
+    #[error("the {table} table holds part of one commit's progress already")]
+    PartlyCommitted { table: &'static str },
     #[error(
         "{app_id} moved on while this writer worked (expected its last commit at {expected:?}, found {found:?})"
     )]

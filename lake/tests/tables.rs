@@ -667,6 +667,49 @@ async fn a_commit_tried_again_after_it_landed_unseen_adds_nothing() {
     );
 }
 
+/// A writer's commit of two partitions' flushes, one of which another
+/// writer completed meanwhile (it took that partition over): refused as
+/// partly committed, committing nothing, so the writer commits the other
+/// partition's alone.
+#[tokio::test]
+async fn a_commit_of_partitions_another_writer_completed_in_part_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let mut writer = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    let mut successor = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    let p0 = write_object(&lake, "acme", "p0-9.parquet", 2).await;
+    let p1 = write_object(&lake, "acme", "p1-4.parquet", 1).await;
+    let older = |app: &str, last| {
+        (
+            Progress {
+                app_id: app.into(),
+                version: last,
+            },
+            Prior::Older,
+        )
+    };
+    successor
+        .append(std::slice::from_ref(&p0), &[older("g/0", 9)])
+        .await
+        .unwrap();
+    let both = writer
+        .append(
+            &[p0.clone(), p1.clone()],
+            &[older("g/0", 9), older("g/1", 4)],
+        )
+        .await;
+    assert!(
+        matches!(both, Err(LakeError::PartlyCommitted { table: "activity" })),
+        "{both:?}"
+    );
+    writer.append(&[p1], &[older("g/1", 4)]).await.unwrap();
+    assert_eq!(
+        tracked_by_tenant(&lake).await,
+        vec![("acme".to_string(), 180)],
+        "each object once"
+    );
+}
+
 #[tokio::test]
 async fn a_hand_edited_log_stops_that_table_with_a_clear_error_and_not_the_others() {
     let dir = tempfile::tempdir().unwrap();

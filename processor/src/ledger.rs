@@ -55,9 +55,6 @@ pub const MAX_STATE_FILES: usize = 256;
 /// ([`Lakes::key`]; `None`: the deployment's).
 pub type TableKey = (Option<String>, Dataset);
 
-/// One table's share of a flush: the objects and every partition's progress.
-type TableAppend = (Vec<NewObject>, Vec<(Progress, Prior)>);
-
 /// What this processor knows of one log partition it reads.
 #[derive(Debug, Clone, Copy)]
 struct PartitionLedger {
@@ -319,23 +316,52 @@ impl Ledger {
     /// Commits the chunks' objects (state committed) to each dataset table
     /// they wrote, one commit per table for all of them. A retry commits
     /// what is left: a table whose progress is in already adds nothing.
+    /// Chunks another processor completed meanwhile (it took one of the
+    /// partitions over between this one's state and table commits) are
+    /// left out of the table's commit.
     pub async fn commit_tables(&mut self, chunks: &[ChunkCommit]) -> Result<(), LakeError> {
-        let mut by_table: HashMap<&TableKey, TableAppend> = HashMap::new();
+        let mut by_table: HashMap<&TableKey, Vec<(&ChunkCommit, &[NewObject])>> = HashMap::new();
         for chunk in chunks {
             for (key, objects) in &chunk.objects {
-                let (all, progress) = by_table.entry(key).or_default();
-                all.extend(objects.iter().cloned());
-                progress.push((
-                    Progress::of_partition(&self.group, chunk.partition, chunk.last),
-                    Prior::Older,
-                ));
+                by_table.entry(key).or_default().push((chunk, objects));
             }
         }
         let mut keys: Vec<TableKey> = by_table.keys().map(|k| (*k).clone()).collect();
         keys.sort();
+        let group = self.group.clone();
         for key in keys {
-            let (objects, progress) = &by_table[&key];
-            self.table(&key).await?.append(objects, progress).await?;
+            let table = self.table(&key).await?;
+            let mut committed = false;
+            for _ in 0..3 {
+                let mut objects = Vec::new();
+                let mut progress = Vec::new();
+                for (chunk, chunk_objects) in &by_table[&key] {
+                    let mine = Progress::of_partition(&group, chunk.partition, chunk.last);
+                    if table.progress(&mine.app_id).await? == Some(chunk.last) {
+                        continue;
+                    }
+                    objects.extend(chunk_objects.iter().cloned());
+                    progress.push((mine, Prior::Older));
+                }
+                if progress.is_empty() {
+                    committed = true;
+                    break;
+                }
+                match table.append(&objects, &progress).await {
+                    Ok(_) => {
+                        committed = true;
+                        break;
+                    }
+                    Err(LakeError::PartlyCommitted { .. }) => table.refresh().await?,
+                    Err(e) => return Err(e),
+                }
+            }
+            if !committed {
+                return Err(LakeError::Refused(format!(
+                    "the {} table kept taking partitions of this flush from another writer",
+                    key.1.name()
+                )));
+            }
         }
         Ok(())
     }

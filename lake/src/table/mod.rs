@@ -227,12 +227,10 @@ impl Table {
                 // by another writer that covered the same records. Either
                 // way the rows are in; committing them again would double
                 // them. One commit holds all of them or none, so a mix
-                // means the progress came from elsewhere.
+                // means another writer committed some (a successor
+                // completing a flush): the caller commits the rest alone.
                 if committed_already < progress.len() {
-                    return Err(LakeError::Refused(format!(
-                        "the {} table holds part of one commit's progress",
-                        self.name
-                    )));
+                    return Err(LakeError::PartlyCommitted { table: self.name });
                 }
                 tracing::info!(table = self.name, "already committed");
                 return Ok(self.version());
