@@ -147,8 +147,11 @@ struct OneMachine {
 
 impl OneMachine {
     async fn start() -> Self {
+        Self::start_with(random_master()).await
+    }
+
+    async fn start_with(master: MasterSecret) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let master = random_master();
         let control = Control::local_with(&master, &["acme"]).await;
         let spool = one_partition_spool(&dir.path().join("spool"));
         let producer: Arc<dyn LogProducer> = Arc::new(spool.producer());
@@ -982,6 +985,155 @@ async fn sigkill_mid_flush_then_restart_keeps_every_row_exactly_once() {
             );
         }
         assert_eq!(active_by_subject(&local).await, expected);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+/// The operator's compaction and erasure, as `candor` processes SIGKILLed
+/// in the middle of their work: every table still reads exact sums (each
+/// Delta operation commits whole or not at all), through Candor and
+/// through the external readers, and the same command run again finishes
+/// the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_erasure_killed_midway_leave_exact_sums_and_finish_when_run_again() {
+    tokio::time::timeout(GUARD, async {
+        let master_hex = hex::encode(rand::random::<[u8; 32]>());
+        let OneMachine {
+            dir,
+            master,
+            control,
+            spool,
+            url,
+        } = OneMachine::start_with(MasterSecret::from_hex(&master_hex).unwrap()).await;
+        let expected = post_batches(&url, &master, &control, 30).await;
+        let lake_dir = dir.path().join("lake");
+        let lake = Lake::local(&lake_dir).unwrap();
+        // Small flushes: many objects for compaction to merge.
+        let mut processor = Processor::new(
+            spool.consumer("g").unwrap(),
+            control.cache.clone(),
+            lake.clone(),
+            config(2),
+        );
+        processor.drain().await.unwrap();
+        assert_eq!(active_by_subject(&lake).await, expected);
+        let control_url = control
+            .config(candor::config::Role::Processor)
+            .control
+            .url
+            .unwrap();
+        let run_candor = |args: &[&str]| {
+            KillOnDrop(
+                Command::new(env!("CARGO_BIN_EXE_candor"))
+                    .args(args)
+                    .args([
+                        "--lake",
+                        lake_dir.to_str().unwrap(),
+                        "--control",
+                        &control_url,
+                    ])
+                    .env("CANDOR_MASTER_SECRET", &master_hex)
+                    .env_remove("CANDOR_MASTER_SECRET_FILE")
+                    .env("CANDOR_LOG", "warn")
+                    .spawn()
+                    .expect("candor starts"),
+            )
+        };
+        let total: i64 = expected.values().sum();
+        let external_total = || {
+            let read = common::lake::external_sums(&lake_dir, &[("activity", "active_s")]);
+            ["deltalake", "duckdb"].map(|engine| read[engine]["activity"][0][2].as_i64().unwrap())
+        };
+        let acme_files = || parquet_files(&lake_dir.join("activity/tenant=acme")).len();
+
+        // Compaction, killed once it has written a file no version names.
+        let files_before = acme_files();
+        let mut compacting = run_candor(&["compact"]);
+        let killed = loop {
+            if let Some(status) = compacting.0.try_wait().unwrap() {
+                break !status.success();
+            }
+            if acme_files() > files_before {
+                drop(compacting);
+                break true;
+            }
+            tokio::task::yield_now().await;
+        };
+        assert!(killed, "compaction ended before it could be killed");
+        assert_eq!(active_by_subject(&lake).await, expected);
+        assert_eq!(external_total(), [total, total]);
+        let mut again = run_candor(&["compact"]);
+        let status = tokio::task::spawn_blocking(move || {
+            let status = again.0.wait().unwrap();
+            (status, again)
+        });
+        assert!(status.await.unwrap().0.success());
+        assert!(
+            committed_objects(&lake, Dataset::Activity, "acme")
+                .await
+                .len()
+                < files_before,
+            "compacted"
+        );
+        assert_eq!(active_by_subject(&lake).await, expected);
+        assert_eq!(external_total(), [total, total]);
+
+        // Erasure, killed once it has put its start on record: each table
+        // holds the employee's rows or none, never half.
+        let acme = TenantId::new("acme").unwrap();
+        let erased = control
+            .subject(
+                &acme,
+                &candor_schemas::EmployeeId::new("employee-0000").unwrap(),
+            )
+            .await;
+        let without: BTreeMap<String, i64> = expected
+            .iter()
+            .filter(|(subject, _)| **subject != erased)
+            .map(|(s, n)| (s.clone(), *n))
+            .collect();
+        let audit = control.admin.audit_log();
+        let started = |entries: &[candor_control::AuditEntry]| {
+            entries
+                .iter()
+                .filter(|e| e.event.action == "lake.erasure.start")
+                .count()
+        };
+        let erase = [
+            "retention",
+            "erase",
+            "--tenant",
+            "acme",
+            "--employee",
+            "employee-0000",
+        ];
+        let mut erasing = run_candor(&erase);
+        loop {
+            if erasing.0.try_wait().unwrap().is_some()
+                || started(&audit.entries(&acme).await.unwrap()) > 0
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(erasing);
+        let now = active_by_subject(&lake).await;
+        assert!(
+            now == expected || now == without,
+            "half an erasure: {now:?}"
+        );
+        let mut again = run_candor(&erase);
+        let status = tokio::task::spawn_blocking(move || {
+            let status = again.0.wait().unwrap();
+            (status, again)
+        });
+        assert!(status.await.unwrap().0.success());
+        assert_eq!(active_by_subject(&lake).await, without);
+        let total_without: i64 = without.values().sum();
+        assert_eq!(external_total(), [total_without, total_without]);
+        let entries = audit.entries(&acme).await.unwrap();
+        assert!(entries.iter().any(|e| e.event.action == "lake.erasure"));
     })
     .await
     .expect("test finished within its hang guard");

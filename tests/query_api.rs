@@ -1136,6 +1136,30 @@ async fn an_extract_shows_no_small_group_and_no_id_and_is_signed_and_audited() {
             again["extract"]["groups"], answer["extract"]["groups"],
             "{again}"
         );
+        // The released day computes again, from the versions it recorded
+        // and with the k and ε it was released under, to the same rows;
+        // a ledger edited by hand does not.
+        let noise = s.master.extract_noise_key(&acme);
+        let verify = || async {
+            candor_query::extract::verify(&s.state.lake, &changed, day(), day(), noise.as_bytes())
+                .await
+                .unwrap()
+        };
+        let checks = verify().await;
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!(checks[0].verdict, candor_query::extract::Verdict::Same, "{checks:?}");
+        assert!(checks[0].table_versions.contains_key("activity"), "{checks:?}");
+        let honest = std::fs::read(&ledger).unwrap();
+        let mut edited: Value = serde_json::from_slice(&honest).unwrap();
+        let hours = edited["groups"][0]["tracked_hours"].as_f64().unwrap();
+        edited["groups"][0]["tracked_hours"] = json!(hours + 1.0);
+        std::fs::write(&ledger, serde_json::to_vec(&edited).unwrap()).unwrap();
+        let checks = verify().await;
+        assert!(
+            matches!(&checks[0].verdict, candor_query::extract::Verdict::Differs(why) if why.contains("first difference")),
+            "{checks:?}"
+        );
+        std::fs::write(&ledger, honest).unwrap();
         // A week over the same day publishes only sums of released rows.
         let week: Value = s
             .http

@@ -725,7 +725,10 @@ async fn open_scope(
                 )));
             }
             let at = candor_lake::AsOf::Time(at);
-            state.lake.tables_as_of(&view.tenant.doc, at).await?
+            state
+                .lake
+                .tables_as_of(&view.tenant.doc, |_| Some(at))
+                .await?
         }
     };
     let session = ScopedSession::new(&state.lake, &tables, &scope, state.limits.clone())?;

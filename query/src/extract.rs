@@ -287,6 +287,121 @@ fn owned_versions(session: &ScopedSession) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// How a released day compares with the same day computed again from the
+/// table versions its release read (`candor extract verify`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DayCheck {
+    pub day: NaiveDate,
+    pub table_versions: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "verdict", content = "detail")]
+pub enum Verdict {
+    /// Computed again, the day's published rows are the ledger's.
+    Same,
+    /// They are not: what differs.
+    Differs(String),
+    /// Released before tables had versions: nothing to compute it from.
+    Unversioned,
+    /// The versions cannot be read any more (VACUUM deleted their files
+    /// after a retention or erasure run): why.
+    Unreadable(String),
+}
+
+/// Computes every released day of `tenant` in `from..=to` again, from the
+/// table versions its release recorded, with the k and ε it was released
+/// under, and compares the rows with the ledger's. Every extract's figures
+/// come from released days (see the module's notes), so an extract whose
+/// days are all `Same` can be rebuilt from the ledger, byte for byte.
+pub async fn verify(
+    lake: &QueryLake,
+    tenant: &Tenant,
+    from: NaiveDate,
+    to: NaiveDate,
+    noise_key: &[u8; 32],
+) -> Result<Vec<DayCheck>, QueryError> {
+    use crate::scope::Scope;
+    use crate::session::Limits;
+    let mut checks = Vec::new();
+    for day in from.iter_days().take_while(|d| *d <= to) {
+        let Some(bytes) = lake
+            .get(tenant, &released_location(&tenant.id, day))
+            .await?
+        else {
+            continue;
+        };
+        let released = parse_released(&bytes)?;
+        let versions = released.table_versions.clone();
+        let check = |verdict| DayCheck {
+            day,
+            table_versions: versions.clone(),
+            verdict,
+        };
+        if versions.is_empty() {
+            checks.push(check(Verdict::Unversioned));
+            continue;
+        }
+        let at = |dataset: candor_schemas::datasets::Dataset| {
+            versions
+                .get(dataset.name())
+                .map(|v| candor_lake::AsOf::Version(*v))
+        };
+        let tables = lake.tables_as_of(tenant, at).await?;
+        let session = ScopedSession::new(lake, &tables, &Scope::whole_tenant(), Limits::default())?;
+        let as_released = Tenant {
+            extract_k: released.k,
+            extract_epsilon: released.epsilon,
+            ..tenant.clone()
+        };
+        let verdict = match compute_days(&session, &as_released, day, day, noise_key).await {
+            Err(e) => Verdict::Unreadable(e.to_string()),
+            Ok(days) => {
+                let again = days.into_iter().find(|d| d.day == day);
+                match again {
+                    Some(a)
+                        if a.groups == released.groups
+                            && a.suppressed_groups == released.suppressed_groups =>
+                    {
+                        Verdict::Same
+                    }
+                    Some(a) => Verdict::Differs(format!(
+                        "computed again: {} groups ({} suppressed); released: {} groups ({} suppressed){}",
+                        a.groups.len(),
+                        a.suppressed_groups,
+                        released.groups.len(),
+                        released.suppressed_groups,
+                        first_difference(&a.groups, &released.groups)
+                    )),
+                    None => Verdict::Differs("computed again, the day publishes nothing".into()),
+                }
+            }
+        };
+        checks.push(check(verdict));
+    }
+    Ok(checks)
+}
+
+/// The first group that differs, for a reader of a verdict.
+fn first_difference(again: &[ReleasedGroup], released: &[ReleasedGroup]) -> String {
+    again
+        .iter()
+        .zip(released)
+        .find(|(a, r)| a != r)
+        .map(|(a, r)| {
+            format!(
+                "; first difference in {} {}: {:?} against {:?}",
+                a.group.period,
+                a.group.department.as_deref().unwrap_or("(tenant)"),
+                a.group,
+                r.group
+            )
+        })
+        .unwrap_or_default()
+}
+
 fn parse_released(bytes: &[u8]) -> Result<ReleasedDay, QueryError> {
     serde_json::from_slice(bytes)
         .map_err(|e| QueryError::Lake(format!("a released extract day does not parse: {e}")))

@@ -425,16 +425,23 @@ impl QueryLake {
     /// built over that tenant's files of that version. A version whose
     /// files VACUUM has deleted since cannot be read: the question fails
     /// with the table's error.
+    ///
+    /// `as_of` says each dataset's moment; `None`: the dataset had no table
+    /// then, and reads as empty.
     pub async fn tables_as_of(
         &self,
         tenant: &Tenant,
-        as_of: candor_lake::AsOf,
+        as_of: impl Fn(Dataset) -> Option<candor_lake::AsOf>,
     ) -> Result<TenantTables, QueryError> {
         let (key, lake) = self.lake(tenant.lake_url.as_deref())?;
         let mut tables = Vec::with_capacity(Dataset::ALL.len());
         let mut versions = TableVersions::new();
         for dataset in Dataset::ALL {
-            let loaded = DatasetTable::load_as_of(&lake, dataset, as_of).await;
+            let as_of = as_of(dataset);
+            let loaded = match as_of {
+                Some(as_of) => DatasetTable::load_as_of(&lake, dataset, as_of).await,
+                None => Ok(None),
+            };
             let provider = match loaded {
                 Ok(None) => Arc::new(EmptyTable::new(expected_schema(dataset))) as _,
                 Ok(Some(table)) => match table.tenant_provider(&tenant.id).await {

@@ -104,6 +104,64 @@ pub enum LakeCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum ExtractCommand {
+    /// Compute every released day of an AI extract's range again, from the
+    /// table versions its release recorded, and compare it with the
+    /// release ledger: an extract is made of those days only, so one whose
+    /// days all compare `same` is what the lake held. Exits non-zero when
+    /// a day differs or cannot be read any more.
+    Verify {
+        #[command(flatten)]
+        control: ControlFlag,
+        #[command(flatten)]
+        lake: LakeFlag,
+        #[arg(long)]
+        tenant: TenantId,
+        /// First day, YYYY-MM-DD (the tenant's zone).
+        #[arg(long)]
+        from: NaiveDate,
+        /// Last day, YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        to: NaiveDate,
+    },
+}
+
+pub async fn extract(s: &SettingsArgs, cmd: ExtractCommand) -> Result<()> {
+    use candor_query::extract::Verdict;
+    let ExtractCommand::Verify {
+        control,
+        lake,
+        tenant,
+        from,
+        to,
+    } = cmd;
+    let config = load(s, control, lake)?;
+    let master = node::master_secret(&config)?;
+    let docs = node::control_store(&config)?.documents;
+    let doc = docs
+        .get::<candor_control::Tenant>(candor_control::Kind::Tenant, tenant.as_str())
+        .await?
+        .with_context(|| format!("no tenant {tenant}"))?
+        .doc;
+    let lake =
+        candor_query::lake::QueryLake::new(candor_query::lake::LakeConfig::new(config.lake_url()))?;
+    let noise = master.extract_noise_key(&tenant);
+    let checks = candor_query::extract::verify(&lake, &doc, from, to, noise.as_bytes()).await?;
+    print_json(&checks)?;
+    let bad = checks
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Differs(_) | Verdict::Unreadable(_)))
+        .count();
+    if bad > 0 {
+        anyhow::bail!(
+            "{bad} of {} released days do not compute again to what was released",
+            checks.len()
+        );
+    }
+    Ok(())
+}
+
 pub async fn lake(s: &SettingsArgs, cmd: LakeCommand) -> Result<()> {
     let LakeCommand::Convert {
         control,

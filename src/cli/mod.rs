@@ -142,6 +142,9 @@ enum Command {
     /// The lake's tables themselves.
     #[command(subcommand)]
     Lake(lake::LakeCommand),
+    /// Check AI extracts against the lake.
+    #[command(subcommand)]
+    Extract(lake::ExtractCommand),
     /// Print the hex key a device seals its batches with (see schemas/WIRE.md).
     DeviceKey(admin::DeviceKeyArgs),
     /// Simulated agents: a tenant's employees post realistic, sealed
@@ -169,6 +172,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Retention(cmd) => lake::retention(s, cmd).await,
         Command::Compact(args) => lake::compact(s, args).await,
         Command::Lake(cmd) => lake::lake(s, cmd).await,
+        Command::Extract(cmd) => lake::extract(s, cmd).await,
         Command::Simulate(args) => {
             let config = s.load(Role::Operator, Vec::new())?;
             simulate::run(args, &config).await
