@@ -332,12 +332,18 @@ impl Ledger {
         for key in keys {
             let table = self.table(&key).await?;
             let mut committed = false;
+            // The first try commits every chunk: the table itself tells a
+            // progress it holds already (`PartlyCommitted`), and only then
+            // are the chunks another processor completed left out.
+            let mut leave_out_completed = false;
             for _ in 0..3 {
                 let mut objects = Vec::new();
                 let mut progress = Vec::new();
                 for (chunk, chunk_objects) in &by_table[&key] {
                     let mine = Progress::of_partition(&group, chunk.partition, chunk.last);
-                    if table.progress(&mine.app_id).await? == Some(chunk.last) {
+                    if leave_out_completed
+                        && table.progress(&mine.app_id).await? == Some(chunk.last)
+                    {
                         continue;
                     }
                     objects.extend(chunk_objects.iter().cloned());
@@ -352,7 +358,10 @@ impl Ledger {
                         committed = true;
                         break;
                     }
-                    Err(LakeError::PartlyCommitted { .. }) => table.refresh().await?,
+                    Err(LakeError::PartlyCommitted { .. }) => {
+                        table.refresh().await?;
+                        leave_out_completed = true;
+                    }
                     Err(e) => return Err(e),
                 }
             }
