@@ -30,7 +30,7 @@ use candor_schemas::datasets::Dataset;
 use candor_schemas::keys::MasterSecret;
 use candor_schemas::record::RecordFormat;
 use chrono::{Days, Utc};
-use common::lake::{FailingCommits, committed_objects};
+use common::lake::{DeleteGate, FaultyStore, committed_objects};
 use common::{Control, activity_batch, header, ms, post, random_master, samples, seal_batch};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
@@ -320,7 +320,7 @@ async fn in_a_tenants_own_s3_lake_a_successor_takes_in_nothing_it_holds_already(
 /// there, as a SIGKILL would.
 async fn stopped_at_a_refused_commit<C: LogConsumer + Sync>(
     mut processor: Processor<C>,
-    store: &FailingCommits,
+    store: &FaultyStore,
 ) {
     let round = tokio::spawn(async move { processor.step().await.map(|_| ()) });
     while store.refused() == 0 {
@@ -347,7 +347,7 @@ async fn stopped_at_a_commit(table: &str) {
         let expected = post_batches(&url, &master, &control, 12).await;
         let (name, bucket) = candor_control::testkit::fresh_named_bucket("stopped");
         let location = format!("s3://{name}/lake");
-        let failing = FailingCommits::wrap(bucket.clone(), "lake", table);
+        let failing = FaultyStore::refusing_commits(bucket.clone(), "lake", table);
         let doomed = Processor::new(
             spool.consumer("g").unwrap(),
             control.cache.clone(),
@@ -429,7 +429,7 @@ async fn a_stalled_processor_whose_successor_committed_commits_nothing() {
         let location = format!("s3://{name}/lake");
         let lake = || Lake::on_store(bucket.clone(), &location).unwrap();
         // The stalled one: held at its state commit, which it retries.
-        let failing = FailingCommits::wrap(bucket.clone(), "lake", "_candor/processor_state");
+        let failing = FaultyStore::refusing_commits(bucket.clone(), "lake", "_candor/processor_state");
         let mut stalled = Processor::new(
             DiesBeforeCommit(spool.consumer("stalled").unwrap()),
             control.cache.clone(),
@@ -969,14 +969,14 @@ async fn sigkill_mid_flush_then_restart_keeps_every_row_exactly_once() {
             assert_eq!(acme[2], total, "{engine}: {read}");
             acme[1].as_i64().unwrap()
         };
-        let before = common::lake::external_sums(lake.path(), &[("activity", "active_s")]);
+        let before = candor_lake::testkit::external_sums(lake.path(), &[("activity", "active_s")]);
         let rows_before = rows(&before, "deltalake");
         assert_eq!(rows(&before, "duckdb"), rows_before);
         let compacted = candor_lake::jobs::compaction::compact(&local, &Default::default())
             .await
             .unwrap();
         assert!(compacted.objects_merged > 0, "{compacted:?}");
-        let after = common::lake::external_sums(lake.path(), &[("activity", "active_s")]);
+        let after = candor_lake::testkit::external_sums(lake.path(), &[("activity", "active_s")]);
         for engine in ["deltalake", "duckdb"] {
             assert_eq!(
                 rows(&after, engine),
@@ -990,6 +990,127 @@ async fn sigkill_mid_flush_then_restart_keeps_every_row_exactly_once() {
     .expect("test finished within its hang guard");
 }
 
+/// A lake of many small flushes (30 batches of acme's three employees,
+/// two records per flush) on one machine, for the operator's jobs, run as
+/// `candor` processes.
+struct JobsLake {
+    machine: OneMachine,
+    master_hex: String,
+    lake_dir: PathBuf,
+    lake: Lake,
+    control_url: String,
+    /// Active seconds per subject.
+    expected: BTreeMap<String, i64>,
+}
+
+impl JobsLake {
+    async fn start() -> Self {
+        let master_hex = hex::encode(rand::random::<[u8; 32]>());
+        let machine = OneMachine::start_with(MasterSecret::from_hex(&master_hex).unwrap()).await;
+        let expected = post_batches(&machine.url, &machine.master, &machine.control, 30).await;
+        let lake_dir = machine.dir.path().join("lake");
+        let lake = Lake::local(&lake_dir).unwrap();
+        // Small flushes: many objects for compaction to merge.
+        let mut processor = Processor::new(
+            machine.spool.consumer("g").unwrap(),
+            machine.control.cache.clone(),
+            lake.clone(),
+            config(2),
+        );
+        processor.drain().await.unwrap();
+        assert_eq!(active_by_subject(&lake).await, expected);
+        let control_url = machine
+            .control
+            .config(candor::config::Role::Processor)
+            .control
+            .url
+            .unwrap();
+        Self {
+            machine,
+            master_hex,
+            lake_dir,
+            lake,
+            control_url,
+            expected,
+        }
+    }
+
+    /// `candor <args>` on this lake and control plane.
+    fn candor(&self, args: &[&str]) -> KillOnDrop {
+        KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_candor"))
+                .args(args)
+                .args([
+                    "--lake",
+                    self.lake_dir.to_str().unwrap(),
+                    "--control",
+                    &self.control_url,
+                ])
+                .env("CANDOR_MASTER_SECRET", &self.master_hex)
+                .env_remove("CANDOR_MASTER_SECRET_FILE")
+                .env("CANDOR_LOG", "warn")
+                .spawn()
+                .expect("candor starts"),
+        )
+    }
+
+    /// `candor <args>` run to its end; whether it succeeded.
+    async fn candor_to_the_end(&self, args: &[&str]) -> bool {
+        let mut child = self.candor(args);
+        let status = tokio::task::spawn_blocking(move || {
+            let status = child.0.wait().unwrap();
+            (status, child)
+        });
+        status.await.unwrap().0.success()
+    }
+
+    /// Acme's active seconds as the `deltalake` package and DuckDB read them.
+    fn external_total(&self) -> [i64; 2] {
+        let read = candor_lake::testkit::external_sums(&self.lake_dir, &[("activity", "active_s")]);
+        ["deltalake", "duckdb"].map(|engine| read[engine]["activity"][0][2].as_i64().unwrap())
+    }
+
+    /// employee-0000's subject, and the sums without it.
+    async fn erased(&self) -> (String, BTreeMap<String, i64>) {
+        let acme = TenantId::new("acme").unwrap();
+        let erased = self
+            .machine
+            .control
+            .subject(
+                &acme,
+                &candor_schemas::EmployeeId::new("employee-0000").unwrap(),
+            )
+            .await;
+        let without = self
+            .expected
+            .iter()
+            .filter(|(subject, _)| **subject != erased)
+            .map(|(s, n)| (s.clone(), *n))
+            .collect();
+        (erased, without)
+    }
+
+    /// How many of acme's audit entries have `action`.
+    async fn audited(&self, action: &str) -> usize {
+        let acme = TenantId::new("acme").unwrap();
+        let entries = self.machine.control.admin.audit_log().entries(&acme).await;
+        entries
+            .unwrap()
+            .iter()
+            .filter(|e| e.event.action == action)
+            .count()
+    }
+}
+
+const ERASE: [&str; 6] = [
+    "retention",
+    "erase",
+    "--tenant",
+    "acme",
+    "--employee",
+    "employee-0000",
+];
+
 /// The operator's compaction and erasure, as `candor` processes SIGKILLed
 /// in the middle of their work: every table still reads exact sums (each
 /// Delta operation commits whole or not at all), through Candor and
@@ -998,58 +1119,14 @@ async fn sigkill_mid_flush_then_restart_keeps_every_row_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_and_erasure_killed_midway_leave_exact_sums_and_finish_when_run_again() {
     tokio::time::timeout(GUARD, async {
-        let master_hex = hex::encode(rand::random::<[u8; 32]>());
-        let OneMachine {
-            dir,
-            master,
-            control,
-            spool,
-            url,
-        } = OneMachine::start_with(MasterSecret::from_hex(&master_hex).unwrap()).await;
-        let expected = post_batches(&url, &master, &control, 30).await;
-        let lake_dir = dir.path().join("lake");
-        let lake = Lake::local(&lake_dir).unwrap();
-        // Small flushes: many objects for compaction to merge.
-        let mut processor = Processor::new(
-            spool.consumer("g").unwrap(),
-            control.cache.clone(),
-            lake.clone(),
-            config(2),
-        );
-        processor.drain().await.unwrap();
-        assert_eq!(active_by_subject(&lake).await, expected);
-        let control_url = control
-            .config(candor::config::Role::Processor)
-            .control
-            .url
-            .unwrap();
-        let run_candor = |args: &[&str]| {
-            KillOnDrop(
-                Command::new(env!("CARGO_BIN_EXE_candor"))
-                    .args(args)
-                    .args([
-                        "--lake",
-                        lake_dir.to_str().unwrap(),
-                        "--control",
-                        &control_url,
-                    ])
-                    .env("CANDOR_MASTER_SECRET", &master_hex)
-                    .env_remove("CANDOR_MASTER_SECRET_FILE")
-                    .env("CANDOR_LOG", "warn")
-                    .spawn()
-                    .expect("candor starts"),
-            )
-        };
+        let jobs = JobsLake::start().await;
+        let (lake, lake_dir, expected) = (&jobs.lake, &jobs.lake_dir, &jobs.expected);
         let total: i64 = expected.values().sum();
-        let external_total = || {
-            let read = common::lake::external_sums(&lake_dir, &[("activity", "active_s")]);
-            ["deltalake", "duckdb"].map(|engine| read[engine]["activity"][0][2].as_i64().unwrap())
-        };
         let acme_files = || parquet_files(&lake_dir.join("activity/tenant=acme")).len();
 
         // Compaction, killed once it has written a file no version names.
         let files_before = acme_files();
-        let mut compacting = run_candor(&["compact"]);
+        let mut compacting = jobs.candor(&["compact"]);
         let killed = loop {
             if let Some(status) = compacting.0.try_wait().unwrap() {
                 break !status.success();
@@ -1061,79 +1138,110 @@ async fn compaction_and_erasure_killed_midway_leave_exact_sums_and_finish_when_r
             tokio::task::yield_now().await;
         };
         assert!(killed, "compaction ended before it could be killed");
-        assert_eq!(active_by_subject(&lake).await, expected);
-        assert_eq!(external_total(), [total, total]);
-        let mut again = run_candor(&["compact"]);
-        let status = tokio::task::spawn_blocking(move || {
-            let status = again.0.wait().unwrap();
-            (status, again)
-        });
-        assert!(status.await.unwrap().0.success());
+        assert_eq!(active_by_subject(lake).await, *expected);
+        assert_eq!(jobs.external_total(), [total, total]);
+        assert!(jobs.candor_to_the_end(&["compact"]).await);
         assert!(
-            committed_objects(&lake, Dataset::Activity, "acme")
+            committed_objects(lake, Dataset::Activity, "acme")
                 .await
                 .len()
                 < files_before,
             "compacted"
         );
-        assert_eq!(active_by_subject(&lake).await, expected);
-        assert_eq!(external_total(), [total, total]);
+        assert_eq!(active_by_subject(lake).await, *expected);
+        assert_eq!(jobs.external_total(), [total, total]);
 
         // Erasure, killed once it has put its start on record: each table
         // holds the employee's rows or none, never half.
-        let acme = TenantId::new("acme").unwrap();
-        let erased = control
-            .subject(
-                &acme,
-                &candor_schemas::EmployeeId::new("employee-0000").unwrap(),
-            )
-            .await;
-        let without: BTreeMap<String, i64> = expected
-            .iter()
-            .filter(|(subject, _)| **subject != erased)
-            .map(|(s, n)| (s.clone(), *n))
-            .collect();
-        let audit = control.admin.audit_log();
-        let started = |entries: &[candor_control::AuditEntry]| {
-            entries
-                .iter()
-                .filter(|e| e.event.action == "lake.erasure.start")
-                .count()
-        };
-        let erase = [
-            "retention",
-            "erase",
-            "--tenant",
-            "acme",
-            "--employee",
-            "employee-0000",
-        ];
-        let mut erasing = run_candor(&erase);
+        let (_, without) = jobs.erased().await;
+        let mut erasing = jobs.candor(&ERASE);
         loop {
             if erasing.0.try_wait().unwrap().is_some()
-                || started(&audit.entries(&acme).await.unwrap()) > 0
+                || jobs.audited("lake.erasure.start").await > 0
             {
                 break;
             }
             tokio::task::yield_now().await;
         }
         drop(erasing);
-        let now = active_by_subject(&lake).await;
+        let now = active_by_subject(lake).await;
         assert!(
-            now == expected || now == without,
+            now == *expected || now == without,
             "half an erasure: {now:?}"
         );
-        let mut again = run_candor(&erase);
-        let status = tokio::task::spawn_blocking(move || {
-            let status = again.0.wait().unwrap();
-            (status, again)
-        });
-        assert!(status.await.unwrap().0.success());
-        assert_eq!(active_by_subject(&lake).await, without);
+        assert!(jobs.candor_to_the_end(&ERASE).await);
+        assert_eq!(active_by_subject(lake).await, without);
         let total_without: i64 = without.values().sum();
-        assert_eq!(external_total(), [total_without, total_without]);
-        let entries = audit.entries(&acme).await.unwrap();
-        assert!(entries.iter().any(|e| e.event.action == "lake.erasure"));
+        assert_eq!(jobs.external_total(), [total_without, total_without]);
+        assert_eq!(jobs.audited("lake.erasure").await, 1);
+    })
+    .await
+    .expect("test finished within its hang guard");
+}
+
+/// An erasure stopped in the middle of its VACUUM, as a SIGKILL there
+/// leaves it: its DELETE committed, one old file deleted and the others
+/// not. Every reader reads the lake without the employee already; the old
+/// files still holding the employee's rows are the only trace, and the
+/// same erasure run again (`candor retention erase`) deletes them, though
+/// it finds no row left to delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_stopped_midway_through_its_vacuum_is_finished_when_run_again() {
+    use candor_lake::jobs::erasure::{ErasureRequest, erase_subject};
+    tokio::time::timeout(GUARD, async {
+        let jobs = JobsLake::start().await;
+        let (erased, without) = jobs.erased().await;
+        let (_, holding_before, _) = common::lake::rows_of_subject(&jobs.lake_dir, &erased);
+        assert!(holding_before.len() >= 2, "{holding_before:?}");
+
+        // The erasure, through stores that let one deletion through.
+        let gate = DeleteGate::after(1);
+        let held = Lake::local(&jobs.lake_dir).unwrap().layered(|inner| {
+            FaultyStore::holding_deletes(inner, gate.clone()) as Arc<dyn object_store::ObjectStore>
+        });
+        let control = &jobs.machine.control;
+        let (docs, audit) = (control.store.documents(), control.admin.audit_log().clone());
+        let request = ErasureRequest {
+            tenant: TenantId::new("acme").unwrap(),
+            subject: erased.clone(),
+            actor: "operator".into(),
+            source: "test".into(),
+        };
+        let erasing = tokio::spawn(async move {
+            let now = Utc::now().timestamp_millis();
+            erase_subject(&held.into(), &docs, &audit, &request, now).await
+        });
+        while !gate.holding() {
+            assert!(!erasing.is_finished(), "{:?}", erasing.await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        erasing.abort();
+        let _ = erasing.await;
+
+        // The delete is in: every reader reads the lake without the employee.
+        assert_eq!(active_by_subject(&jobs.lake).await, without);
+        let total_without: i64 = without.values().sum();
+        assert_eq!(jobs.external_total(), [total_without, total_without]);
+        // The old files are not all gone (the one deletion let through
+        // ends on its own), and the outcome is not on record.
+        let left_behind = loop {
+            let (_, holding, _) = common::lake::rows_of_subject(&jobs.lake_dir, &erased);
+            if holding.len() < holding_before.len() {
+                break holding;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(left_behind.len(), holding_before.len() - 1);
+        assert_eq!(jobs.audited("lake.erasure.start").await, 1);
+        assert_eq!(jobs.audited("lake.erasure").await, 0);
+
+        assert!(jobs.candor_to_the_end(&ERASE).await);
+        let (rows, holding, read) = common::lake::rows_of_subject(&jobs.lake_dir, &erased);
+        assert_eq!((rows, holding), (0, Vec::<String>::new()), "{read} objects read");
+        assert!(read > 0);
+        assert_eq!(active_by_subject(&jobs.lake).await, without);
+        assert_eq!(jobs.external_total(), [total_without, total_without]);
+        assert_eq!(jobs.audited("lake.erasure").await, 1);
     })
     .await
     .expect("test finished within its hang guard");

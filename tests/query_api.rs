@@ -1392,7 +1392,7 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
         // Every object in the lake, committed or not, read whole: none
         // holds a row of hers (the files rewritten are vacuumed at once).
         let lake_dir = s._dir.path().join("lake");
-        let scanned = rows_of_subject(&lake_dir, &alice);
+        let scanned = common::lake::rows_of_subject(&lake_dir, &alice);
         assert_eq!(
             scanned.0, 0,
             "rows of the erased subject left in {:?}",
@@ -1452,54 +1452,6 @@ async fn erasing_an_employee_removes_their_rows_and_only_theirs() {
     })
     .await
     .expect("test finished within its hang guard");
-}
-
-/// Rows whose `subject` is `subject` in every Parquet object under `dir`
-/// (the Delta logs aside), the objects that hold any, and the objects read.
-fn rows_of_subject(dir: &std::path::Path, subject: &str) -> (usize, Vec<String>, usize) {
-    use arrow::array::AsArray;
-    let (mut rows, mut holding, mut read) = (0, Vec::new(), 0);
-    let mut folders = vec![dir.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                if !path.ends_with("_delta_log") {
-                    folders.push(path);
-                }
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "parquet") {
-                continue;
-            }
-            read += 1;
-            let file = std::fs::File::open(&path).unwrap();
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
-                let Some(column) = batch.column_by_name("subject") else {
-                    continue;
-                };
-                // Rewritten files may hold strings as views.
-                let column =
-                    arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).unwrap();
-                let found = column
-                    .as_string::<i32>()
-                    .iter()
-                    .filter(|s| *s == Some(subject))
-                    .count();
-                if found > 0 {
-                    rows += found;
-                    holding.push(path.display().to_string());
-                }
-            }
-        }
-    }
-    (rows, holding, read)
 }
 
 /// Every row of every view the analyst can see, as sorted JSON texts: the

@@ -192,6 +192,84 @@ async fn expired_partitions_and_cancelled_tenants_go_and_each_deletion_is_audite
     assert_eq!(audit.entries(&acme).await.unwrap().len(), entries.len());
 }
 
+/// An expired partition goes with every object in its folder, whether the
+/// table names it (a compaction's replaced file, a flush that never
+/// committed) or not; and a partition an interrupted run deleted from the
+/// table, leaving its files, is recorded and deleted by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_partition_goes_with_every_object_in_its_folder() {
+    let master = random_master();
+    let control = Control::local_with(&master, &["acme"]).await; // starter: 30 days
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let today = Utc::now().date_naive();
+    let folder = |days: u64| format!("activity/tenant=acme/date={}", today - Days::new(days));
+    let orphan = |days: u64| ObjectPath::from(format!("{}/part-never-committed.parquet", folder(days)));
+    put(&lake, "activity", "acme", today - Days::new(40)).await;
+    put(&lake, "activity", "acme", today - Days::new(10)).await;
+    for days in [40, 10] {
+        lake.put_durable(&orphan(days), b"rows".to_vec().into())
+            .await
+            .unwrap();
+    }
+    // A run stopped after its DELETE of day 50 committed: the file stays.
+    let interrupted = put(&lake, "activity", "acme", today - Days::new(50)).await;
+    let mut table = candor_lake::DatasetTable::open(&lake, candor_schemas::Dataset::Activity)
+        .await
+        .unwrap();
+    table
+        .delete_rows(&format!("tenant = 'acme' AND date = '{}'", today - Days::new(50)))
+        .await
+        .unwrap();
+    assert!(all_objects(&lake).await.contains(interrupted.as_str()));
+
+    let (store, prefix) = (
+        control.store.raw(),
+        candor_control::testkit::TestStore::prefix(),
+    );
+    let audit = AuditLog::new(store, &prefix, master.clone());
+    let docs = control.store.documents();
+    let lakes = Lakes::from(lake.clone());
+    let now_ms = Utc::now().timestamp_millis();
+    let config = RetentionConfig::default();
+    let done = retention::run(&lakes, &docs, &audit, &config, now_ms)
+        .await
+        .unwrap();
+    let mut gone: Vec<_> = done.deleted.iter().map(|d| (d.date, d.objects)).collect();
+    gone.sort();
+    assert_eq!(
+        gone,
+        vec![(today - Days::new(50), 1), (today - Days::new(40), 1)],
+        "{done:?}"
+    );
+    for days in [50, 40] {
+        assert!(!dir.path().join(folder(days)).exists(), "day {days} left a folder");
+    }
+    let left = all_objects(&lake).await;
+    assert!(left.contains(orphan(10).as_ref()), "a kept partition keeps its objects");
+    assert_eq!(
+        left.iter().filter(|o| o.starts_with(&folder(10))).count(),
+        2
+    );
+    let acme = TenantId::new("acme").unwrap();
+    let entries = audit.entries(&acme).await.unwrap();
+    let recorded: Vec<_> = entries
+        .iter()
+        .map(|e| (e.event.target.clone(), e.event.detail["in_table"].clone()))
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![
+            (folder(50), serde_json::json!(false)),
+            (folder(40), serde_json::json!(true)),
+        ]
+    );
+    let again = retention::run(&lakes, &docs, &audit, &config, now_ms)
+        .await
+        .unwrap();
+    assert!(again.deleted.is_empty(), "{again:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_deleted_when_the_deletion_cannot_be_audited() {
     let master = random_master();

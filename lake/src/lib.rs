@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod layout;
 pub mod store;
 pub mod table;
+pub mod testkit;
 
 pub use layout::PartitionKey;
 pub use store::{Lake, LakeError, Lakes, encode_parquet};

@@ -165,6 +165,16 @@ impl Lake {
         })
     }
 
+    /// The same lake, every request to its stores passing through `layer`
+    /// (a wrapper that counts, delays or fails them, as fault tests do).
+    pub fn layered(self, layer: impl Fn(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>) -> Self {
+        Self {
+            store: layer(self.store),
+            root_store: layer(self.root_store),
+            ..self
+        }
+    }
+
     /// Where the lake is, with a trailing slash.
     pub fn url(&self) -> &Url {
         &self.url
@@ -230,11 +240,61 @@ impl Lake {
         Ok(self.store.list(Some(prefix)).try_collect().await?)
     }
 
+    /// The names of the folders right under `prefix` (`date=…` under a
+    /// tenant's folder), whatever objects they hold.
+    pub async fn folders_under(&self, prefix: &ObjectPath) -> Result<Vec<String>, LakeError> {
+        let listed = self.store.list_with_delimiter(Some(prefix)).await?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// Deletes every object under `prefix`, and on a local lake the emptied
+    /// folder, once the deletions are durable; returns how many objects.
+    pub async fn delete_folder(&self, prefix: &ObjectPath) -> Result<usize, LakeError> {
+        use futures::StreamExt;
+        let locations: Vec<_> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| Ok(o.location))
+            .collect();
+        let objects = locations.len();
+        let mut deleted = self
+            .store
+            .delete_stream(futures::stream::iter(locations).boxed());
+        while let Some(outcome) = deleted.next().await {
+            match outcome {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(root) = &self.local_root {
+            let dir = root.join(prefix.as_ref());
+            if dir.exists() {
+                fsync_path(&dir)?;
+            }
+        }
+        self.remove_empty_folder(prefix)?;
+        Ok(objects)
+    }
+
     /// An object's bytes, or `None` if there is no such object.
     pub async fn get_optional(&self, path: &ObjectPath) -> Result<Option<bytes::Bytes>, LakeError> {
         match self.store.get(path).await {
             Ok(found) => Ok(Some(found.bytes().await?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether an object is there (its metadata only is read).
+    pub async fn exists(&self, path: &ObjectPath) -> Result<bool, LakeError> {
+        match self.store.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

@@ -140,30 +140,6 @@ async fn tenant_totals(table: &DatasetTable, tenant: &str, predicate: &str) -> (
     (count.value(0), (!sum.is_null(0)).then(|| sum.value(0)))
 }
 
-/// What engines other than Candor's read in the local lake at `dir`:
-/// per engine and dataset, `[tenant, rows, sum of measure]` per tenant
-/// (`read_delta.py`: PyPI deltalake and DuckDB's delta extension).
-fn external_sums(dir: &std::path::Path, wanted: &[(&str, &str)]) -> serde_json::Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_delta.py");
-    let output = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(dir)
-        .args(
-            wanted
-                .iter()
-                .map(|(dataset, measure)| format!("{dataset}:{measure}")),
-        )
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
-}
-
 /// Asserts that both external engines read `expected` for `dataset`.
 fn assert_external(
     dir: &std::path::Path,
@@ -171,7 +147,7 @@ fn assert_external(
     measure: &str,
     expected: serde_json::Value,
 ) {
-    let read = external_sums(dir, &[(dataset, measure)]);
+    let read = candor_lake::testkit::external_sums(dir, &[(dataset, measure)]);
     for engine in ["deltalake", "duckdb"] {
         assert_eq!(
             read[engine][dataset], expected,

@@ -221,7 +221,7 @@ impl Ledger {
             // after it: committing a missing object would break the table.
             for object in &objects {
                 let path = object.key.object_path(&object.file_name);
-                if lake.get_optional(&path).await?.is_none() {
+                if !lake.exists(&path).await? {
                     return Err(LakeError::Corrupt(format!(
                         "{path}: named by the committed flush of partition {partition} through \
                          offset {last}, and gone (deleted by VACUUM while no processor read the \

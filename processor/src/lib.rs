@@ -117,6 +117,9 @@ pub struct ProcessorStats {
     /// Flushes another processor committed the state of and not all of
     /// the rows, whose rows this one committed on taking the partition over.
     pub flushes_completed: u64,
+    /// Seconds spent in the flushes' Delta commits (state and dataset
+    /// tables, retries included).
+    pub table_commit_time: Duration,
 }
 
 pub struct Processor<C> {
@@ -197,6 +200,7 @@ impl<C: LogConsumer> Processor<C> {
             files_written: m.files_written.get(),
             rows_written: m.rows_written.get(),
             flushes_completed: m.flushes_completed.get(),
+            table_commit_time: Duration::from_secs_f64(m.table_commit_seconds.get_sample_sum()),
         }
     }
 
@@ -435,6 +439,7 @@ impl<C: LogConsumer> Processor<C> {
             }
         }
         let mut commits = self.write_objects(&mut prepared).await?;
+        let committing = Instant::now();
         let mut backoff = Backoff::default();
         let mut written_at = Instant::now();
         while let Err(e) = self.ledger.commit_state(&commits).await {
@@ -458,6 +463,9 @@ impl<C: LogConsumer> Processor<C> {
             self.metrics.lake_retries.inc();
             backoff.wait("committing the flush's rows", &e).await;
         }
+        self.metrics
+            .table_commit_seconds
+            .observe(committing.elapsed().as_secs_f64());
         for object in prepared.iter().flat_map(|p| &p.objects) {
             self.metrics.rows_written.inc_by(object.rows as u64);
             self.metrics.bytes_written.inc_by(object.bytes.len() as u64);

@@ -29,6 +29,10 @@ pub struct ProcessorMetrics {
     pub lake_retries: IntCounter,
     /// One partition's flush: aggregate, write the objects, commit them.
     pub flush_seconds: Histogram,
+    /// One flush's Delta commits: the state table's version, then one per
+    /// dataset table it wrote (retries included). What the table format
+    /// costs a flush beyond writing its objects.
+    pub table_commit_seconds: Histogram,
     /// Records in the log not yet committed by this processor's group.
     pub lag_records: IntGauge,
     /// The same, per log partition.
@@ -74,6 +78,17 @@ impl ProcessorMetrics {
         registry
             .register(Box::new(flush_seconds.clone()))
             .expect("unique metric name");
+        let table_commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "candor_processor_table_commit_seconds",
+                "Time to commit one flush to the lake's Delta tables (the state table, then each dataset table written), retries included",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(table_commit_seconds.clone()))
+            .expect("unique metric name");
         let partition_lag_records = IntGaugeVec::new(
             Opts::new(
                 "candor_processor_partition_lag_records",
@@ -89,6 +104,7 @@ impl ProcessorMetrics {
             partition_lag_records,
             events_dropped,
             flush_seconds,
+            table_commit_seconds,
             bytes_written: counter(
                 "candor_processor_bytes_written_total",
                 "Bytes of Parquet objects written",

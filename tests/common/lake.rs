@@ -1,5 +1,6 @@
-//! Reading a lake as its tables say, and a store that fails the commits
-//! of one table on demand (a processor stopped at an exact point).
+//! Reading a lake as its tables say, and a store with faults on demand
+//! (a writer stopped at an exact point): one table's commits refused, or
+//! deletions held after the first few.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use async_trait::async_trait;
 use candor_lake::{DatasetTable, Lake};
 use candor_schemas::TenantId;
 use candor_schemas::datasets::Dataset;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
@@ -33,27 +35,69 @@ pub async fn committed_objects(lake: &Lake, dataset: Dataset, tenant: &str) -> V
     paths
 }
 
-/// A store that, while armed, refuses every new version of the table
-/// rooted at `table` (its `_delta_log` entries after the first), so a
-/// writer retries that commit until it is stopped, and counts the refusals.
+/// A store that, while armed, refuses every new version of one table (its
+/// `_delta_log` entries after the first), so a writer retries that commit
+/// until it is stopped, and counts the refusals; or that lets a number of
+/// data-file deletions through and holds every later one forever, so a
+/// VACUUM can be stopped midway.
 #[derive(Debug)]
-pub struct FailingCommits {
+pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
-    log: String,
+    /// The log whose new versions are refused, while armed.
+    refused_log: Option<String>,
     armed: AtomicBool,
     refused: AtomicUsize,
+    deletes: Option<Arc<DeleteGate>>,
 }
 
-impl FailingCommits {
-    pub fn wrap(inner: Arc<dyn ObjectStore>, lake_prefix: &str, table: &str) -> Arc<Self> {
+/// Lets `allowed` deletions of data files (Parquet objects outside any
+/// `_delta_log`) through, then holds the rest; shared by the stores of one
+/// lake.
+#[derive(Debug)]
+pub struct DeleteGate {
+    allowed: usize,
+    asked: AtomicUsize,
+}
+
+impl DeleteGate {
+    pub fn after(allowed: usize) -> Arc<Self> {
+        Arc::new(Self {
+            allowed,
+            asked: AtomicUsize::new(0),
+        })
+    }
+
+    /// Whether a deletion beyond the allowed ones is being held.
+    pub fn holding(&self) -> bool {
+        self.asked.load(Ordering::SeqCst) > self.allowed
+    }
+}
+
+impl FaultyStore {
+    pub fn refusing_commits(
+        inner: Arc<dyn ObjectStore>,
+        lake_prefix: &str,
+        table: &str,
+    ) -> Arc<Self> {
         Arc::new(Self {
             inner,
-            log: match lake_prefix.trim_matches('/') {
+            refused_log: Some(match lake_prefix.trim_matches('/') {
                 "" => format!("{table}/_delta_log/"),
                 prefix => format!("{prefix}/{table}/_delta_log/"),
-            },
+            }),
             armed: AtomicBool::new(true),
             refused: AtomicUsize::new(0),
+            deletes: None,
+        })
+    }
+
+    pub fn holding_deletes(inner: Arc<dyn ObjectStore>, gate: Arc<DeleteGate>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            refused_log: None,
+            armed: AtomicBool::new(false),
+            refused: AtomicUsize::new(0),
+            deletes: Some(gate),
         })
     }
 
@@ -66,14 +110,14 @@ impl FailingCommits {
     }
 }
 
-impl fmt::Display for FailingCommits {
+impl fmt::Display for FaultyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FailingCommits({})", self.inner)
+        write!(f, "FaultyStore({})", self.inner)
     }
 }
 
 #[async_trait]
-impl ObjectStore for FailingCommits {
+impl ObjectStore for FaultyStore {
     async fn put_opts(
         &self,
         location: &Path,
@@ -81,7 +125,10 @@ impl ObjectStore for FailingCommits {
         opts: PutOptions,
     ) -> Result<PutResult> {
         let path = location.as_ref();
-        let a_new_version = path.starts_with(&self.log)
+        let a_new_version = self
+            .refused_log
+            .as_ref()
+            .is_some_and(|log| path.starts_with(log.as_str()))
             && path.ends_with(".json")
             && !path.ends_with("00000000000000000000.json");
         if a_new_version && self.armed.load(Ordering::SeqCst) {
@@ -118,7 +165,22 @@ impl ObjectStore for FailingCommits {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
+        let Some(gate) = self.deletes.clone() else {
+            return self.inner.delete_stream(locations);
+        };
+        let gated = locations.then(move |location| {
+            let gate = gate.clone();
+            async move {
+                let data_file = location.as_ref().is_ok_and(|p| {
+                    p.as_ref().ends_with(".parquet") && !p.as_ref().contains("_delta_log/")
+                });
+                if data_file && gate.asked.fetch_add(1, Ordering::SeqCst) >= gate.allowed {
+                    std::future::pending::<()>().await;
+                }
+                location
+            }
+        });
+        self.inner.delete_stream(Box::pin(gated))
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
@@ -189,27 +251,50 @@ pub async fn put_committed(
     path
 }
 
-/// What engines other than Candor's read in the local lake at `dir`: per
-/// engine (`deltalake`, `duckdb`) and dataset, `[tenant, rows, sum of
-/// measure]` per tenant (`lake/tests/read_delta.py`: the PyPI `deltalake`
-/// package and DuckDB's delta extension).
-pub fn external_sums(dir: &std::path::Path, wanted: &[(&str, &str)]) -> serde_json::Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lake/tests/read_delta.py");
-    let output = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(dir)
-        .args(
-            wanted
-                .iter()
-                .map(|(dataset, measure)| format!("{dataset}:{measure}")),
-        )
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
+/// Rows whose `subject` is `subject` in every Parquet object under `dir`
+/// (the Delta logs aside), the objects that hold any, and the objects read.
+pub fn rows_of_subject(dir: &std::path::Path, subject: &str) -> (usize, Vec<String>, usize) {
+    use arrow::array::AsArray;
+    let (mut rows, mut holding, mut read) = (0, Vec::new(), 0);
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("_delta_log") {
+                    folders.push(path);
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "parquet") {
+                continue;
+            }
+            read += 1;
+            let file = std::fs::File::open(&path).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let Some(column) = batch.column_by_name("subject") else {
+                    continue;
+                };
+                // Rewritten files may hold strings as views.
+                let column =
+                    arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).unwrap();
+                let found = column
+                    .as_string::<i32>()
+                    .iter()
+                    .filter(|s| *s == Some(subject))
+                    .count();
+                if found > 0 {
+                    rows += found;
+                    holding.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    (rows, holding, read)
 }

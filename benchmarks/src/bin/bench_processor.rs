@@ -269,6 +269,7 @@ async fn drain(
             "undecodable": stats.records_undecodable,
             "files": stats.files_written,
             "rows": stats.rows_written,
+            "table_commit_s": stats.table_commit_time.as_secs_f64(),
             "peak_rss_mib": own_peak_rss_mib()?,
         })
     );
@@ -1243,6 +1244,23 @@ fn report(args: &Args, prepared: &Prepared, runs: &[Run]) {
         thousands(m[7]),
         m[8],
         m[9],
+    );
+    println!();
+    // What the table format costs: the flushes' Delta commits (state table,
+    // then each dataset table), which the processor waits for in turn.
+    let shares: Vec<f64> = runs
+        .iter()
+        .map(|r| f(&r.processor, "table_commit_s") / f(&r.processor, "wall_s"))
+        .collect();
+    let median_share = median(shares.clone());
+    println!(
+        "Delta commits, share of the processor's wall time: {} (median {:.1}%; goal at most 10%)",
+        runs.iter()
+            .zip(&shares)
+            .map(|(r, s)| format!("{:.2} s ({:.1}%)", f(&r.processor, "table_commit_s"), s * 100.0))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        median_share * 100.0,
     );
     println!();
     let last = runs.last();

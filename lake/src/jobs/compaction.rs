@@ -10,8 +10,7 @@
 //! committed meanwhile do not conflict with it. The replaced files stay for
 //! [`super::REPLACED_RETENTION`] (queries planned before, and owners'
 //! questions as of an earlier moment, may still read them), then VACUUM
-//! deletes them, with the objects of flushes that never
-//! committed once [`super::UNCOMMITTED_RETENTION`] old.
+//! deletes them, with the objects no version names once as old.
 //!
 //! A tenant with a lake of its own (data residency) is compacted there.
 
@@ -19,7 +18,7 @@ use std::num::NonZeroU64;
 
 use serde::Serialize;
 
-use super::{REPLACED_RETENTION, UNCOMMITTED_RETENTION, tables_of};
+use super::{REPLACED_RETENTION, tables_of};
 use crate::{Lake, LakeError, Lakes};
 
 #[derive(Debug, Clone)]
@@ -95,7 +94,7 @@ pub async fn compact(lake: &Lake, config: &CompactionConfig) -> Result<Compacted
         done.objects_merged += compacted.files_removed;
         done.objects_written += compacted.files_added;
         done.objects_vacuumed += table
-            .vacuum(REPLACED_RETENTION, UNCOMMITTED_RETENTION)
+            .vacuum(REPLACED_RETENTION, REPLACED_RETENTION)
             .await?;
     }
     Ok(done)

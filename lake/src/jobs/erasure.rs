@@ -102,9 +102,9 @@ pub async fn erase_subject(
         let lake_name = key.as_deref().unwrap_or("deployment").to_string();
         for mut table in tables_of(&lake).await? {
             let deleted = table.delete_rows(&predicate).await?;
-            if deleted.files_removed > 0 {
-                table.vacuum(Duration::ZERO, UNCOMMITTED_RETENTION).await?;
-            }
+            // Even when this run deleted no row: an interrupted run's
+            // delete committed and left the old files for this VACUUM.
+            table.vacuum(Duration::ZERO, UNCOMMITTED_RETENTION).await?;
             erased.objects_rewritten += deleted.files_removed;
             erased.objects_written += deleted.files_added;
             erased.rows_removed += deleted.rows.unwrap_or(0);

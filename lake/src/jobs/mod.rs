@@ -21,18 +21,24 @@ use candor_schemas::Dataset;
 
 use crate::{DatasetTable, Lake, LakeError};
 
-/// How long VACUUM keeps objects that no table version names, counted from
-/// when they were written: the objects of a flush that has not committed
-/// yet are among them, so this is far longer than any flush takes from
-/// writing to committing (a processor rewrites objects that waited 15
-/// minutes, see `candor_processor`).
+/// How long an erasure's VACUUM keeps objects that no table version names,
+/// counted from when they were written: the objects of a flush that has not
+/// committed yet are among them, so this is far longer than any flush takes
+/// from writing to committing (a processor rewrites objects that waited 15
+/// minutes, see `candor_processor`). Older ones (a flush that never
+/// committed) may hold the erased employee's rows, so they go with them.
 pub const UNCOMMITTED_RETENTION: Duration = Duration::from_secs(3600);
 
-/// How long compaction leaves the files it replaced: queries planned on
-/// the version before read them, and so do an owner's questions `as_of` a
-/// moment before the compaction. They hold the same rows as the files that
-/// replaced them; a retention or erasure run deletes them at once with the
-/// rows it deletes.
+/// How long compaction's VACUUM leaves the files a compaction replaced,
+/// and objects no version names: queries planned on the version before
+/// read the replaced files, and so do an owner's questions `as_of` a moment
+/// before the compaction and `candor extract verify`. They hold the same
+/// rows as the files that replaced them; objects no version names hold
+/// rows of flushes that never committed (written again by their successor)
+/// or of a flush a stopped processor committed only to its state (whose
+/// successor commits them to the tables). Retention deletes an expired
+/// partition's files at once, whatever their kind, and an erasure every
+/// file the employee's rows are in.
 pub const REPLACED_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
 /// The tables of `lake` that exist, one per dataset.

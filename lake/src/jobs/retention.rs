@@ -11,10 +11,19 @@
 //! or later, so nothing ingest accepts is deleted on arrival.
 //!
 //! A partition is deleted from its dataset's Delta table (a metadata-only
-//! DELETE: its files leave the table in one version), then VACUUM deletes
-//! the files' bytes at once, so an expired partition's bytes are gone when
-//! the run returns. A query planned on the version before may fail to read
-//! them; it is planned again on the next request.
+//! DELETE: its files leave the table in one version), then every object in
+//! its folder is deleted and the folder removed: the files the DELETE
+//! removed, the files a compaction of the partition replaced earlier, and
+//! objects of flushes that never committed. This is VACUUM for exactly the
+//! expired partition, with no retention: an expired partition's bytes are
+//! gone when the run returns, while the rest of the table keeps what its
+//! own VACUUM keeps (see [`super::REPLACED_RETENTION`]). A query planned on
+//! the version before may fail to read them; it is planned again on the
+//! next request.
+//!
+//! An expired partition folder the table no longer names is what an
+//! interrupted run left (its DELETE committed, not all of its bytes
+//! deleted): the next run records and deletes it like any other.
 //!
 //! Every lake in use is visited: the deployment's and every lake a tenant
 //! names (data residency). A tenant's partitions are expired in all of
@@ -28,9 +37,9 @@ use candor_control::{AuditEvent, AuditLog, DocumentStore, Tenant};
 use candor_schemas::{Dataset, TenantId};
 use chrono::NaiveDate;
 
-use super::{UNCOMMITTED_RETENTION, tables_of};
+use super::tables_of;
 use crate::layout::{date_folder, tenant_folder};
-use crate::{DatasetTable, LakeError, Lakes};
+use crate::{DatasetTable, Lake, LakeError, Lakes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -99,43 +108,25 @@ pub async fn run(
             }
         };
         for mut table in tables {
-            let mut gone = Vec::new();
             for tenant in &all {
-                match expire_tenant(&mut table, name, audit, tenant, config, now_ms).await {
-                    Ok(deleted) => gone.extend(deleted),
+                match expire_tenant(&mut table, &lake, name, audit, tenant, config, now_ms).await {
+                    Ok(deleted) => done.deleted.extend(deleted),
                     Err(e) => {
                         tracing::error!(tenant = %tenant.id, table = table.dataset().name(), error = %e, "retention skipped this tenant");
                         done.skipped += 1;
                     }
                 }
             }
-            if gone.is_empty() {
-                continue;
-            }
-            match table.vacuum(Duration::ZERO, UNCOMMITTED_RETENTION).await {
-                // Not even a partition's name stays behind.
-                Ok(_) => {
-                    for partition in &gone {
-                        let folder = tenant_folder(partition.dataset, &partition.tenant)
-                            .join(date_folder(&partition.date.to_string()));
-                        lake.remove_empty_folder(&folder)?;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(lake = name, table = table.dataset().name(), error = %e, "vacuum after retention failed; the next run deletes the bytes");
-                    done.skipped += 1;
-                }
-            }
-            done.deleted.extend(gone);
         }
     }
     Ok(done)
 }
 
-/// Deletes one tenant's expired partitions of one table (all of them once
-/// a cancelled tenant's grace period is over). The caller vacuums.
+/// Deletes one tenant's expired partitions of one table of `lake` (all of
+/// them once a cancelled tenant's grace period is over), rows and bytes.
 pub async fn expire_tenant(
     table: &mut DatasetTable,
+    lake: &Lake,
     lake_name: &str,
     audit: &AuditLog,
     tenant: &Tenant,
@@ -150,16 +141,24 @@ pub async fn expire_tenant(
         .is_some_and(|at| now_ms - at >= config.purge_grace.as_millis() as i64);
     let keep_from = today - chrono::Days::new(u64::from(tenant.retention_days()));
     table.refresh().await?;
-    // The tenant's partitions in the table, with what they hold.
-    let mut partitions: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-    for object in table.tenant_objects(&tenant.id)? {
-        let held = partitions.entry(object.date).or_default();
-        held.0 += 1;
-        held.1 += object.size;
-    }
     let dataset = table.dataset();
+    // The tenant's partitions in the table, with what they hold, and the
+    // folders of partitions the table no longer names.
+    let mut partitions: BTreeMap<String, Held> = BTreeMap::new();
+    for object in table.tenant_objects(&tenant.id)? {
+        let held = partitions.entry(object.date).or_insert(Held::IN_TABLE);
+        held.objects += 1;
+        held.bytes += object.size;
+    }
+    for date in lake.folders_under(&tenant_folder(dataset, &tenant.id)).await? {
+        if let Some(date) = date.strip_prefix("date=") {
+            partitions
+                .entry(date.to_string())
+                .or_insert(Held::LEFT_BEHIND);
+        }
+    }
     let mut deleted = Vec::new();
-    for (date, (objects, bytes)) in partitions {
+    for (date, mut held) in partitions {
         let Ok(day) = date.parse::<NaiveDate>() else {
             tracing::warn!(tenant = %tenant.id, dataset = dataset.name(), date, "a partition whose date is not a date: left alone");
             continue;
@@ -168,6 +167,15 @@ pub async fn expire_tenant(
             continue;
         }
         let partition = tenant_folder(dataset, &tenant.id).join(date_folder(&date));
+        if !held.in_table {
+            let left = lake.list(&partition).await?;
+            if left.is_empty() {
+                lake.remove_empty_folder(&partition)?;
+                continue;
+            }
+            held.objects = left.len();
+            held.bytes = left.iter().map(|o| o.size).sum();
+        }
         let event = AuditEvent {
             actor: "retention".into(),
             role: "system".into(),
@@ -181,31 +189,55 @@ pub async fn expire_tenant(
             source: "processor".into(),
             detail: serde_json::json!({
                 "lake": lake_name,
-                "objects": objects,
-                "bytes": bytes,
+                "objects": held.objects,
+                "bytes": held.bytes,
                 "table_version": table.version(),
+                "in_table": held.in_table,
                 "retention_days": tenant.retention_days(),
                 "cancelled_at_ms": tenant.cancelled_at_ms,
             }),
         };
         // Recorded before anything is deleted: an interrupted run leaves an
-        // entry and the partition, which the next run deletes (and records
-        // again).
+        // entry and the partition (or its folder), which the next run
+        // deletes (and records again).
         audit.append(&tenant.id, event, now_ms).await?;
-        let predicate = format!(
-            "tenant = '{}' AND date = '{}'",
-            tenant.id,
-            date.replace('\'', "''")
-        );
-        let done = table.delete_rows(&predicate).await?;
-        tracing::info!(tenant = %tenant.id, %partition, objects, bytes, version = done.version_after, "deleted an expired partition");
+        if held.in_table {
+            let predicate = format!(
+                "tenant = '{}' AND date = '{}'",
+                tenant.id,
+                date.replace('\'', "''")
+            );
+            table.delete_rows(&predicate).await?;
+        }
+        let objects_deleted = lake.delete_folder(&partition).await?;
+        tracing::info!(tenant = %tenant.id, %partition, objects = held.objects, bytes = held.bytes, objects_deleted, version = table.version(), "deleted an expired partition");
         deleted.push(Deleted {
             tenant: tenant.id.clone(),
             dataset,
             date: day,
-            objects,
-            bytes,
+            objects: held.objects,
+            bytes: held.bytes,
         });
     }
     Ok(deleted)
+}
+
+/// What a partition holds, and whether the table still names it.
+struct Held {
+    objects: usize,
+    bytes: u64,
+    in_table: bool,
+}
+
+impl Held {
+    const IN_TABLE: Self = Self {
+        objects: 0,
+        bytes: 0,
+        in_table: true,
+    };
+    const LEFT_BEHIND: Self = Self {
+        objects: 0,
+        bytes: 0,
+        in_table: false,
+    };
 }

@@ -83,25 +83,27 @@ impl DatasetTable {
 
     /// Deletes the table's files that a delete or a compaction replaced
     /// more than `replaced` ago, and every other object under the table
-    /// that no version names once it is `uncommitted` old (a write that
-    /// never committed). Returns how many objects it deleted. `uncommitted`
-    /// must be longer than any writer takes from writing an object to
-    /// committing it; `replaced`, than any query planned on an older
-    /// version may still read.
+    /// that no version names once it is `untracked` old (a write that never
+    /// committed). Returns how many objects it deleted.
+    ///
+    /// `untracked` must be longer than any writer takes from writing an
+    /// object to committing it; `replaced`, than any query planned on an
+    /// older version may still read. Delta's full VACUUM deletes replaced
+    /// files by its one retention too, so a replaced file is kept the
+    /// shorter of the two.
     pub async fn vacuum(
         &mut self,
         replaced: Duration,
-        uncommitted: Duration,
+        untracked: Duration,
     ) -> Result<usize, LakeError> {
         let name = self.dataset().name();
         self.refresh().await?;
         let mut deleted = 0;
-        // Lite: the files the log says were removed. Full: whatever the
+        // Lite: the files the log says were removed (only needed when it
+        // keeps them for less than the full pass does). Full: whatever the
         // folder holds and no version names.
-        for (mode, retention) in [
-            (VacuumMode::Lite, replaced),
-            (VacuumMode::Full, uncommitted),
-        ] {
+        let lite = (replaced < untracked).then_some((VacuumMode::Lite, replaced));
+        for (mode, retention) in lite.into_iter().chain([(VacuumMode::Full, untracked)]) {
             let retention = chrono::Duration::from_std(retention)
                 .map_err(|e| LakeError::Refused(format!("vacuum retention: {e}")))?;
             let (table, metrics) = self
