@@ -319,60 +319,38 @@ impl Ledger {
     /// Chunks another processor completed meanwhile (it took one of the
     /// partitions over between this one's state and table commits) are
     /// left out of the table's commit.
+    ///
+    /// The tables are independent (the state commit before orders the
+    /// flush), so their commits go out together: a Delta commit is a
+    /// dozen small round trips to the store, and a flush waits for one
+    /// table's, not one after another's.
     pub async fn commit_tables(&mut self, chunks: &[ChunkCommit]) -> Result<(), LakeError> {
-        let mut by_table: HashMap<&TableKey, Vec<(&ChunkCommit, &[NewObject])>> = HashMap::new();
+        let mut by_table: HashMap<TableKey, Vec<(&ChunkCommit, &[NewObject])>> = HashMap::new();
         for chunk in chunks {
             for (key, objects) in &chunk.objects {
-                by_table.entry(key).or_default().push((chunk, objects));
+                by_table
+                    .entry(key.clone())
+                    .or_default()
+                    .push((chunk, objects));
             }
         }
-        let mut keys: Vec<TableKey> = by_table.keys().map(|k| (*k).clone()).collect();
-        keys.sort();
-        let group = self.group.clone();
-        for key in keys {
-            let table = self.table(&key).await?;
-            let mut committed = false;
-            // The first try commits every chunk: the table itself tells a
-            // progress it holds already (`PartlyCommitted`), and only then
-            // are the chunks another processor completed left out.
-            let mut leave_out_completed = false;
-            for _ in 0..3 {
-                let mut objects = Vec::new();
-                let mut progress = Vec::new();
-                for (chunk, chunk_objects) in &by_table[&key] {
-                    let mine = Progress::of_partition(&group, chunk.partition, chunk.last);
-                    if leave_out_completed
-                        && table.progress(&mine.app_id).await? == Some(chunk.last)
-                    {
-                        continue;
-                    }
-                    objects.extend(chunk_objects.iter().cloned());
-                    progress.push((mine, Prior::Older));
-                }
-                if progress.is_empty() {
-                    committed = true;
-                    break;
-                }
-                match table.append(&objects, &progress).await {
-                    Ok(_) => {
-                        committed = true;
-                        break;
-                    }
-                    Err(LakeError::PartlyCommitted { .. }) => {
-                        table.refresh().await?;
-                        leave_out_completed = true;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if !committed {
-                return Err(LakeError::Refused(format!(
-                    "the {} table kept taking partitions of this flush from another writer",
-                    key.1.name()
-                )));
-            }
+        let mut tables = Vec::with_capacity(by_table.len());
+        for (key, chunks) in by_table {
+            self.table(&key).await?;
+            let table = self.tables.remove(&key).expect("opened above");
+            tables.push((key, table, chunks));
         }
-        Ok(())
+        let group = self.group.as_str();
+        let committed = futures::future::join_all(
+            tables
+                .iter_mut()
+                .map(|(key, table, chunks)| commit_table(table, key.1, chunks, group)),
+        )
+        .await;
+        for (key, table, _) in tables {
+            self.tables.insert(key, table);
+        }
+        committed.into_iter().collect()
     }
 
     /// A partition whose polled records were all in the lake already: its
@@ -382,4 +360,45 @@ impl Ledger {
             known.next_offset = known.next_offset.max(next_offset);
         }
     }
+}
+
+/// Commits `chunks`' objects to one dataset table (see
+/// [`Ledger::commit_tables`]).
+async fn commit_table(
+    table: &mut DatasetTable,
+    dataset: Dataset,
+    chunks: &[(&ChunkCommit, &[NewObject])],
+    group: &str,
+) -> Result<(), LakeError> {
+    // The first try commits every chunk: the table itself tells a
+    // progress it holds already (`PartlyCommitted`), and only then are
+    // the chunks another processor completed left out.
+    let mut leave_out_completed = false;
+    for _ in 0..3 {
+        let mut objects = Vec::new();
+        let mut progress = Vec::new();
+        for (chunk, chunk_objects) in chunks {
+            let mine = Progress::of_partition(group, chunk.partition, chunk.last);
+            if leave_out_completed && table.progress(&mine.app_id).await? == Some(chunk.last) {
+                continue;
+            }
+            objects.extend(chunk_objects.iter().cloned());
+            progress.push((mine, Prior::Older));
+        }
+        if progress.is_empty() {
+            return Ok(());
+        }
+        match table.append(&objects, &progress).await {
+            Ok(_) => return Ok(()),
+            Err(LakeError::PartlyCommitted { .. }) => {
+                table.refresh().await?;
+                leave_out_completed = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(LakeError::Refused(format!(
+        "the {} table kept taking partitions of this flush from another writer",
+        dataset.name()
+    )))
 }

@@ -93,9 +93,7 @@ pub async fn compact(lake: &Lake, config: &CompactionConfig) -> Result<Compacted
         done.partitions += compacted.partitions;
         done.objects_merged += compacted.files_removed;
         done.objects_written += compacted.files_added;
-        done.objects_vacuumed += table
-            .vacuum(REPLACED_RETENTION, REPLACED_RETENTION)
-            .await?;
+        done.objects_vacuumed += table.vacuum(REPLACED_RETENTION, REPLACED_RETENTION).await?;
     }
     Ok(done)
 }

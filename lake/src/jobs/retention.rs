@@ -150,7 +150,10 @@ pub async fn expire_tenant(
         held.objects += 1;
         held.bytes += object.size;
     }
-    for date in lake.folders_under(&tenant_folder(dataset, &tenant.id)).await? {
+    for date in lake
+        .folders_under(&tenant_folder(dataset, &tenant.id))
+        .await?
+    {
         if let Some(date) = date.strip_prefix("date=") {
             partitions
                 .entry(date.to_string())

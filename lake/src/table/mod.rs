@@ -19,6 +19,7 @@ pub mod state;
 
 pub use dataset::PARTITION_COLUMNS;
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
@@ -76,6 +77,41 @@ pub(crate) struct TableSpec {
 pub(crate) struct Table {
     name: &'static str,
     table: DeltaTable,
+    progress: ProgressMemory,
+}
+
+/// The app ids' progress known at one version of a table. Delta answers
+/// "the last `txn` of this app id" by replaying the log since its last
+/// checkpoint, a file read per version (up to 100); a writer asks once per
+/// partition per commit, so each answer is kept until the table moves on.
+#[derive(Default)]
+struct ProgressMemory {
+    known: std::sync::Mutex<(Option<u64>, HashMap<String, Option<i64>>)>,
+}
+
+impl ProgressMemory {
+    fn get(&self, version: u64, app_id: &str) -> Option<Option<i64>> {
+        let known = self.known.lock().expect("not poisoned");
+        (known.0 == Some(version))
+            .then(|| known.1.get(app_id).copied())
+            .flatten()
+    }
+
+    /// Keeps `progress` of app ids as of `version`; what was known of an
+    /// older version is forgotten unless `carried`.
+    fn put(
+        &self,
+        version: u64,
+        progress: impl IntoIterator<Item = (String, Option<i64>)>,
+        carried: bool,
+    ) {
+        let mut known = self.known.lock().expect("not poisoned");
+        if known.0 != Some(version) && !carried {
+            known.1.clear();
+        }
+        known.0 = Some(version);
+        known.1.extend(progress);
+    }
 }
 
 impl Table {
@@ -98,7 +134,7 @@ impl Table {
             Err(e) => return Err(table_error(name, e)),
         }
         let table = evolve(table, &spec).await?;
-        Ok(Self { name, table })
+        Ok(Self::loaded(name, table))
     }
 
     /// The table `spec` describes in `lake` if there is one, loaded as it
@@ -114,10 +150,7 @@ impl Table {
             .map_err(|e| LakeError::Refused(format!("{} table location: {e}", spec.name)))?;
         let mut table = DeltaTable::new(log_store(lake, &url)?);
         match table.load().await {
-            Ok(()) => Ok(Some(Self {
-                name: spec.name,
-                table,
-            })),
+            Ok(()) => Ok(Some(Self::loaded(spec.name, table))),
             Err(DeltaTableError::NotATable(_)) => Ok(None),
             Err(e) => Err(table_error(spec.name, e)),
         }
@@ -131,7 +164,10 @@ impl Table {
     ) -> Result<Option<Self>, LakeError> {
         // Loaded first, so a lake with no table is told from a moment
         // before the table's first version.
-        let Some(Self { name, mut table }) = Self::load(lake, spec).await? else {
+        let Some(Self {
+            name, mut table, ..
+        }) = Self::load(lake, spec).await?
+        else {
             return Ok(None);
         };
         let loaded = match as_of {
@@ -148,8 +184,16 @@ impl Table {
             AsOf::Time(at) => table.load_with_datetime(at).await,
         };
         match loaded {
-            Ok(()) => Ok(Some(Self { name, table })),
+            Ok(()) => Ok(Some(Self::loaded(name, table))),
             Err(e) => Err(table_error(name, e)),
+        }
+    }
+
+    fn loaded(name: &'static str, table: DeltaTable) -> Self {
+        Self {
+            name,
+            table,
+            progress: ProgressMemory::default(),
         }
     }
 
@@ -180,10 +224,18 @@ impl Table {
 
     /// The last version committed for `app_id` in the loaded version.
     pub async fn progress(&self, app_id: &str) -> Result<Option<i64>, LakeError> {
-        self.snapshot()?
+        let version = self.version();
+        if let Some(known) = self.progress.get(version, app_id) {
+            return Ok(known);
+        }
+        let found = self
+            .snapshot()?
             .transaction_version(self.table.log_store().as_ref(), app_id)
             .await
-            .map_err(|e| table_error(self.name, e))
+            .map_err(|e| table_error(self.name, e))?;
+        self.progress
+            .put(version, [(app_id.to_string(), found)], false);
+        Ok(found)
     }
 
     /// Commits `actions` as one new version recording every progress in
@@ -254,8 +306,15 @@ impl Table {
             .await;
             match committed {
                 Ok(done) => {
-                    let version = done.version();
+                    let (before, version) = (self.version(), done.version());
                     self.table.state = Some(done.snapshot());
+                    // This commit's progress is the table's now. What else
+                    // was known stays true only if no other writer's commit
+                    // came in between (their app ids may have moved).
+                    let ours = progress
+                        .iter()
+                        .map(|(p, _)| (p.app_id.clone(), Some(p.version)));
+                    self.progress.put(version, ours, version == before + 1);
                     return Ok(version);
                 }
                 Err(DeltaTableError::Transaction {
