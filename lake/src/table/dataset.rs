@@ -186,21 +186,20 @@ impl DatasetTable {
         tenant: &TenantId,
     ) -> Result<Arc<dyn TableProvider>, LakeError> {
         let prefix = format!("{}/", self.dataset.name());
-        let paths: Vec<String> = self
+        let files: Vec<(String, String)> = self
             .tenant_objects(tenant)?
             .into_iter()
-            .map(|object| object.path[prefix.len()..].to_string())
+            .map(|object| (object.path[prefix.len()..].to_string(), object.date))
             .collect();
         let scan_error = |e: datafusion::error::DataFusionError| LakeError::Table {
             table: self.dataset.name(),
             source: Box::new(e.into()),
         };
         // A selection of no files reads nothing (tested), not everything.
-        self.delta()
-            .table_provider()
-            .with_file_paths(paths)
+        let scan = super::tenant_scan::TenantScan::new(self.delta().clone(), files)
             .await
-            .map_err(scan_error)
+            .map_err(scan_error)?;
+        Ok(Arc::new(scan))
     }
 }
 

@@ -16,6 +16,7 @@ pub mod dataset;
 pub mod maintenance;
 pub mod manifest;
 pub mod state;
+mod tenant_scan;
 
 pub use dataset::PARTITION_COLUMNS;
 

@@ -1,0 +1,149 @@
+//! One tenant's files of a dataset table at one version, as DataFusion
+//! reads them.
+//!
+//! The files are the tenant's and no other's, chosen when the table is
+//! built (see [`super::DatasetTable::tenant_provider`]). A scan opens only
+//! those of them whose `date` partition can match the statement's filters:
+//! delta-rs prunes partitions from the table's own file list, not from an
+//! explicit selection of files, so without this every question read all of
+//! the tenant's files, whatever days it asked about.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema};
+use datafusion::datasource::TableType;
+use datafusion::error::Result;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use deltalake::DeltaTable;
+
+/// The partition column a scan prunes the tenant's files by.
+const DATE: &str = "date";
+
+#[derive(Debug)]
+pub(crate) struct TenantScan {
+    table: DeltaTable,
+    /// The tenant's files: path within the table, and date.
+    files: Vec<(String, String)>,
+    /// The provider over all of the tenant's files (its schema, and how it
+    /// takes filters).
+    all: Arc<dyn TableProvider>,
+}
+
+impl TenantScan {
+    pub async fn new(table: DeltaTable, files: Vec<(String, String)>) -> Result<Self> {
+        let all = table
+            .table_provider()
+            .with_file_paths(files.iter().map(|(path, _)| path.clone()))
+            .await?;
+        Ok(Self { table, files, all })
+    }
+
+    /// The paths of the files whose date every filter on `date` alone
+    /// keeps (filters on other columns are left to the scan).
+    fn files_matching(&self, state: &dyn Session, filters: &[Expr]) -> Result<Vec<String>> {
+        let on_date: Vec<&Expr> = filters.iter().filter(|f| on_date_alone(f)).collect();
+        if on_date.is_empty() {
+            return Ok(self.files.iter().map(|(path, _)| path.clone()).collect());
+        }
+        // One row per file, its date as the table's column type.
+        let field = self.all.schema().field_with_name(DATE)?.clone();
+        let dates = StringArray::from_iter_values(self.files.iter().map(|(_, date)| date));
+        let dates = arrow::compute::cast(&dates, field.data_type())?;
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            DATE,
+            field.data_type().clone(),
+            true,
+        )]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![dates])?;
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let mut keep = BooleanArray::from(vec![true; self.files.len()]);
+        for filter in on_date {
+            let filter = unqualified(filter.clone())?;
+            let expr = state.create_physical_expr(filter, &df_schema)?;
+            let verdict = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+            let verdict = verdict
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .cloned()
+                .unwrap_or_else(|| BooleanArray::from(vec![true; self.files.len()]));
+            keep = arrow::compute::and_kleene(&keep, &verdict)?;
+        }
+        Ok(self
+            .files
+            .iter()
+            .enumerate()
+            // A null verdict drops no file: the scan's own filter decides.
+            .filter(|(i, _)| keep.is_null(*i) || keep.value(*i))
+            .map(|(_, (path, _))| path.clone())
+            .collect())
+    }
+}
+
+/// Whether `filter` reads the `date` column and no other.
+fn on_date_alone(filter: &Expr) -> bool {
+    let columns = filter.column_refs();
+    !columns.is_empty() && columns.iter().all(|c| c.name == DATE)
+}
+
+/// `expr` with its columns' table names left out, as the one-column
+/// schema of partition values has none.
+fn unqualified(expr: Expr) -> Result<Expr> {
+    expr.transform_up(|e| match e {
+        Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(
+            c.name,
+        )))),
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}
+
+#[async_trait]
+impl TableProvider for TenantScan {
+    fn schema(&self) -> SchemaRef {
+        self.all.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        let inner = self.all.supports_filters_pushdown(filters)?;
+        // A filter on the date is used to choose files; the rows are
+        // still filtered above the scan unless the inner scan is exact.
+        Ok(filters
+            .iter()
+            .zip(inner)
+            .map(|(filter, inner)| match inner {
+                TableProviderFilterPushDown::Unsupported if on_date_alone(filter) => {
+                    TableProviderFilterPushDown::Inexact
+                }
+                other => other,
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let files = self.files_matching(state, filters)?;
+        if files.len() == self.files.len() {
+            return self.all.scan(state, projection, filters, limit).await;
+        }
+        let chosen = self.table.table_provider().with_file_paths(files).await?;
+        chosen.scan(state, projection, filters, limit).await
+    }
+}
