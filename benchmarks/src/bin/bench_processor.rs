@@ -1257,7 +1257,11 @@ fn report(args: &Args, prepared: &Prepared, runs: &[Run]) {
         "Delta commits, share of the processor's wall time: {} (median {:.1}%; goal at most 10%)",
         runs.iter()
             .zip(&shares)
-            .map(|(r, s)| format!("{:.2} s ({:.1}%)", f(&r.processor, "table_commit_s"), s * 100.0))
+            .map(|(r, s)| format!(
+                "{:.2} s ({:.1}%)",
+                f(&r.processor, "table_commit_s"),
+                s * 100.0
+            ))
             .collect::<Vec<_>>()
             .join(" / "),
         median_share * 100.0,

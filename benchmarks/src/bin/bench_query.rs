@@ -729,8 +729,16 @@ fn compare(ours: &[Row], theirs: &[Row]) -> Option<String> {
             sum(theirs)
         ));
     }
+    // Compared by keys: an owner's rows by employee come ordered by the
+    // employee ids they are shown with, DuckDB's by subject.
+    let by_keys = |rows: &[Row]| {
+        let mut rows = rows.to_vec();
+        rows.sort_by(|a, b| a.keys.cmp(&b.keys));
+        rows
+    };
+    let (ours, theirs) = (by_keys(ours), by_keys(theirs));
     ours.iter()
-        .zip(theirs)
+        .zip(&theirs)
         .position(|(a, b)| a != b)
         .map(|i| format!("row {i}: Candor {:?}, DuckDB {:?}", ours[i], theirs[i]))
 }

@@ -7,6 +7,11 @@
 //! delta-rs prunes partitions from the table's own file list, not from an
 //! explicit selection of files, so without this every question read all of
 //! the tenant's files, whatever days it asked about.
+//!
+//! Such a filter is settled by the choice of files (every row of a file
+//! has its partition's date), so it is not evaluated again per row, and a
+//! statement that reads `date` only to filter on it never has the column
+//! built for its rows.
 
 use std::sync::Arc;
 
@@ -78,17 +83,19 @@ impl TenantScan {
             .files
             .iter()
             .enumerate()
-            // A null verdict drops no file: the scan's own filter decides.
-            .filter(|(i, _)| keep.is_null(*i) || keep.value(*i))
+            // As a filter does with a row: null is not true.
+            .filter(|(i, _)| keep.is_valid(*i) && keep.value(*i))
             .map(|(_, (path, _))| path.clone())
             .collect())
     }
 }
 
-/// Whether `filter` reads the `date` column and no other.
+/// Whether `filter` reads the `date` column and no other, and gives the
+/// same answer for the same date every time (so one answer per file is
+/// every row's answer).
 fn on_date_alone(filter: &Expr) -> bool {
     let columns = filter.column_refs();
-    !columns.is_empty() && columns.iter().all(|c| c.name == DATE)
+    !columns.is_empty() && columns.iter().all(|c| c.name == DATE) && !filter.is_volatile()
 }
 
 /// `expr` with its columns' table names left out, as the one-column
@@ -118,16 +125,16 @@ impl TableProvider for TenantScan {
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
         let inner = self.all.supports_filters_pushdown(filters)?;
-        // A filter on the date is used to choose files; the rows are
-        // still filtered above the scan unless the inner scan is exact.
+        // A filter on the date chooses the files, exactly.
         Ok(filters
             .iter()
             .zip(inner)
-            .map(|(filter, inner)| match inner {
-                TableProviderFilterPushDown::Unsupported if on_date_alone(filter) => {
-                    TableProviderFilterPushDown::Inexact
+            .map(|(filter, inner)| {
+                if on_date_alone(filter) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    inner
                 }
-                other => other,
             })
             .collect())
     }
@@ -140,10 +147,16 @@ impl TableProvider for TenantScan {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let files = self.files_matching(state, filters)?;
+        // The filters on the date are settled; the inner scan gets the rest.
+        let rest: Vec<Expr> = filters
+            .iter()
+            .filter(|f| !on_date_alone(f))
+            .cloned()
+            .collect();
         if files.len() == self.files.len() {
-            return self.all.scan(state, projection, filters, limit).await;
+            return self.all.scan(state, projection, &rest, limit).await;
         }
         let chosen = self.table.table_provider().with_file_paths(files).await?;
-        chosen.scan(state, projection, filters, limit).await
+        chosen.scan(state, projection, &rest, limit).await
     }
 }
