@@ -429,7 +429,8 @@ async fn a_stalled_processor_whose_successor_committed_commits_nothing() {
         let location = format!("s3://{name}/lake");
         let lake = || Lake::on_store(bucket.clone(), &location).unwrap();
         // The stalled one: held at its state commit, which it retries.
-        let failing = FaultyStore::refusing_commits(bucket.clone(), "lake", "_candor/processor_state");
+        let failing =
+            FaultyStore::refusing_commits(bucket.clone(), "lake", "_candor/processor_state");
         let mut stalled = Processor::new(
             DiesBeforeCommit(spool.consumer("stalled").unwrap()),
             control.cache.clone(),
@@ -1237,7 +1238,11 @@ async fn an_erasure_stopped_midway_through_its_vacuum_is_finished_when_run_again
 
         assert!(jobs.candor_to_the_end(&ERASE).await);
         let (rows, holding, read) = common::lake::rows_of_subject(&jobs.lake_dir, &erased);
-        assert_eq!((rows, holding), (0, Vec::<String>::new()), "{read} objects read");
+        assert_eq!(
+            (rows, holding),
+            (0, Vec::<String>::new()),
+            "{read} objects read"
+        );
         assert!(read > 0);
         assert_eq!(active_by_subject(&jobs.lake).await, without);
         assert_eq!(jobs.external_total(), [total_without, total_without]);

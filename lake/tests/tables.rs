@@ -41,10 +41,21 @@ fn activity_rows(subject: &str, rows: usize) -> RecordBatch {
 /// Writes `rows` rows of `tenant` as one durable object and describes it
 /// for a commit.
 async fn write_object(lake: &Lake, tenant: &str, name: &str, rows: usize) -> NewObject {
+    write_object_on(lake, tenant, "2026-03-01", name, rows).await
+}
+
+/// [`write_object`] into the partition of `date`.
+async fn write_object_on(
+    lake: &Lake,
+    tenant: &str,
+    date: &str,
+    name: &str,
+    rows: usize,
+) -> NewObject {
     let key = PartitionKey {
         dataset: Dataset::Activity,
         tenant: TenantId::new(tenant).unwrap(),
-        date: "2026-03-01".into(),
+        date: date.into(),
     };
     let batch = activity_rows(&format!("{tenant}-subject"), rows);
     let size = lake
@@ -718,4 +729,45 @@ async fn a_hand_edited_log_stops_that_table_with_a_clear_error_and_not_the_other
     // The other tables keep serving.
     let gps = DatasetTable::open(&lake, Dataset::Gps).await.unwrap();
     assert_eq!(gps.version(), 0);
+}
+
+/// A tenant's scan opens only the days its filters on `date` keep, and
+/// settles those filters itself: each answer must be the rows of exactly
+/// those days, whatever form the filter takes. Filters that read other
+/// columns, or are not the same every time, are left to the rows.
+#[tokio::test]
+async fn a_tenants_scan_reads_the_days_its_date_filters_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let mut table = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    let mut objects = Vec::new();
+    // 1, 2 and 3 rows on three days.
+    for (i, date) in ["2026-03-01", "2026-03-02", "2026-03-03"]
+        .iter()
+        .enumerate()
+    {
+        objects.push(write_object_on(&lake, "acme", date, &format!("{i}.parquet"), i + 1).await);
+    }
+    objects.push(write_object_on(&lake, "initech", "2026-03-02", "other.parquet", 7).await);
+    table
+        .append(&objects, &exactly("g/0", 0, None))
+        .await
+        .unwrap();
+    for (predicate, rows) in [
+        ("date >= '2026-03-02'", 5),
+        ("date = '2026-03-01'", 1),
+        ("date IN ('2026-03-01', '2026-03-03')", 4),
+        ("date > '2026-03-03'", 0),
+        ("CAST(date AS DATE) < DATE '2026-03-03'", 3),
+        ("date >= '2026-03-02' AND tracked_s = 60", 5),
+        ("date = '2026-03-01' OR tracked_s > 0", 6),
+        ("date >= '2026-03-02' OR random() < 0", 5),
+        ("date <> '2026-03-02'", 4),
+    ] {
+        assert_eq!(
+            tenant_totals(&table, "acme", predicate).await.0,
+            rows,
+            "{predicate}"
+        );
+    }
 }

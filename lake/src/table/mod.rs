@@ -87,8 +87,11 @@ pub(crate) struct Table {
 /// partition per commit, so each answer is kept until the table moves on.
 #[derive(Default)]
 struct ProgressMemory {
-    known: std::sync::Mutex<(Option<u64>, HashMap<String, Option<i64>>)>,
+    known: std::sync::Mutex<KnownProgress>,
 }
+
+/// The version it is of, and each app id's last progress then.
+type KnownProgress = (Option<u64>, HashMap<String, Option<i64>>);
 
 impl ProgressMemory {
     fn get(&self, version: u64, app_id: &str) -> Option<Option<i64>> {
