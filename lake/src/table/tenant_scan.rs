@@ -22,7 +22,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::TableType;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use deltalake::DeltaTable;
@@ -50,7 +50,7 @@ impl TenantScan {
     }
 
     /// The paths of the files whose date every filter on `date` alone
-    /// keeps (filters on other columns are left to the scan).
+    /// keeps (filters on other columns are left to the inner scan).
     fn files_matching(&self, state: &dyn Session, filters: &[Expr]) -> Result<Vec<String>> {
         let on_date: Vec<&Expr> = filters.iter().filter(|f| on_date_alone(f)).collect();
         if on_date.is_empty() {
@@ -72,12 +72,15 @@ impl TenantScan {
             let filter = unqualified(filter.clone())?;
             let expr = state.create_physical_expr(filter, &df_schema)?;
             let verdict = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
-            let verdict = verdict
-                .as_any()
-                .downcast_ref::<BooleanArray>()
-                .cloned()
-                .unwrap_or_else(|| BooleanArray::from(vec![true; self.files.len()]));
-            keep = arrow::compute::and_kleene(&keep, &verdict)?;
+            // The filter is settled here alone (exact), so one that is not
+            // a yes or no per file fails the statement, not a file's rows.
+            let Some(verdict) = verdict.as_any().downcast_ref::<BooleanArray>() else {
+                return Err(DataFusionError::Plan(format!(
+                    "a filter on {DATE} that is not a condition: {}",
+                    verdict.data_type()
+                )));
+            };
+            keep = arrow::compute::and_kleene(&keep, verdict)?;
         }
         Ok(self
             .files
