@@ -771,3 +771,38 @@ async fn a_tenants_scan_reads_the_days_its_date_filters_keep() {
         );
     }
 }
+
+/// A writer remembers the progress it read or committed at its version,
+/// and forgets what another writer's commit in between may have moved:
+/// after committing over someone else's version it reads that writer's
+/// progress as committed, not as it was before.
+#[tokio::test]
+async fn a_writer_reads_progress_another_committed_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let mut mine = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    let mut theirs = DatasetTable::open(&lake, Dataset::Activity).await.unwrap();
+    // Both asked before anyone committed.
+    assert_eq!(mine.progress("g/1").await.unwrap(), None);
+    let first = vec![write_object(&lake, "acme", "a-0.parquet", 1).await];
+    mine.append(&first, &exactly("g/0", 4, None)).await.unwrap();
+    // Nobody came in between: still known, and mine is what I committed.
+    assert_eq!(mine.progress("g/1").await.unwrap(), None);
+    assert_eq!(mine.progress("g/0").await.unwrap(), Some(4));
+    // The other writer commits its partition; then mine again, over it.
+    let other = vec![write_object(&lake, "acme", "b-0.parquet", 1).await];
+    theirs
+        .append(&other, &[(Progress::of_partition("g", 1, 7), Prior::Older)])
+        .await
+        .unwrap();
+    let second = vec![write_object(&lake, "acme", "a-1.parquet", 1).await];
+    mine.append(&second, &exactly("g/0", 9, Some(4)))
+        .await
+        .unwrap();
+    assert_eq!(mine.progress("g/0").await.unwrap(), Some(9));
+    assert_eq!(
+        mine.progress("g/1").await.unwrap(),
+        Some(7),
+        "the other writer's commit in between is read, not remembered from before"
+    );
+}
